@@ -1,0 +1,1 @@
+"""bertserve.server: the grpc.aio front end (no torch here)."""

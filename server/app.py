@@ -1,0 +1,258 @@
+"""Process lifecycle: resolve the model, start Ray and the replicas, serve gRPC, drain on signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from bertserve.server.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
+from bertserve.server.dataplane import DataPlane
+from bertserve.server.domain import RequestLimits
+from bertserve.server.health import SERVICE_NAME, HealthReporter
+from bertserve.server.logs import configure_logging, get_logger
+from bertserve.server.models import ModelConfig, ModelRegistry, ServedModel
+from bertserve.server.scheduling.batcher import BatchLimits
+from bertserve.server.servicer import BertServicer
+from bertserve.server.settings import Settings
+from bertserve.server.tokenization import TextTokenizer
+from bertserve.v1 import bert_service_pb2, bert_service_pb2_grpc
+from bertserve.workers.errors import ReplicaLoadError
+from bertserve.workers.pool import Placement, ReplicaPool
+from bertserve.workers.spec import ReplicaSpec
+from bertserve.workers.tiny_bert import is_tiny_checkpoint
+
+DEMO_NOTICE = "DEMO MODEL: random weights and a generated vocabulary; its predictions are meaningless."
+_log = get_logger(component="app")
+
+
+class StartupError(RuntimeError):
+    """Start-up failed; the message is the one line the CLI prints."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    device: str
+    dtype: str
+    threads: int
+    placement: Placement
+
+
+def ensure_demo_checkpoint(settings: Settings) -> Path:
+    """Build the demo checkpoint once (in a subprocess: the front end never imports torch)."""
+    target = Path(settings.demo_dir).expanduser()
+    if is_tiny_checkpoint(target):
+        return target
+    _log.info("building_demo_checkpoint", path=str(target))
+    tmp = target.with_name(target.name + ".partial")
+    cmd = [sys.executable, "-m", "bertserve.workers.tiny_bert", str(tmp), "--hidden", "128", "--layers", "4",
+           "--max-positions", "512"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StartupError(f"could not build the demo checkpoint in {target}: {done.stderr.strip()[-300:]}")
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def _init_ray(settings: Settings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
+    if settings.ray_address:
+        kwargs["address"] = settings.ray_address
+    else:
+        kwargs["address"] = "local"
+        kwargs["object_store_memory"] = 512 * 1024 * 1024
+        if settings.ray_num_cpus:
+            kwargs["num_cpus"] = settings.ray_num_cpus
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        where = settings.ray_address or "a local Ray instance"
+        raise StartupError(f"cannot start or join {where}: {type(exc).__name__}: {exc}") from None
+
+
+def _place(settings: Settings) -> Placed:
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0.0))
+    cpus = float(resources.get("CPU", 1.0))
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if gpus >= settings.gpus_per_replica else "cpu"
+    if device == "cuda" and gpus < settings.gpus_per_replica:
+        raise StartupError(f"--device cuda: the Ray cluster has {gpus:g} GPUs, a replica needs {settings.gpus_per_replica:g}")
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    if device == "cuda":
+        return Placed(device, dtype, 1, Placement(num_cpus=1, num_gpus=settings.gpus_per_replica))
+    threads = settings.threads_per_replica or max(1, int(cpus) // settings.replicas)
+    return Placed(device, dtype, threads, Placement(num_cpus=threads))
+
+
+def _max_length(checkpoint: Checkpoint) -> int:
+    config = checkpoint.config()
+    return int(config.get("max_position_embeddings", 512))
+
+
+async def build_model(settings: Settings, on_change: Any) -> ServedModel:
+    if settings.demo:
+        checkpoint = resolve_checkpoint(str(ensure_demo_checkpoint(settings)))
+    else:
+        checkpoint = resolve_checkpoint(settings.model, settings.revision)
+    max_length = _max_length(checkpoint)
+    tokenizer = TextTokenizer(checkpoint.files_dir, max_length)
+    _init_ray(settings)
+    placed = _place(settings)
+    spec = ReplicaSpec(
+        model_name=settings.served_name,
+        checkpoint=checkpoint.checkpoint,
+        revision=checkpoint.revision,
+        device=placed.device,
+        dtype=placed.dtype,
+        threads=placed.threads,
+        backend=settings.backend,
+        fake_delay_ms=settings.fake_delay_ms,
+    )
+    if settings.max_batch_tokens < max_length:
+        raise StartupError(f"--max-batch-tokens ({settings.max_batch_tokens}) must be at least the model's "
+                           f"maximum sequence length ({max_length})")
+    config = ModelConfig(
+        name=settings.served_name,
+        checkpoint=checkpoint,
+        device=placed.device,
+        dtype=placed.dtype,
+        limits=RequestLimits(
+            max_inputs=settings.max_inputs_per_request,
+            max_text_chars=settings.max_text_chars,
+            max_top_k=settings.max_top_k,
+            max_sequence_length=max_length,
+        ),
+        batch_limits=BatchLimits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queued=settings.max_queued_requests,
+        ),
+        batches_per_replica=settings.batches_per_replica,
+        demo=settings.demo or is_tiny_checkpoint(checkpoint.files_dir),
+        description=DEMO_NOTICE if settings.demo or is_tiny_checkpoint(checkpoint.files_dir) else "",
+    )
+    model: ServedModel | None = None
+
+    def changed() -> None:
+        if model is not None:
+            model.replicas_changed()
+        on_change()
+
+    pool = ReplicaPool(spec, settings.replicas, placed.placement, max_restarts=settings.max_restarts,
+                       on_change=changed)
+    model = ServedModel(config, tokenizer, pool)
+    return model
+
+
+class Server:
+    """A running bertserve: gRPC server, health, models. Used by the CLI and by tests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.health = HealthReporter()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.registry: ModelRegistry | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        model = await build_model(s, self.health.schedule_update)
+        self.registry = ModelRegistry([model], default=model.name)
+        self.health.attach(self.registry)
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ])
+        bert_service_pb2_grpc.add_BertServiceServicer_to_server(BertServicer(DataPlane(self.registry)), server)
+        from grpc_health.v1 import health_pb2_grpc
+
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        names = (
+            bert_service_pb2.DESCRIPTOR.services_by_name["BertService"].full_name,
+            "grpc.health.v1.Health",
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise StartupError(f"cannot bind {s.host}:{s.port}")
+        await self.health.update()
+        await server.start()
+        self.grpc_server = server
+        _log.info("grpc_listening", host=s.host, port=self.port, health=SERVICE_NAME)
+        if model.config.demo:
+            _log.warning("demo_model", notice=DEMO_NOTICE)
+        try:
+            await model.start(s.startup_timeout_s)
+        except ReplicaLoadError as exc:
+            raise StartupError(str(exc)) from None
+        await self.health.update()
+        _log.info("serving", model=model.name, replicas=model.ready_replicas, device=model.config.device,
+                  dtype=model.config.dtype, tasks=[t.value for t in model.tasks])
+        if s.port_file:
+            Path(s.port_file).write_text(str(self.port))
+
+    async def stop(self) -> None:
+        """Drain: health NOT_SERVING, finish in-flight calls within the grace period, release replicas."""
+        await self.health.shutting_down()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(self.settings.grace_period_s)
+        if self.registry is not None:
+            for model in self.registry.all():
+                await model.stop()
+        _log.info("stopped")
+
+
+async def run(settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    server = Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def install_signal_handlers() -> None:
+        # Again after ray.init(): Ray's core worker installs its own SIGTERM handler.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    install_signal_handlers()
+    try:
+        try:
+            await server.start()
+        except (StartupError, CheckpointError) as exc:
+            print(f"bertserve: error: {exc}", file=sys.stderr)
+            await server.stop()
+            return 1
+        install_signal_handlers()
+        await stop.wait()
+        _log.info("shutdown_requested", grace_period_s=settings.grace_period_s)
+        await server.stop()
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()

@@ -1,0 +1,65 @@
+"""The one error taxonomy of bertserve and its one mapping to gRPC status codes.
+
+Domain code raises these; only the servicer layer turns them into statuses, through
+`STATUS_CODES`. Messages are written for people and never echo request text, stack traces
+or file paths.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class BertServeError(Exception):
+    """Base of every error a client may see. `message` is safe to send to the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(BertServeError):
+    """The request is malformed or out of the documented limits."""
+
+
+class ModelNotFound(BertServeError):
+    """No model of that name is served."""
+
+
+class TaskNotSupported(BertServeError):
+    """The model exists but does not serve this task."""
+
+
+class Overloaded(BertServeError):
+    """A bounded queue is full; retry later."""
+
+
+class Unavailable(BertServeError):
+    """No replica can take the work (none ready, all crashed, or shutting down)."""
+
+
+class DeadlineExceeded(BertServeError):
+    """The request's deadline passed before its result was ready."""
+
+
+class Internal(BertServeError):
+    """A bug or an unexpected replica failure; details are in the server log only."""
+
+
+STATUS_CODES: dict[type[BertServeError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    TaskNotSupported: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Internal: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_for(error: BertServeError) -> grpc.StatusCode:
+    """The gRPC status code of a domain error (most specific class wins)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL

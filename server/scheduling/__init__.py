@@ -1,0 +1,1 @@
+"""Admission, batching and routing of work to replicas."""

@@ -1,0 +1,227 @@
+"""Dynamic batching per (model, task): bounded queue, length grouping, padded-token budget.
+
+A batch is sent as soon as a replica is idle (no added latency at low load). While every
+replica is busy, the batch for a replica's queued slot keeps filling until it is full, its
+oldest input has waited `max_wait_s`, or a replica goes idle. Batches group inputs of similar
+length (around the oldest waiting input, so nothing starves) under `max_batch_tokens` padded
+tokens. One Ray call per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bertserve.server.errors import BertServeError, DeadlineExceeded, Internal, Overloaded, Unavailable
+from bertserve.server.logs import get_logger
+from bertserve.server.scheduling.router import Replica, Router
+from bertserve.server.scheduling.work import ItemResult, WorkItem
+from bertserve.workers.errors import ReplicaFailed
+
+
+class Kernel(Protocol):
+    """A task's batch-level functions (see server/tasks)."""
+
+    method: str
+
+    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]: ...
+
+    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int
+    max_batch_tokens: int
+    max_wait_s: float
+    max_queued: int
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    sequences: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    retries: int = 0
+
+
+def take_batch(queue: list[WorkItem], max_size: int, max_tokens: int) -> list[WorkItem]:
+    """Choose the next batch: the oldest item plus the items closest to it in length, while
+    the batch stays within max_size sequences and max_tokens padded tokens. Removes them."""
+    if not queue:
+        return []
+    oldest = queue[0]
+    chosen = [oldest]
+    longest = oldest.length
+    for item in sorted(queue[1:], key=lambda it: abs(it.length - oldest.length)):
+        if len(chosen) >= max_size:
+            break
+        new_longest = max(longest, item.length)
+        if new_longest * (len(chosen) + 1) > max_tokens:
+            continue
+        chosen.append(item)
+        longest = new_longest
+    taken = set(map(id, chosen))
+    queue[:] = [it for it in queue if id(it) not in taken]
+    return chosen
+
+
+class Batcher:
+    def __init__(self, name: str, kernel: Kernel, router: Router, limits: BatchLimits) -> None:
+        self.name = name
+        self._kernel = kernel
+        self._router = router
+        self._limits = limits
+        self._queue: list[WorkItem] = []
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.stats = BatcherStats()
+        self._log = get_logger(batcher=name)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, items: Sequence[WorkItem]) -> None:
+        """Queue all items of one request, or none: RESOURCE_EXHAUSTED when the queue is full."""
+        if len(self._queue) + len(items) > self._limits.max_queued:
+            raise Overloaded(f"the request queue is full ({self._limits.max_queued} inputs); retry later")
+        self._queue.extend(items)
+        self._changed.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._fail_all(Unavailable("the server is shutting down"))
+
+    def wake(self) -> None:
+        """Re-evaluate the queue (a replica went idle or changed state)."""
+        self._changed.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait_for_work()
+            try:
+                replica = await self._router.acquire()
+            except Unavailable as exc:
+                self._fail_all(exc)
+                continue
+            was_idle = replica.inflight == 1
+            if not was_idle:
+                await self._fill(replica)
+            batch = self._next_batch()
+            if not batch:
+                await self._router.release(replica)
+                continue
+            task = asyncio.create_task(self._execute(replica, batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _wait_for_work(self) -> None:
+        while not self._queue:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _fill(self, replica: Replica) -> None:
+        """Let the batch for a busy replica's queued slot fill, up to max_wait."""
+        while self._queue:
+            oldest_wait = time.monotonic() - self._queue[0].enqueued_at
+            remaining = self._limits.max_wait_s - oldest_wait
+            if remaining <= 0 or self._full() or self._router.has_idle_replica() or replica.inflight <= 1:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _full(self) -> bool:
+        if len(self._queue) >= self._limits.max_batch_size:
+            return True
+        return sum(it.length for it in self._queue) >= self._limits.max_batch_tokens
+
+    def _next_batch(self) -> list[WorkItem]:
+        now = time.monotonic()
+        live: list[WorkItem] = []
+        for item in self._queue:
+            if item.abandoned:
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                item.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                continue
+            live.append(item)
+        self._queue[:] = live
+        return take_batch(self._queue, self._limits.max_batch_size, self._limits.max_batch_tokens)
+
+    async def _execute(self, replica: Replica, batch: list[WorkItem]) -> None:
+        dispatched = time.monotonic()
+        args = self._kernel.collate(batch)
+        padded = max(it.length for it in batch) * len(batch)
+        tried: set[str] = set()
+        try:
+            while True:
+                tried.add(replica.replica_id)
+                try:
+                    output = await replica.call(self._kernel.method, *args)
+                    break
+                except ReplicaFailed as exc:
+                    self._log.warning("batch_failed", replica=replica.replica_id, batch_size=len(batch),
+                                      error=str(exc))
+                    await self._router.release(replica)
+                    replica = None  # type: ignore[assignment]
+                    if len(tried) > 1:
+                        raise Unavailable("the replica computing this request failed") from None
+                    self.stats.retries += 1
+                    replica = await self._router.acquire(exclude=frozenset(tried))
+        except BertServeError as exc:
+            _fail(batch, exc)
+            return
+        except asyncio.CancelledError:
+            _fail(batch, Unavailable("the server is shutting down"))
+            raise
+        except Exception:  # noqa: BLE001 - logged here, clients get INTERNAL
+            self._log.exception("batch_error", batch_size=len(batch))
+            _fail(batch, Internal("internal error while computing the batch"))
+            return
+        finally:
+            if replica is not None:
+                await self._router.release(replica)
+                self.wake()
+        replica.batches += 1
+        replica.sequences += len(batch)
+        self.stats.batches += 1
+        self.stats.sequences += len(batch)
+        self.stats.real_tokens += sum(it.length for it in batch)
+        self.stats.padded_tokens += padded
+        outputs = self._kernel.split(output, batch)
+        compute_us = int(getattr(output, "compute_us", 0))
+        for item, out in zip(batch, outputs, strict=True):
+            if not item.future.done():
+                queue_us = int((dispatched - item.enqueued_at) * 1e6)
+                item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
+        self._log.debug("batch_done", replica=replica.replica_id, batch_size=len(batch),
+                        padded_tokens=padded, compute_us=compute_us)
+
+    def _fail_all(self, error: BertServeError) -> None:
+        items, self._queue = self._queue, []
+        _fail(items, error)
+
+
+def _fail(items: Sequence[WorkItem], error: BertServeError) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)

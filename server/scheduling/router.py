@@ -1,0 +1,83 @@
+"""Routes batches to replicas: least-loaded first, a bounded number of batches in flight each.
+
+A replica with `depth` slots runs one batch and has the next already queued, so it never idles
+between batches; the router never queues more than that on a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from bertserve.server.errors import Unavailable
+
+
+class Replica(Protocol):
+    """What the router needs of a replica (workers.pool.ReplicaHandle, or a test fake)."""
+
+    replica_id: str
+    inflight: int
+    batches: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def alive(self) -> bool:
+        """Ready, starting or restarting: may take work again."""
+        ...
+
+    async def call(self, method: str, *args: Any) -> Any: ...
+
+
+class ReplicaSource(Protocol):
+    def replicas(self) -> Sequence[Replica]: ...
+
+
+class Router:
+    def __init__(self, source: ReplicaSource, depth: int = 2) -> None:
+        self._source = source
+        self._depth = depth
+        self._changed = asyncio.Condition()
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def _free(self) -> list[Replica]:
+        return [r for r in self._source.replicas() if r.ready and r.inflight < self._depth]
+
+    def has_idle_replica(self) -> bool:
+        return any(r.ready and r.inflight == 0 for r in self._source.replicas())
+
+    async def acquire(self, exclude: frozenset[str] = frozenset()) -> Replica:
+        """Reserve a slot on the least-loaded ready replica, waiting for one to free up.
+
+        Raises Unavailable when no replica is alive (all dead), so callers never wait forever.
+        `exclude` skips replicas (a retry goes elsewhere) unless they are the only ones alive.
+        """
+        async with self._changed:
+            while True:
+                free = [r for r in self._free() if r.replica_id not in exclude] or (
+                    self._free() if not self._others_alive(exclude) else []
+                )
+                if free:
+                    chosen = min(free, key=lambda r: (r.inflight, r.batches))
+                    chosen.inflight += 1
+                    return chosen
+                if not any(r.alive for r in self._source.replicas()):
+                    raise Unavailable("no replica of this model is available")
+                await self._changed.wait()
+
+    def _others_alive(self, exclude: frozenset[str]) -> bool:
+        return any(r.alive and r.replica_id not in exclude for r in self._source.replicas())
+
+    async def release(self, replica: Replica) -> None:
+        replica.inflight -= 1
+        await self.notify()
+
+    async def notify(self) -> None:
+        """Wake waiters: a slot freed or a replica changed state."""
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,1 @@
+"""Per-task pre- and post-processing (plain functions over domain types)."""

@@ -1,0 +1,42 @@
+"""Model backends a replica can run: `torch_bert` (real weights) and `fake` (tests)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bertserve.workers.protocol import (
+    EncodedBatch,
+    FillMaskArgs,
+    FillMaskOutput,
+    NextSentenceOutput,
+    Task,
+)
+from bertserve.workers.spec import ReplicaSpec
+
+
+class Backend(Protocol):
+    """A pure tensor function over padded batches."""
+
+    device: str
+    dtype: str
+    tasks: tuple[Task, ...]
+    vocab_size: int
+    max_position_embeddings: int
+    warnings: tuple[str, ...]
+
+    def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput: ...
+
+    def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput: ...
+
+
+def create_backend(spec: ReplicaSpec) -> Backend:
+    """Build the backend a spec names. Imports torch only for the torch backend."""
+    if spec.backend == "torch":
+        from bertserve.workers.backends.torch_bert import TorchBertBackend
+
+        return TorchBertBackend(spec)
+    if spec.backend == "fake":
+        from bertserve.workers.backends.fake import FakeBackend
+
+        return FakeBackend(spec)
+    raise ValueError(f"unknown backend {spec.backend!r} (expected 'torch' or 'fake')")

@@ -1,0 +1,58 @@
+"""A deterministic stand-in for the model, for tests of scheduling, faults and scaling.
+
+No weights and no torch: scores are a fixed function of the input ids, and each batch can be
+made to take a set time so tests can hold replicas busy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bertserve.workers.protocol import (
+    EncodedBatch,
+    FillMaskArgs,
+    FillMaskOutput,
+    NextSentenceOutput,
+    Task,
+)
+from bertserve.workers.spec import ReplicaSpec
+
+FAKE_VOCAB_SIZE = 1000
+FAKE_MAX_POSITIONS = 512
+
+
+class FakeBackend:
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.device = "cpu"
+        self.dtype = spec.dtype
+        self.tasks = (Task.FILL_MASK, Task.NEXT_SENTENCE)
+        self.warnings = ("fake backend: outputs are synthetic",)
+        self.vocab_size = FAKE_VOCAB_SIZE
+        self.max_position_embeddings = FAKE_MAX_POSITIONS
+        self._delay_s = spec.fake_delay_ms / 1000.0
+
+    def _work(self) -> float:
+        start = time.perf_counter()
+        if self._delay_s:
+            time.sleep(self._delay_s)
+        return start
+
+    def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput:
+        start = self._work()
+        n = len(args.mask_rows)
+        # Candidate j of a mask is (row's first real token + mask position + j) mod vocab.
+        base = batch.input_ids[args.mask_rows, 1] + args.mask_cols
+        ids = (base[:, None] + np.arange(args.top_k)[None, :]) % FAKE_VOCAB_SIZE
+        scores = np.tile(1.0 / (2.0 ** np.arange(1, args.top_k + 1)), (n, 1)).astype(np.float32)
+        targets = tuple(
+            None if t is None else np.full(len(t), 1.0 / FAKE_VOCAB_SIZE, np.float32) for t in args.targets
+        )
+        return FillMaskOutput(ids.astype(np.int64), scores, targets, int((time.perf_counter() - start) * 1e6))
+
+    def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
+        start = self._work()
+        lengths = batch.attention_mask.sum(axis=1).astype(np.float32)
+        logits = np.stack([lengths / 10.0, -lengths / 10.0], axis=1).astype(np.float32)
+        return NextSentenceOutput(logits, int((time.perf_counter() - start) * 1e6))

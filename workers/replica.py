@@ -1,0 +1,82 @@
+"""The replica: a Ray actor holding one model copy, pinned to a GPU or CPU threads.
+
+The class is plain Python so tests can run it in-process; workers/pool.py wraps it with
+`ray.remote`. It imports no torch itself: the backend does, inside the replica process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bertserve.workers.backends import Backend, create_backend
+from bertserve.workers.protocol import (
+    EncodedBatch,
+    FillMaskArgs,
+    FillMaskOutput,
+    NextSentenceOutput,
+    ReplicaReport,
+)
+from bertserve.workers.spec import ReplicaSpec
+
+
+class Replica:
+    """One model replica. Loads its backend once, in the constructor."""
+
+    def __init__(self, spec: ReplicaSpec, replica_id: str) -> None:
+        self._spec = spec
+        self._replica_id = replica_id
+        self._backend: Backend | None = None
+        self._load_error = ""
+        try:
+            self._backend = create_backend(spec)
+        except Exception as exc:  # noqa: BLE001 - reported by ready() as one line
+            self._load_error = f"{type(exc).__name__}: {_first_line(exc)}"
+
+    def ready(self) -> ReplicaReport:
+        """Answers once the model is loaded; says where it runs."""
+        b = self._backend
+        if b is None:
+            return ReplicaReport(self._replica_id, "", self._spec.dtype, (), _node_id(), os.getpid(), 0, 0,
+                                 load_error=self._load_error)
+        return ReplicaReport(
+            replica_id=self._replica_id,
+            device=b.device,
+            dtype=b.dtype,
+            tasks=b.tasks,
+            node_id=_node_id(),
+            pid=os.getpid(),
+            vocab_size=b.vocab_size,
+            max_position_embeddings=b.max_position_embeddings,
+            warnings=b.warnings,
+        )
+
+    def _loaded(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError(f"replica has no model: {self._load_error}")
+        return self._backend
+
+    def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput:
+        return self._loaded().fill_mask(batch, args)
+
+    def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
+        return self._loaded().next_sentence(batch)
+
+    def pid(self) -> int:
+        """For fault-injection tests: the process to kill."""
+        return os.getpid()
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - node id is informational
+        pass
+    return "local"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""

@@ -1,0 +1,28 @@
+"""How to build one replica: a frozen, picklable description (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a replica process needs to load its model.
+
+    checkpoint: Hub id (e.g. "bert-base-cased") or local directory.
+    revision: Hub revision; empty for the default branch or a local directory.
+    device: "cpu" or "cuda" (a Ray-assigned GPU).
+    dtype: "float32", "bfloat16" or "float16".
+    threads: torch intra-op threads (CPU replicas).
+    backend: "torch" (the real model) or "fake" (tests: no weights, deterministic outputs).
+    fake_delay_ms: per-batch compute time of the fake backend, in milliseconds.
+    """
+
+    model_name: str
+    checkpoint: str
+    revision: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    backend: str = "torch"
+    fake_delay_ms: float = 0.0

@@ -1,0 +1,111 @@
+"""Build small BERT checkpoints locally: seeded random weights and a generated vocabulary.
+
+Used by `bertserve serve --demo` and by the test fixtures, so both load through exactly the
+path a Hub model such as `bert-base-cased` takes (`save_pretrained` files in a directory).
+Predictions of these models are meaningless: the weights are random.
+
+    python -m bertserve.workers.tiny_bert OUT_DIR [--seed 0] [--hidden 64] [--layers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MARKER_FILE = "bertserve_tiny.json"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+_WORDS = """
+the of and to a in is was he for it with as his on be at by i this had not are but from or have
+an they which one you were her all she there would their we him been has when who will more no
+if out so said what up its about into than them can only other new some could time these two may
+then do first any my now such like our over man me even most made after also did many before must
+through back years where much your way well down should because each just those people how too
+little state good very make world still own see men work long get here between both life being
+under never day same another know while last might us great old year off come since against go
+came right used take three house city capital country river mountain sea king queen war music book
+school family water food dog cat car road village language language science history music art film
+Paris France London England Berlin Germany Rome Italy Madrid Spain Tokyo Japan Canada Europe
+president government company university team game player season album song church god
+He She It They The A In This There We I You My Our His Her What When Where Who Why How
+running walked playing happier quickly beautiful wonderful extraordinary internationalization
+number one two three four five six seven eight nine ten hundred thousand million
+café naïve résumé Zürich São Paulo Ångström über señor
+""".split()
+_PIECES = (
+    "##s ##ed ##ing ##er ##est ##ly ##tion ##ness ##ment ##able ##al ##ive ##ous ##ful ##less "
+    "##ize ##ise ##ity ##ism ##ist ##an ##en ##on ##in ##re ##un ##at ##or ##ar ##ic ##le"
+).split()
+_EXTRA_CHARS = "éèêëàâäîïôöùûüçñåøæßÉÈÀÖÜÇÑÅ€£¥°±×÷«»¿¡—–…‘’“”"
+
+
+def build_vocab() -> list[str]:
+    """A deterministic WordPiece vocabulary of a few hundred entries."""
+    chars = list(string.ascii_letters + string.digits + string.punctuation + _EXTRA_CHARS)
+    vocab: list[str] = list(SPECIAL_TOKENS)
+    for token in chars + ["##" + c for c in chars] + _WORDS + _PIECES:
+        if token not in vocab:
+            vocab.append(token)
+    return vocab
+
+
+@dataclass(frozen=True)
+class TinyBertShape:
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 128
+    # Larger than BERT's 0.02 so that scores are well separated (no near-ties in top-k).
+    initializer_range: float = 0.2
+
+
+def build_tiny_bert(out_dir: str | Path, *, seed: int = 0, shape: TinyBertShape = TinyBertShape()) -> Path:
+    """Write a BertForPreTraining checkpoint (both heads) and its tokenizer to out_dir."""
+    import torch
+    from transformers import BertConfig, BertForPreTraining, BertTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = build_vocab()
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False)
+    if len(tokenizer) != len(vocab):
+        raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}")
+    tokenizer.model_max_length = shape.max_position_embeddings
+    config = BertConfig(vocab_size=len(vocab), **asdict(shape))
+    torch.manual_seed(seed)
+    model = BertForPreTraining(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / MARKER_FILE).write_text(
+        json.dumps({"seed": seed, "shape": asdict(shape), "note": "random weights; predictions are meaningless"})
+    )
+    return out
+
+
+def is_tiny_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / MARKER_FILE).is_file()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build a tiny random-weight BERT checkpoint.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=TinyBertShape.hidden_size)
+    parser.add_argument("--layers", type=int, default=TinyBertShape.num_hidden_layers)
+    parser.add_argument("--max-positions", type=int, default=TinyBertShape.max_position_embeddings)
+    ns = parser.parse_args()
+    shape = TinyBertShape(
+        hidden_size=ns.hidden,
+        num_hidden_layers=ns.layers,
+        intermediate_size=2 * ns.hidden,
+        max_position_embeddings=ns.max_positions,
+    )
+    print(build_tiny_bert(ns.out_dir, seed=ns.seed, shape=shape))
+
+
+if __name__ == "__main__":
+    main()
