@@ -26,7 +26,8 @@ def _health(address: str, service: str, timeout: float) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `bertserve` argument parser (also used by tests to check deployment files)."""
     parser = argparse.ArgumentParser(prog="bertserve", description="gRPC inference server for BERT models.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a model over gRPC",
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--address", default="127.0.0.1:50051")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds")
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
     if ns.command == "health":
         return _health(ns.address, ns.service, ns.timeout)
     try:

@@ -126,6 +126,8 @@ def _wordpiece_from_vocab(vocab_file: Path, config: dict[str, Any], token: Any) 
         pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
         special_tokens=[(cls, vocab.get(cls, 2)), (sep, vocab.get(sep, 3))],
     )
+    specials = [unk, sep, token("pad_token", "[PAD]"), cls, token("mask_token", "[MASK]")]
+    tok.add_special_tokens([t for t in specials if t in vocab])
     return tok
 
 

@@ -30,7 +30,8 @@ class Replica:
         try:
             self._backend = create_backend(spec)
         except Exception as exc:  # noqa: BLE001 - reported by ready() as one line
-            self._load_error = f"{type(exc).__name__}: {_first_line(exc)}"
+            prefix = "" if type(exc).__name__ == "ModelLoadError" else f"{type(exc).__name__}: "
+            self._load_error = prefix + _first_line(exc)
 
     def ready(self) -> ReplicaReport:
         """Answers once the model is loaded; says where it runs."""

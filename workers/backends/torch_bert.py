@@ -48,8 +48,9 @@ class TorchBertBackend:
                 attn_implementation="sdpa",
                 output_loading_info=True,
             )
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load checkpoint {spec.checkpoint!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ModelLoadError(f"cannot load checkpoint {spec.checkpoint!r}: {type(exc).__name__}: {first}") from None
         missing = set(info.get("missing_keys", ()))
         tasks: list[Task] = []
         warnings: list[str] = []

@@ -1,0 +1,67 @@
+"""A model that cannot be loaded makes `bertserve serve` exit non-zero with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import BERTSERVE
+
+pytestmark = pytest.mark.integration
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BERTSERVE, "serve", "--port", "0", *args], capture_output=True, text=True,
+                          timeout=180, env=env, check=False)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("bertserve: error:")]
+
+
+def test_missing_directory_exits_with_one_line(tmp_path: Path) -> None:
+    done = _serve("--model", str(tmp_path / "nowhere"))
+    assert done.returncode == 1
+    lines = _error_lines(done.stderr)
+    assert len(lines) == 1 and "no such checkpoint directory" in lines[0] and "--demo" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_directory_without_config_exits_with_one_line(tmp_path: Path) -> None:
+    done = _serve("--model", str(tmp_path))
+    assert done.returncode == 1
+    assert "no config.json" in _error_lines(done.stderr)[0]
+
+
+def test_unreachable_hub_exits_with_one_line_naming_the_alternatives() -> None:
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = _serve("--model", "bert-base-cased-not-cached-anywhere", env=env)
+    assert done.returncode == 1
+    lines = _error_lines(done.stderr)
+    assert len(lines) == 1
+    assert "cannot fetch model 'bert-base-cased-not-cached-anywhere'" in lines[0]
+    assert "--model /path/to/checkpoint" in lines[0] and "--demo" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_corrupt_weights_fail_at_replica_load_with_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    done = _serve("--model", str(broken), "--ray-num-cpus", "1", "--startup-timeout-s", "120")
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = _error_lines(done.stderr)
+    assert len(lines) == 1, done.stderr[-2000:]
+    assert f"cannot load checkpoint '{broken}'" in lines[0]
+
+
+def test_invalid_flag_value_exits_2() -> None:
+    done = _serve("--replicas", "0")
+    assert done.returncode == 2
+    assert _error_lines(done.stderr) == ["bertserve: error: --replicas must be at least 1"]

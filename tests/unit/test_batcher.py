@@ -1,0 +1,253 @@
+"""The batcher and router with fake replicas: no Ray, no model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from bertserve.server.errors import DeadlineExceeded, Overloaded, Unavailable
+from bertserve.server.scheduling.batcher import Batcher, BatchLimits, take_batch
+from bertserve.server.scheduling.router import Router
+from bertserve.server.scheduling.work import ItemResult, WorkItem
+from bertserve.workers.errors import ReplicaFailed
+
+
+class EchoKernel:
+    """Each item's output is its own ids; the 'batch' is the list of item ids."""
+
+    method = "echo"
+
+    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]:
+        return ([it.ids for it in items],)
+
+    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
+        return list(output)
+
+
+class FakeReplica:
+    def __init__(self, replica_id: str, *, fail: bool = False) -> None:
+        self.replica_id = replica_id
+        self.inflight = 0
+        self.batches = 0
+        self.sequences = 0
+        self.fail = fail
+        self.dead = False
+        self.calls: list[list[tuple[int, ...]]] = []
+        self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
+        self.max_inflight_seen = 0
+
+    @property
+    def ready(self) -> bool:
+        return not self.dead
+
+    @property
+    def alive(self) -> bool:
+        return not self.dead
+
+    async def call(self, method: str, batch: list[tuple[int, ...]]) -> Any:
+        self.calls.append(batch)
+        self.max_inflight_seen = max(self.max_inflight_seen, self.inflight)
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            self.dead = True
+            raise ReplicaFailed("killed")
+        return batch
+
+
+class Pool:
+    def __init__(self, *replicas: FakeReplica) -> None:
+        self._replicas = list(replicas)
+
+    def replicas(self) -> Sequence[FakeReplica]:
+        return self._replicas
+
+
+def _item(length: int, *, deadline: float | None = None, tag: int = 0) -> WorkItem:
+    loop = asyncio.get_running_loop()
+    return WorkItem(tuple([tag] * length), tuple([0] * length), None, loop.create_future(), deadline)
+
+
+def _limits(**kw: Any) -> BatchLimits:
+    base = {"max_batch_size": 8, "max_batch_tokens": 1024, "max_wait_s": 0.05, "max_queued": 100}
+    return BatchLimits(**{**base, **kw})
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+# ---- take_batch ------------------------------------------------------------------------------
+
+def test_take_batch_groups_lengths_around_the_oldest_item() -> None:
+    async def main() -> None:
+        queue = [_item(n, tag=i) for i, n in enumerate([10, 100, 12, 95, 11, 9])]
+        batch = take_batch(queue, max_size=3, max_tokens=10_000)
+        assert [it.length for it in batch] == [10, 11, 9]
+        assert [it.length for it in queue] == [100, 12, 95]
+
+    _run(main())
+
+
+def test_take_batch_respects_the_padded_token_budget() -> None:
+    async def main() -> None:
+        queue = [_item(n) for n in [50, 60, 70, 200]]
+        batch = take_batch(queue, max_size=10, max_tokens=200)
+        # 3 x 70 = 210 > 200, so only 50 and 60 fit (2 x 60 = 120); 200 alone would be 3 x 200.
+        assert [it.length for it in batch] == [50, 60]
+
+    _run(main())
+
+
+def test_take_batch_always_takes_the_oldest_even_when_alone_over_budget() -> None:
+    async def main() -> None:
+        queue = [_item(300), _item(5)]
+        assert [it.length for it in take_batch(queue, max_size=4, max_tokens=256)] == [300]
+
+    _run(main())
+
+
+# ---- Batcher ---------------------------------------------------------------------------------
+
+def test_idle_replica_gets_a_request_at_once_without_waiting_for_max_wait() -> None:
+    async def main() -> None:
+        replica = FakeReplica("r0")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=10.0))
+        batcher.start()
+        item = _item(4, tag=7)
+        start = time.monotonic()
+        batcher.submit([item])
+        result: ItemResult = await item.future
+        assert time.monotonic() - start < 1.0
+        assert result.output == (7, 7, 7, 7) and result.replica_id == "r0"
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_requests_arriving_while_replica_is_busy_share_one_batch_and_one_call() -> None:
+    async def main() -> None:
+        replica = FakeReplica("r0")
+        replica.gate = asyncio.Event()
+        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=0.2))
+        batcher.start()
+        first = _item(3, tag=0)
+        batcher.submit([first])
+        await replica.started.wait()  # the replica is now busy with batch 1
+        others = [_item(3, tag=i) for i in range(1, 6)]
+        batcher.submit(others)
+        replica.gate.set()
+        results = await asyncio.gather(first.future, *(o.future for o in others))
+        assert [r.output[0] for r in results] == [0, 1, 2, 3, 4, 5]
+        assert [len(c) for c in replica.calls] == [1, 5]
+        assert batcher.stats.batches == 2 and batcher.stats.sequences == 6
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_router_keeps_at_most_depth_batches_per_replica_and_spreads_load() -> None:
+    async def main() -> None:
+        a, b = FakeReplica("a"), FakeReplica("b")
+        gate = asyncio.Event()
+        a.gate = b.gate = gate
+        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b), depth=2), _limits(max_batch_size=1, max_wait_s=0))
+        batcher.start()
+        items = [_item(2, tag=i) for i in range(10)]
+        batcher.submit(items)
+        await a.started.wait()
+        await b.started.wait()
+        await asyncio.sleep(0.05)  # let the dispatcher fill every free slot
+        assert len(a.calls) == 2 and len(b.calls) == 2
+        gate.set()
+        await asyncio.gather(*(it.future for it in items))
+        assert a.max_inflight_seen <= 2 and b.max_inflight_seen <= 2
+        assert len(a.calls) + len(b.calls) == 10
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_full_queue_rejects_the_whole_request_with_overloaded() -> None:
+    async def main() -> None:
+        replica = FakeReplica("r0")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_queued=3))
+        batcher.submit([_item(1), _item(1)])  # not started: items stay queued
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.submit([_item(1), _item(1)])
+        assert batcher.queued == 2
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_request_whose_deadline_passed_in_the_queue_never_reaches_a_replica() -> None:
+    async def main() -> None:
+        replica = FakeReplica("r0")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits())
+        expired = _item(3, deadline=time.monotonic() - 0.001, tag=9)
+        live = _item(3, tag=1)
+        batcher.submit([expired, live])
+        batcher.start()
+        assert (await live.future).output[0] == 1
+        with pytest.raises(DeadlineExceeded):
+            await expired.future
+        assert all(9 not in ids for batch in replica.calls for ids in batch)
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_cancelled_request_is_skipped_and_others_in_its_batch_succeed() -> None:
+    async def main() -> None:
+        replica = FakeReplica("r0")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits())
+        gone, kept = _item(3, tag=5), _item(3, tag=6)
+        batcher.submit([gone, kept])
+        gone.future.cancel()
+        batcher.start()
+        assert (await kept.future).output[0] == 6
+        assert [[ids[0] for ids in batch] for batch in replica.calls] == [[6]]
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_batch_on_a_failed_replica_is_retried_once_on_another() -> None:
+    async def main() -> None:
+        bad, good = FakeReplica("bad", fail=True), FakeReplica("good")
+        good.batches = 10  # the router prefers 'bad' (fewer batches) first
+        batcher = Batcher("t", EchoKernel(), Router(Pool(bad, good)), _limits())
+        batcher.start()
+        item = _item(2, tag=3)
+        batcher.submit([item])
+        result = await item.future
+        assert result.replica_id == "good" and len(bad.calls) == 1
+        assert batcher.stats.retries == 1
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_batch_fails_with_unavailable_when_every_replica_is_dead() -> None:
+    async def main() -> None:
+        a, b = FakeReplica("a", fail=True), FakeReplica("b", fail=True)
+        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b)), _limits())
+        batcher.start()
+        item = _item(2)
+        batcher.submit([item])
+        with pytest.raises(Unavailable):
+            await item.future
+        later = _item(2)
+        batcher.submit([later])
+        with pytest.raises(Unavailable, match="no replica"):
+            await later.future
+        await batcher.stop()
+
+    _run(main())
