@@ -53,8 +53,18 @@ def ensure_demo_checkpoint(settings: Settings) -> Path:
         return target
     _log.info("building_demo_checkpoint", path=str(target))
     tmp = target.with_name(target.name + ".partial")
-    cmd = [sys.executable, "-m", "bertserve.workers.tiny_bert", str(tmp), "--hidden", "128", "--layers", "4",
-           "--max-positions", "512"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertserve.workers.tiny_bert",
+        str(tmp),
+        "--hidden",
+        "128",
+        "--layers",
+        "4",
+        "--max-positions",
+        "512",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise StartupError(f"could not build the demo checkpoint in {target}: {done.stderr.strip()[-300:]}")
@@ -81,7 +91,7 @@ def _init_ray(settings: Settings) -> None:
             kwargs["num_cpus"] = settings.ray_num_cpus
     try:
         ray.init(**kwargs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         where = settings.ray_address or "a local Ray instance"
         raise StartupError(f"cannot start or join {where}: {type(exc).__name__}: {exc}") from None
 
@@ -96,7 +106,9 @@ def _place(settings: Settings) -> Placed:
     if device == "auto":
         device = "cuda" if gpus >= settings.gpus_per_replica else "cpu"
     if device == "cuda" and gpus < settings.gpus_per_replica:
-        raise StartupError(f"--device cuda: the Ray cluster has {gpus:g} GPUs, a replica needs {settings.gpus_per_replica:g}")
+        raise StartupError(
+            f"--device cuda: the Ray cluster has {gpus:g} GPUs, a replica needs {settings.gpus_per_replica:g}"
+        )
     dtype = settings.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
@@ -131,8 +143,10 @@ async def build_model(settings: Settings, on_change: Any) -> ServedModel:
         fake_delay_ms=settings.fake_delay_ms,
     )
     if settings.max_batch_tokens < max_length:
-        raise StartupError(f"--max-batch-tokens ({settings.max_batch_tokens}) must be at least the model's "
-                           f"maximum sequence length ({max_length})")
+        raise StartupError(
+            f"--max-batch-tokens ({settings.max_batch_tokens}) must be at least the model's "
+            f"maximum sequence length ({max_length})"
+        )
     config = ModelConfig(
         name=settings.served_name,
         checkpoint=checkpoint,
@@ -161,8 +175,9 @@ async def build_model(settings: Settings, on_change: Any) -> ServedModel:
             model.replicas_changed()
         on_change()
 
-    pool = ReplicaPool(spec, settings.replicas, placed.placement, max_restarts=settings.max_restarts,
-                       on_change=changed)
+    pool = ReplicaPool(
+        spec, settings.replicas, placed.placement, max_restarts=settings.max_restarts, on_change=changed
+    )
     model = ServedModel(config, tokenizer, pool)
     return model
 
@@ -182,11 +197,15 @@ class Server:
         model = await build_model(s, self.health.schedule_update)
         self.registry = ModelRegistry([model], default=model.name)
         self.health.attach(self.registry)
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ])
-        bert_service_pb2_grpc.add_BertServiceServicer_to_server(BertServicer(DataPlane(self.registry)), server)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+        )
+        bert_service_pb2_grpc.add_BertServiceServicer_to_server(
+            BertServicer(DataPlane(self.registry)), server
+        )
         from grpc_health.v1 import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
@@ -210,8 +229,14 @@ class Server:
         except ReplicaLoadError as exc:
             raise StartupError(str(exc)) from None
         await self.health.update()
-        _log.info("serving", model=model.name, replicas=model.ready_replicas, device=model.config.device,
-                  dtype=model.config.dtype, tasks=[t.value for t in model.tasks])
+        _log.info(
+            "serving",
+            model=model.name,
+            replicas=model.ready_replicas,
+            device=model.config.device,
+            dtype=model.config.dtype,
+            tasks=[t.value for t in model.tasks],
+        )
         if s.port_file:
             Path(s.port_file).write_text(str(self.port))
 

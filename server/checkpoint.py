@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_SMALL_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]
+_SMALL_FILES = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -56,7 +62,7 @@ def resolve_checkpoint(name: str, revision: str = "") -> Checkpoint:
         from huggingface_hub import snapshot_download
 
         local = snapshot_download(name, revision=revision or None, allow_patterns=_SMALL_FILES)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
+    except Exception as exc:
         raise CheckpointError(
             f"cannot fetch model {name!r} from the Hugging Face Hub ({type(exc).__name__}: "
             f"{_first_line(exc)}); without network access pass --model /path/to/checkpoint "
@@ -64,7 +70,9 @@ def resolve_checkpoint(name: str, revision: str = "") -> Checkpoint:
         ) from None
     files = Path(local)
     if not (files / "config.json").is_file():
-        raise CheckpointError(f"model {name!r} on the Hub has no config.json; is it a transformers checkpoint?")
+        raise CheckpointError(
+            f"model {name!r} on the Hub has no config.json; is it a transformers checkpoint?"
+        )
     return Checkpoint(name, revision, files, False)
 
 

@@ -30,9 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The `bertserve` argument parser (also used by tests to check deployment files)."""
     parser = argparse.ArgumentParser(prog="bertserve", description="gRPC inference server for BERT models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve a model over gRPC",
-                           description="Serve a BERT checkpoint over gRPC. Every flag can also be set by "
-                                       "the environment variable shown in its help.")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over gRPC",
+        description="Serve a BERT checkpoint over gRPC. Every flag can also be set by "
+        "the environment variable shown in its help.",
+    )
     settings_mod.add_arguments(serve)
     health = sub.add_parser("health", help="check a server's grpc.health.v1 status (exit 0 when SERVING)")
     health.add_argument("--address", default="127.0.0.1:50051")

@@ -58,7 +58,10 @@ def next_sentence_query(req: next_sentence_pb2.NextSentenceRequest) -> NextSente
 
 def _timing(t: Timing) -> common_pb2.Timing:
     return common_pb2.Timing(
-        tokenization_us=t.tokenization_us, queue_us=t.queue_us, inference_us=t.inference_us, total_us=t.total_us
+        tokenization_us=t.tokenization_us,
+        queue_us=t.queue_us,
+        inference_us=t.inference_us,
+        total_us=t.total_us,
     )
 
 

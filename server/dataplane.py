@@ -1,6 +1,6 @@
 """The data plane: validate → tokenize → batch → await → post-process, per task.
 
-Transport-free: takes domain queries, returns domain answers, raises BertServeError.
+Transport-free: takes domain queries, returns domain answers, raises ServingError.
 """
 
 from __future__ import annotations
@@ -45,14 +45,18 @@ class DataPlane:
         )
         return FillMaskAnswer(results, model.name, _timing(start, tokenized, items))
 
-    async def next_sentence(self, query: NextSentenceQuery, deadline: float | None = None) -> NextSentenceAnswer:
+    async def next_sentence(
+        self, query: NextSentenceQuery, deadline: float | None = None
+    ) -> NextSentenceAnswer:
         start = time.perf_counter()
         model = self.registry.get(query.model)
         batcher = model.batcher(next_sentence.TASK)
         encoded = next_sentence.prepare(query, model.tokenizer, model.config.limits)
         tokenized = time.perf_counter()
         items = await _run(batcher, encoded, [None] * len(encoded), deadline)
-        results = tuple(next_sentence.finish(enc, item.output) for enc, item in zip(encoded, items, strict=True))
+        results = tuple(
+            next_sentence.finish(enc, item.output) for enc, item in zip(encoded, items, strict=True)
+        )
         return NextSentenceAnswer(results, model.name, _timing(start, tokenized, items))
 
 

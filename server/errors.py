@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 
-class BertServeError(Exception):
+class ServingError(Exception):
     """Base of every error a client may see. `message` is safe to send to the client."""
 
     def __init__(self, message: str) -> None:
@@ -18,35 +18,35 @@ class BertServeError(Exception):
         self.message = message
 
 
-class InvalidInput(BertServeError):
+class InvalidInput(ServingError):
     """The request is malformed or out of the documented limits."""
 
 
-class ModelNotFound(BertServeError):
+class ModelNotFound(ServingError):
     """No model of that name is served."""
 
 
-class TaskNotSupported(BertServeError):
+class TaskNotSupported(ServingError):
     """The model exists but does not serve this task."""
 
 
-class Overloaded(BertServeError):
+class Overloaded(ServingError):
     """A bounded queue is full; retry later."""
 
 
-class Unavailable(BertServeError):
+class Unavailable(ServingError):
     """No replica can take the work (none ready, all crashed, or shutting down)."""
 
 
-class DeadlineExceeded(BertServeError):
+class DeadlineExceeded(ServingError):
     """The request's deadline passed before its result was ready."""
 
 
-class Internal(BertServeError):
+class Internal(ServingError):
     """A bug or an unexpected replica failure; details are in the server log only."""
 
 
-STATUS_CODES: dict[type[BertServeError], grpc.StatusCode] = {
+STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     TaskNotSupported: grpc.StatusCode.FAILED_PRECONDITION,
@@ -57,7 +57,7 @@ STATUS_CODES: dict[type[BertServeError], grpc.StatusCode] = {
 }
 
 
-def status_for(error: BertServeError) -> grpc.StatusCode:
+def status_for(error: ServingError) -> grpc.StatusCode:
     """The gRPC status code of a domain error (most specific class wins)."""
     for cls in type(error).__mro__:
         if cls in STATUS_CODES:

@@ -20,6 +20,7 @@ class HealthReporter:
         self._registry: ModelRegistry | None = None
         self._shutting_down = False
         self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
 
     def attach(self, registry: ModelRegistry) -> None:
         self._registry = registry
@@ -41,4 +42,6 @@ class HealthReporter:
 
     def schedule_update(self) -> None:
         """Sync entry point for pool callbacks."""
-        asyncio.get_running_loop().create_task(self.update())
+        task = asyncio.get_running_loop().create_task(self.update())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)

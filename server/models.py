@@ -48,6 +48,7 @@ class ServedModel:
             for task, kernel in kernels.items()
         }
         self.tasks: tuple[Task, ...] = ()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -67,15 +68,18 @@ class ServedModel:
 
     def replicas_changed(self) -> None:
         """Pool callback: wake the router and the batchers."""
-        loop = asyncio.get_running_loop()
-        loop.create_task(self.router.notify())
+        task = asyncio.get_running_loop().create_task(self.router.notify())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         for batcher in self.batchers.values():
             batcher.wake()
 
     def batcher(self, task: Task) -> Batcher:
         if task not in self.tasks:
             served = ", ".join(TASK_NAMES[t] for t in self.tasks) or "nothing"
-            raise TaskNotSupported(f"model {self.name!r} does not serve {TASK_NAMES[task]}; it serves {served}")
+            raise TaskNotSupported(
+                f"model {self.name!r} does not serve {TASK_NAMES[task]}; it serves {served}"
+            )
         return self.batchers[task]
 
     @property
@@ -84,7 +88,9 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, models: list[ServedModel], default: str, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, models: list[ServedModel], default: str, on_change: Callable[[], None] | None = None
+    ) -> None:
         self._models = {m.name: m for m in models}
         self.default = default
 

@@ -17,7 +17,7 @@ import structlog
 
 from bertserve.server import convert
 from bertserve.server.dataplane import DataPlane
-from bertserve.server.errors import BertServeError, Internal, status_for
+from bertserve.server.errors import Internal, ServingError, status_for
 from bertserve.server.logs import get_logger
 from bertserve.v1 import bert_service_pb2_grpc, common_pb2, fill_mask_pb2, models_pb2, next_sentence_pb2
 
@@ -39,7 +39,7 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return uuid.uuid4().hex
 
 
-def _error_proto(exc: BertServeError) -> common_pb2.Error:
+def _error_proto(exc: ServingError) -> common_pb2.Error:
     code = status_for(exc)
     return common_pb2.Error(code=code.value[0], code_name=code.name, message=exc.message)
 
@@ -58,7 +58,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         start = time.perf_counter()
         try:
             response = await call()
-        except BertServeError as exc:
+        except ServingError as exc:
             code = status_for(exc)
             _log.info("request_failed", code=code.name, reason=exc.message)
             await context.abort(code, exc.message)
@@ -71,15 +71,17 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         _log.debug("request_done", duration_ms=round((time.perf_counter() - start) * 1000, 3))
         return response
 
-    async def FillMask(  # noqa: N802 - gRPC method name
+    async def FillMask(
         self, request: fill_mask_pb2.FillMaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> fill_mask_pb2.FillMaskResponse:
         return await self._unary("FillMask", context, lambda: self._fill_mask(request, _deadline(context)))
 
-    async def NextSentence(  # noqa: N802
+    async def NextSentence(
         self, request: next_sentence_pb2.NextSentenceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> next_sentence_pb2.NextSentenceResponse:
-        return await self._unary("NextSentence", context, lambda: self._next_sentence(request, _deadline(context)))
+        return await self._unary(
+            "NextSentence", context, lambda: self._next_sentence(request, _deadline(context))
+        )
 
     async def _fill_mask(
         self, request: fill_mask_pb2.FillMaskRequest, deadline: float | None
@@ -93,7 +95,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         answer = await self._dp.next_sentence(convert.next_sentence_query(request), deadline)
         return convert.next_sentence_response(answer)
 
-    async def ListModels(  # noqa: N802
+    async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> models_pb2.ListModelsResponse:
         registry = self._dp.registry
@@ -105,19 +107,21 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
 
         return await self._unary("ListModels", context, call)
 
-    async def GetModelInfo(  # noqa: N802
+    async def GetModelInfo(
         self, request: models_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> models_pb2.GetModelInfoResponse:
         registry = self._dp.registry
 
         async def call() -> models_pb2.GetModelInfoResponse:
             model = registry.get(request.model)
-            return models_pb2.GetModelInfoResponse(model=convert.model_info(model, model.name == registry.default))
+            return models_pb2.GetModelInfoResponse(
+                model=convert.model_info(model, model.name == registry.default)
+            )
 
         return await self._unary("GetModelInfo", context, call)
 
     # ---- streams -------------------------------------------------------------------------
-    async def FillMaskStream(  # noqa: N802
+    async def FillMaskStream(
         self,
         request_iterator: AsyncIterator[fill_mask_pb2.FillMaskStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
@@ -126,13 +130,15 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
             try:
                 resp = await self._fill_mask(sreq.request, _deadline(context))
                 return fill_mask_pb2.FillMaskStreamResponse(request_id=sreq.request_id, response=resp)
-            except BertServeError as exc:
-                return fill_mask_pb2.FillMaskStreamResponse(request_id=sreq.request_id, error=_error_proto(exc))
+            except ServingError as exc:
+                return fill_mask_pb2.FillMaskStreamResponse(
+                    request_id=sreq.request_id, error=_error_proto(exc)
+                )
 
         async for item in self._stream("FillMaskStream", request_iterator, context, handle):
             yield item
 
-    async def NextSentenceStream(  # noqa: N802
+    async def NextSentenceStream(
         self,
         request_iterator: AsyncIterator[next_sentence_pb2.NextSentenceStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
@@ -143,7 +149,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
             try:
                 resp = await self._next_sentence(sreq.request, _deadline(context))
                 return next_sentence_pb2.NextSentenceStreamResponse(request_id=sreq.request_id, response=resp)
-            except BertServeError as exc:
+            except ServingError as exc:
                 return next_sentence_pb2.NextSentenceStreamResponse(
                     request_id=sreq.request_id, error=_error_proto(exc)
                 )

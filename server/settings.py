@@ -28,19 +28,28 @@ class Settings:
     model: str = _f(DEFAULT_MODEL, "Hub id (e.g. bert-base-cased) or local checkpoint directory")
     model_name: str = _f("", "name clients use to select the model (default: last part of --model)")
     revision: str = _f("", "Hub revision: branch, tag or commit (default: main)")
-    demo: bool = _f(False, "serve a tiny random-weight BERT built locally (no network; predictions meaningless)")
+    demo: bool = _f(
+        False, "serve a tiny random-weight BERT built locally (no network; predictions meaningless)"
+    )
     demo_dir: str = _f("~/.cache/bertserve/demo", "where the --demo checkpoint is built and cached")
     # Replicas
     replicas: int = _f(1, "model replicas (Ray actors)")
-    device: str = _f("auto", "replica device: auto (cuda if the Ray cluster has GPUs), cpu or cuda",
-                     ("auto", "cpu", "cuda"))
+    device: str = _f(
+        "auto",
+        "replica device: auto (cuda if the Ray cluster has GPUs), cpu or cuda",
+        ("auto", "cpu", "cuda"),
+    )
     gpus_per_replica: float = _f(1.0, "GPUs each replica asks Ray for (fractions share a GPU)")
     threads_per_replica: int = _f(0, "torch threads per CPU replica (0: CPUs / replicas)")
-    dtype: str = _f("auto", "weights and compute dtype: auto (bfloat16 on GPU, float32 on CPU), "
-                    "float32, bfloat16 or float16", ("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _f(
+        "auto",
+        "weights and compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16",
+        ("auto", "float32", "bfloat16", "float16"),
+    )
     max_restarts: int = _f(3, "times Ray restarts a crashed replica (-1: forever)")
-    backend: str = _f("torch", "replica backend: torch, or fake (synthetic outputs, for tests)",
-                      ("torch", "fake"))
+    backend: str = _f(
+        "torch", "replica backend: torch, or fake (synthetic outputs, for tests)", ("torch", "fake")
+    )
     fake_delay_ms: float = _f(0.0, "fake backend: compute time per batch, in milliseconds")
     # Batching
     max_batch_size: int = _f(32, "most sequences in one batch")
@@ -75,8 +84,16 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for inconsistent settings."""
-        positive = ("replicas", "max_batch_size", "max_batch_tokens", "batches_per_replica",
-                    "max_queued_requests", "max_inputs_per_request", "max_text_chars", "max_top_k")
+        positive = (
+            "replicas",
+            "max_batch_size",
+            "max_batch_tokens",
+            "batches_per_replica",
+            "max_queued_requests",
+            "max_inputs_per_request",
+            "max_text_chars",
+            "max_top_k",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1")
@@ -110,12 +127,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         help_text = f"{f.metadata['help']} [env {_env(f.name)}; default {f.default!r}]"
         if f.type == "bool":
-            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, action="store_const", const=True,
-                                default=None, help=help_text)
+            parser.add_argument(
+                f"--{_flag(f.name)}",
+                dest=f.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=help_text,
+            )
         else:
             caster = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, type=caster, default=None,
-                                choices=f.metadata["choices"], help=help_text)
+            parser.add_argument(
+                f"--{_flag(f.name)}",
+                dest=f.name,
+                type=caster,
+                default=None,
+                choices=f.metadata["choices"],
+                help=help_text,
+            )
 
 
 def from_sources(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:

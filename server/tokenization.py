@@ -110,7 +110,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _wordpiece_from_vocab(vocab_file: Path, config: dict[str, Any], token: Any) -> Tokenizer:
     """BERT's tokenizer pipeline, as transformers' BertTokenizer builds it."""
-    vocab = {line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
+    vocab = {
+        line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())
+    }
     unk, cls, sep = token("unk_token", "[UNK]"), token("cls_token", "[CLS]"), token("sep_token", "[SEP]")
     tok = Tokenizer(WordPiece(vocab, unk_token=unk))
     tok.normalizer = normalizers.BertNormalizer(
@@ -133,7 +135,17 @@ def _wordpiece_from_vocab(vocab_file: Path, config: dict[str, Any], token: Any) 
 
 def _clean_up(text: str) -> str:
     """transformers' clean_up_tokenization, applied when the checkpoint sets it."""
-    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for before, after in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(before, after)
     return text

@@ -24,10 +24,22 @@ def server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
 
     Stopped with SIGTERM at the end; a non-zero exit code fails the session.
     """
-    running = start_server([
-        "--model", str(tiny_checkpoint), "--replicas", "2", "--threads-per-replica", "1",
-        "--ray-num-cpus", "2", "--max-wait-ms", "5", "--log-format", "json",
-    ])
+    running = start_server(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--replicas",
+            "2",
+            "--threads-per-replica",
+            "1",
+            "--ray-num-cpus",
+            "2",
+            "--max-wait-ms",
+            "5",
+            "--log-format",
+            "json",
+        ]
+    )
     yield running
     code = running.stop()
     assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"

@@ -144,8 +144,14 @@ class ReplicaPool:
     def _set_ready(self, handle: ReplicaHandle, report: ReplicaReport) -> None:
         handle.report = report
         handle.state = ReplicaState.READY
-        _log.info("replica_ready", replica=handle.replica_id, device=report.device, dtype=report.dtype,
-                  node=report.node_id, pid=report.pid)
+        _log.info(
+            "replica_ready",
+            replica=handle.replica_id,
+            device=report.device,
+            dtype=report.dtype,
+            node=report.node_id,
+            pid=report.pid,
+        )
         self._on_change()
 
     def replica_failed(self, handle: ReplicaHandle, exc: BaseException) -> None:
@@ -155,8 +161,13 @@ class ReplicaPool:
         handle.restarts += 1
         budget_spent = 0 <= self.max_restarts < handle.restarts
         handle.state = ReplicaState.DEAD if budget_spent else ReplicaState.RESTARTING
-        _log.warning("replica_failed", replica=handle.replica_id, error=type(exc).__name__,
-                     restarts=handle.restarts, state=handle.state.value)
+        _log.warning(
+            "replica_failed",
+            replica=handle.replica_id,
+            error=type(exc).__name__,
+            restarts=handle.restarts,
+            state=handle.state.value,
+        )
         self._on_change()
         if not budget_spent:
             self._spawn(self._recover(handle))

@@ -29,7 +29,7 @@ class Replica:
         self._load_error = ""
         try:
             self._backend = create_backend(spec)
-        except Exception as exc:  # noqa: BLE001 - reported by ready() as one line
+        except Exception as exc:
             prefix = "" if type(exc).__name__ == "ModelLoadError" else f"{type(exc).__name__}: "
             self._load_error = prefix + _first_line(exc)
 
@@ -37,8 +37,17 @@ class Replica:
         """Answers once the model is loaded; says where it runs."""
         b = self._backend
         if b is None:
-            return ReplicaReport(self._replica_id, "", self._spec.dtype, (), _node_id(), os.getpid(), 0, 0,
-                                 load_error=self._load_error)
+            return ReplicaReport(
+                self._replica_id,
+                "",
+                self._spec.dtype,
+                (),
+                _node_id(),
+                os.getpid(),
+                0,
+                0,
+                load_error=self._load_error,
+            )
         return ReplicaReport(
             replica_id=self._replica_id,
             device=b.device,
@@ -73,7 +82,7 @@ def _node_id() -> str:
 
         if ray.is_initialized():
             return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # noqa: BLE001 - node id is informational
+    except Exception:
         pass
     return "local"
 

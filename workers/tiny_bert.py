@@ -39,7 +39,7 @@ _PIECES = (
     "##s ##ed ##ing ##er ##est ##ly ##tion ##ness ##ment ##able ##al ##ive ##ous ##ful ##less "
     "##ize ##ise ##ity ##ism ##ist ##an ##en ##on ##in ##re ##un ##at ##or ##ar ##ic ##le"
 ).split()
-_EXTRA_CHARS = "éèêëàâäîïôöùûüçñåøæßÉÈÀÖÜÇÑÅ€£¥°±×÷«»¿¡—–…‘’“”"
+_EXTRA_CHARS = "éèêëàâäîïôöùûüçñåøæßÉÈÀÖÜÇÑÅ€£¥°±×÷«»¿¡—–…‘’“”"  # noqa: RUF001 - deliberately varied
 
 
 def build_vocab() -> list[str]:
@@ -81,7 +81,9 @@ def build_tiny_bert(out_dir: str | Path, *, seed: int = 0, shape: TinyBertShape 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / MARKER_FILE).write_text(
-        json.dumps({"seed": seed, "shape": asdict(shape), "note": "random weights; predictions are meaningless"})
+        json.dumps(
+            {"seed": seed, "shape": asdict(shape), "note": "random weights; predictions are meaningless"}
+        )
     )
     return out
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bertserve.server.errors import BertServeError, DeadlineExceeded, Internal, Overloaded, Unavailable
+from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, ServingError, Unavailable
 from bertserve.server.logs import get_logger
 from bertserve.server.scheduling.router import Replica, Router
 from bertserve.server.scheduling.work import ItemResult, WorkItem
@@ -161,7 +161,9 @@ class Batcher:
             if item.abandoned:
                 continue
             if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                item.future.set_exception(
+                    DeadlineExceeded("the deadline passed while the request was queued")
+                )
                 continue
             live.append(item)
         self._queue[:] = live
@@ -179,21 +181,22 @@ class Batcher:
                     output = await replica.call(self._kernel.method, *args)
                     break
                 except ReplicaFailed as exc:
-                    self._log.warning("batch_failed", replica=replica.replica_id, batch_size=len(batch),
-                                      error=str(exc))
+                    self._log.warning(
+                        "batch_failed", replica=replica.replica_id, batch_size=len(batch), error=str(exc)
+                    )
                     await self._router.release(replica)
                     replica = None  # type: ignore[assignment]
                     if len(tried) > 1:
                         raise Unavailable("the replica computing this request failed") from None
                     self.stats.retries += 1
                     replica = await self._router.acquire(exclude=frozenset(tried))
-        except BertServeError as exc:
+        except ServingError as exc:
             _fail(batch, exc)
             return
         except asyncio.CancelledError:
             _fail(batch, Unavailable("the server is shutting down"))
             raise
-        except Exception:  # noqa: BLE001 - logged here, clients get INTERNAL
+        except Exception:
             self._log.exception("batch_error", batch_size=len(batch))
             _fail(batch, Internal("internal error while computing the batch"))
             return
@@ -213,15 +216,20 @@ class Batcher:
             if not item.future.done():
                 queue_us = int((dispatched - item.enqueued_at) * 1e6)
                 item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
-        self._log.debug("batch_done", replica=replica.replica_id, batch_size=len(batch),
-                        padded_tokens=padded, compute_us=compute_us)
+        self._log.debug(
+            "batch_done",
+            replica=replica.replica_id,
+            batch_size=len(batch),
+            padded_tokens=padded,
+            compute_us=compute_us,
+        )
 
-    def _fail_all(self, error: BertServeError) -> None:
+    def _fail_all(self, error: ServingError) -> None:
         items, self._queue = self._queue, []
         _fail(items, error)
 
 
-def _fail(items: Sequence[WorkItem], error: BertServeError) -> None:
+def _fail(items: Sequence[WorkItem], error: ServingError) -> None:
     for item in items:
         if not item.future.done():
             item.future.set_exception(error)

@@ -50,7 +50,9 @@ def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimit
     for i, text in enumerate(query.texts):
         check_text(text, f"texts[{i}]", limits)
         if tokenizer.mask_token not in text:
-            raise InvalidInput(f"texts[{i}] has no mask token; mark the word to predict with {tokenizer.mask_token}")
+            raise InvalidInput(
+                f"texts[{i}] has no mask token; mark the word to predict with {tokenizer.mask_token}"
+            )
     targets = _target_ids(query.targets, tokenizer, limits)
     if targets is not None:
         top_k = min(top_k, len(targets))
@@ -60,7 +62,9 @@ def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimit
         check_length(enc, f"texts[{i}]", limits, query.truncation)
         positions = tuple(p for p, t in enumerate(enc.ids) if t == tokenizer.mask_token_id)
         if not positions:
-            raise InvalidInput(f"texts[{i}] lost its mask token to truncation; put the mask earlier in the text")
+            raise InvalidInput(
+                f"texts[{i}] lost its mask token to truncation; put the mask earlier in the text"
+            )
         heads.append(MaskHead(positions, top_k, targets))
     return Prepared(tuple(encoded), tuple(heads))
 
@@ -110,7 +114,9 @@ class FillMaskKernel:
         )
         return pad_batch(items, self._pad_id), args
 
-    def split(self, output: FillMaskOutput, items: Sequence[WorkItem]) -> list[list[tuple[IntArray, IntArray]]]:
+    def split(
+        self, output: FillMaskOutput, items: Sequence[WorkItem]
+    ) -> list[list[tuple[IntArray, IntArray]]]:
         """Per item, per mask: (candidate ids, scores), best first, top_k long."""
         results = []
         g = 0

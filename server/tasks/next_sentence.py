@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bertserve.server.domain import InputStats, NextSentenceQuery, NextSentenceResult, RequestLimits, Truncation
+from bertserve.server.domain import (
+    InputStats,
+    NextSentenceQuery,
+    NextSentenceResult,
+    RequestLimits,
+    Truncation,
+)
 from bertserve.server.scheduling.work import WorkItem
 from bertserve.server.tasks.common import check_count, check_length, check_text, pad_batch
 from bertserve.server.tokenization import Encoded, TextTokenizer

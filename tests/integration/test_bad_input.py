@@ -33,17 +33,49 @@ def _fill(**kwargs: Any) -> fill_mask_pb2.FillMaskRequest:
         (_fill(texts=["   "]), grpc.StatusCode.INVALID_ARGUMENT, "texts[0] is empty"),
         (_fill(texts=[]), grpc.StatusCode.INVALID_ARGUMENT, "no texts"),
         (_fill(texts=["No mask in secretword here."]), grpc.StatusCode.INVALID_ARGUMENT, "has no mask token"),
-        (_fill(texts=["A [MASK]."], top_k=0), grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 100"),
-        (_fill(texts=["A [MASK]."], top_k=-3), grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 100"),
-        (_fill(texts=["A [MASK]."], top_k=101), grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 100"),
+        (
+            _fill(texts=["A [MASK]."], top_k=0),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_k must be between 1 and 100",
+        ),
+        (
+            _fill(texts=["A [MASK]."], top_k=-3),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_k must be between 1 and 100",
+        ),
+        (
+            _fill(texts=["A [MASK]."], top_k=101),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_k must be between 1 and 100",
+        ),
         (_fill(texts=[LONG]), grpc.StatusCode.INVALID_ARGUMENT, "the model takes at most 128"),
-        (_fill(texts=["A [MASK]."], targets=["\u0000"]), grpc.StatusCode.INVALID_ARGUMENT, "none of the targets"),
+        (
+            _fill(texts=["A [MASK]."], targets=["\u0000"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "none of the targets",
+        ),
         (_fill(texts=["A [MASK]."] * 65), grpc.StatusCode.INVALID_ARGUMENT, "at most 64"),
         (_fill(texts=["A [MASK]."], model="no-such-model"), grpc.StatusCode.NOT_FOUND, "no model named"),
-        (_fill(texts=["A [MASK]."], truncation=7), grpc.StatusCode.INVALID_ARGUMENT, "unknown truncation policy"),
+        (
+            _fill(texts=["A [MASK]."], truncation=7),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown truncation policy",
+        ),
     ],
-    ids=["empty", "blank", "no-texts", "no-mask", "top-k-zero", "top-k-negative", "top-k-too-large",
-         "too-long", "unknown-target", "too-many-texts", "unknown-model", "bad-truncation-enum"],
+    ids=[
+        "empty",
+        "blank",
+        "no-texts",
+        "no-mask",
+        "top-k-zero",
+        "top-k-negative",
+        "top-k-too-large",
+        "too-long",
+        "unknown-target",
+        "too-many-texts",
+        "unknown-model",
+        "bad-truncation-enum",
+    ],
 )
 def test_fill_mask_rejects_bad_input(stub: Any, request_: Any, code: grpc.StatusCode, phrase: str) -> None:
     with pytest.raises(grpc.RpcError) as info:
@@ -56,8 +88,11 @@ def test_fill_mask_rejects_bad_input(stub: Any, request_: Any, code: grpc.Status
 
 @pytest.mark.parametrize(
     ("pairs", "phrase"),
-    [([("", "B follows.")], "pairs[0].first is empty"), ([("A is here.", " ")], "pairs[0].second is empty"),
-     ([], "no pairs")],
+    [
+        ([("", "B follows.")], "pairs[0].first is empty"),
+        ([("A is here.", " ")], "pairs[0].second is empty"),
+        ([], "no pairs"),
+    ],
 )
 def test_next_sentence_rejects_empty_sides(stub: Any, pairs: list[tuple[str, str]], phrase: str) -> None:
     request = next_sentence_pb2.NextSentenceRequest(

@@ -21,8 +21,10 @@ SENTENCES = [
 
 def test_64_concurrent_clients_all_answered_and_both_replicas_batch(server: RunningServer) -> None:
     with BertClient(server.address, timeout=60) as client:
-        expected = {s: [c.token_id for c in client.fill_mask(s, top_k=3).results[0].masks[0].candidates]
-                    for s in SENTENCES}
+        expected = {
+            s: [c.token_id for c in client.fill_mask(s, top_k=3).results[0].masks[0].candidates]
+            for s in SENTENCES
+        }
         before = {r.replica_id: (r.batches, r.sequences) for r in client.model_info().replicas}
 
     async def one_client(i: int) -> list[tuple[str, list[int]]]:

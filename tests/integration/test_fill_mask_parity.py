@@ -40,8 +40,9 @@ def stub(server: RunningServer) -> Any:
 
 
 @pytest.mark.parametrize(("texts", "top_k", "targets"), CASES)
-def test_fill_mask_matches_pipeline(stub: Any, pipe: Any, texts: list[str], top_k: int | None,
-                                    targets: tuple[str, ...]) -> None:
+def test_fill_mask_matches_pipeline(
+    stub: Any, pipe: Any, texts: list[str], top_k: int | None, targets: tuple[str, ...]
+) -> None:
     request = fill_mask_pb2.FillMaskRequest(texts=texts, targets=list(targets))
     if top_k is not None:
         request.top_k = top_k

@@ -23,7 +23,9 @@ def test_health_is_serving_for_server_and_service(server: RunningServer) -> None
 
 def test_health_watch_streams_current_status(server: RunningServer) -> None:
     with grpc.insecure_channel(server.address) as channel:
-        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
         first = next(iter(stream))
         stream.cancel()
     assert first.status == health_pb2.HealthCheckResponse.SERVING
@@ -32,8 +34,11 @@ def test_health_watch_streams_current_status(server: RunningServer) -> None:
 def test_reflection_lists_services(server: RunningServer) -> None:
     with grpc.insecure_channel(server.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                 timeout=10))
+        replies = list(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+            )
+        )
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"bertserve.v1.BertService", "grpc.health.v1.Health"} <= names
 

@@ -13,8 +13,14 @@ pytestmark = pytest.mark.integration
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*BERTSERVE, "serve", "--port", "0", *args], capture_output=True, text=True,
-                          timeout=180, env=env, check=False)
+    return subprocess.run(
+        [*BERTSERVE, "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:

@@ -47,8 +47,11 @@ def test_next_sentence_stream_over_async_client(server: RunningServer) -> None:
     async def main() -> list[object]:
         async def inputs():  # type: ignore[no-untyped-def]
             for i in range(50):
-                yield f"pair-{i}", next_sentence_pb2.NextSentenceRequest(
-                    pairs=[next_sentence_pb2.SentencePair(first="It rained.", second=f"Day {i} was wet.")]
+                yield (
+                    f"pair-{i}",
+                    next_sentence_pb2.NextSentenceRequest(
+                        pairs=[next_sentence_pb2.SentencePair(first="It rained.", second=f"Day {i} was wet.")]
+                    ),
                 )
 
         async with AsyncBertClient(server.address, timeout=60) as client:

@@ -34,7 +34,9 @@ class RunningServer:
 
     def health(self, service: str = "") -> int:
         with grpc.insecure_channel(self.address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
         return int(reply.status)
 
     def stop(self, timeout: float = 60) -> int:
@@ -49,7 +51,9 @@ class RunningServer:
             raise
 
 
-def start_server(args: Sequence[str], *, timeout: float = 180, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    args: Sequence[str], *, timeout: float = 180, env: dict[str, str] | None = None
+) -> RunningServer:
     """Run `bertserve serve ARGS --port 0` and wait until it reports its port and is SERVING."""
     workdir = Path(tempfile.mkdtemp(prefix="bertserve-test-"))
     port_file = workdir / "port"

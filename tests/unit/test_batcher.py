@@ -85,6 +85,7 @@ def _run(coro: Any) -> Any:
 
 # ---- take_batch ------------------------------------------------------------------------------
 
+
 def test_take_batch_groups_lengths_around_the_oldest_item() -> None:
     async def main() -> None:
         queue = [_item(n, tag=i) for i, n in enumerate([10, 100, 12, 95, 11, 9])]
@@ -114,6 +115,7 @@ def test_take_batch_always_takes_the_oldest_even_when_alone_over_budget() -> Non
 
 
 # ---- Batcher ---------------------------------------------------------------------------------
+
 
 def test_idle_replica_gets_a_request_at_once_without_waiting_for_max_wait() -> None:
     async def main() -> None:
@@ -157,7 +159,9 @@ def test_router_keeps_at_most_depth_batches_per_replica_and_spreads_load() -> No
         a, b = FakeReplica("a"), FakeReplica("b")
         gate = asyncio.Event()
         a.gate = b.gate = gate
-        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b), depth=2), _limits(max_batch_size=1, max_wait_s=0))
+        batcher = Batcher(
+            "t", EchoKernel(), Router(Pool(a, b), depth=2), _limits(max_batch_size=1, max_wait_s=0)
+        )
         batcher.start()
         items = [_item(2, tag=i) for i in range(10)]
         batcher.submit(items)

@@ -10,8 +10,9 @@ import pytest
 from bertserve.server import errors
 
 ALL_ERRORS = [
-    cls for _, cls in inspect.getmembers(errors, inspect.isclass)
-    if issubclass(cls, errors.BertServeError) and cls is not errors.BertServeError
+    cls
+    for _, cls in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(cls, errors.ServingError) and cls is not errors.ServingError
 ]
 
 EXPECTED = {
@@ -30,7 +31,7 @@ def test_every_domain_error_is_in_the_table() -> None:
 
 
 @pytest.mark.parametrize("cls", ALL_ERRORS, ids=lambda c: c.__name__)
-def test_domain_error_maps_to_its_status(cls: type[errors.BertServeError]) -> None:
+def test_domain_error_maps_to_its_status(cls: type[errors.ServingError]) -> None:
     assert errors.status_for(cls("message for people")) == EXPECTED[cls]
 
 

@@ -24,12 +24,15 @@ def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
     committed = ROOT / "client" / "bertserve" / "v1"
     fresh_files = {p.name: p.read_bytes() for p in fresh.iterdir() if p.is_file()}
     committed_files = {p.name: p.read_bytes() for p in committed.iterdir() if p.is_file()}
-    stale = sorted(n for n in fresh_files.keys() | committed_files.keys()
-                   if fresh_files.get(n) != committed_files.get(n))
+    stale = sorted(
+        n for n in fresh_files.keys() | committed_files.keys() if fresh_files.get(n) != committed_files.get(n)
+    )
     assert not stale, f"stale generated stubs {stale}: run `python scripts/gen_protos.py`"
 
 
 def test_every_proto_file_has_stubs() -> None:
     protos = sorted(p.stem for p in (ROOT / "protos" / "bertserve" / "v1").glob("*.proto"))
-    stubs = sorted(p.name.removesuffix("_pb2.py") for p in (ROOT / "client" / "bertserve" / "v1").glob("*_pb2.py"))
+    stubs = sorted(
+        p.name.removesuffix("_pb2.py") for p in (ROOT / "client" / "bertserve" / "v1").glob("*_pb2.py")
+    )
     assert protos == stubs

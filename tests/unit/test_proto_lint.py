@@ -14,6 +14,7 @@ BUF = "@bufbuild/buf@1.75.0"
 
 @pytest.mark.skipif(shutil.which("npx") is None, reason="needs Node's npx to run buf")
 def test_protos_pass_buf_lint() -> None:
-    done = subprocess.run(["npx", "-y", BUF, "lint"], cwd=PROTOS, capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        ["npx", "-y", BUF, "lint"], cwd=PROTOS, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr

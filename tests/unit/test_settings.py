@@ -22,8 +22,12 @@ def test_defaults_serve_bert_base_cased_on_loopback() -> None:
 
 
 def test_environment_sets_fields_and_flags_win() -> None:
-    env = {"BERTSERVE_REPLICAS": "3", "BERTSERVE_MAX_WAIT_MS": "7.5", "BERTSERVE_DEMO": "true",
-           "BERTSERVE_MODEL": "/models/x"}
+    env = {
+        "BERTSERVE_REPLICAS": "3",
+        "BERTSERVE_MAX_WAIT_MS": "7.5",
+        "BERTSERVE_DEMO": "true",
+        "BERTSERVE_MODEL": "/models/x",
+    }
     s = from_sources(_parse("--replicas", "2"), env=env)
     assert s.replicas == 2
     assert s.max_wait_ms == 7.5
@@ -33,8 +37,11 @@ def test_environment_sets_fields_and_flags_win() -> None:
 
 def test_every_settings_field_has_a_flag_and_documented_help() -> None:
     parser = build_parser()
-    serve = next(a for a in parser._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
-                 if isinstance(a, argparse.ArgumentParser) and a.prog.endswith("serve"))
+    serve = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
+        if isinstance(a, argparse.ArgumentParser) and a.prog.endswith("serve")
+    )
     dests = {a.dest: a for a in serve._actions}
     for name in Settings.__dataclass_fields__:
         assert name in dests, name
@@ -57,4 +64,6 @@ def test_bad_environment_values_are_rejected(env: dict[str, str], message: str) 
 
 def test_model_name_defaults_to_last_path_component() -> None:
     assert from_sources({"model": "/data/models/my-bert/"}, env={}).served_name == "my-bert"
-    assert from_sources({"model": "google-bert/bert-base-cased", "model_name": "b"}, env={}).served_name == "b"
+    assert (
+        from_sources({"model": "google-bert/bert-base-cased", "model_name": "b"}, env={}).served_name == "b"
+    )

@@ -62,13 +62,18 @@ def test_truncation_matches_transformers_and_is_reported(ours: TextTokenizer, hf
     assert not whole.truncated and whole.length > 128
 
 
-def test_vocab_txt_checkpoint_tokenizes_like_tokenizer_json(tiny_checkpoint: Path, tmp_path: Path,
-                                                            ours: TextTokenizer) -> None:
+def test_vocab_txt_checkpoint_tokenizes_like_tokenizer_json(
+    tiny_checkpoint: Path, tmp_path: Path, ours: TextTokenizer
+) -> None:
     vocab = json.loads((tiny_checkpoint / "tokenizer.json").read_text())["model"]["vocab"]
-    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
+    (tmp_path / "vocab.txt").write_text(
+        "".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]))
+    )
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
     from_vocab = TextTokenizer(tmp_path, 128)
-    assert [e.ids for e in from_vocab.encode(TEXTS, truncate=False)] == [e.ids for e in ours.encode(TEXTS, False)]
+    assert [e.ids for e in from_vocab.encode(TEXTS, truncate=False)] == [
+        e.ids for e in ours.encode(TEXTS, False)
+    ]
 
 
 def test_target_word_outside_vocabulary_maps_to_its_first_piece(ours: TextTokenizer, hf) -> None:  # type: ignore[no-untyped-def]
@@ -78,5 +83,5 @@ def test_target_word_outside_vocabulary_maps_to_its_first_piece(ours: TextTokeni
 
 
 def test_checkpoint_without_tokenizer_files_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="no tokenizer.json or vocab.txt"):
+    with pytest.raises(CheckpointError, match=r"no tokenizer\.json or vocab\.txt"):
         TextTokenizer(tmp_path, 128)

@@ -48,9 +48,11 @@ class TorchBertBackend:
                 attn_implementation="sdpa",
                 output_loading_info=True,
             )
-        except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
+        except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise ModelLoadError(f"cannot load checkpoint {spec.checkpoint!r}: {type(exc).__name__}: {first}") from None
+            raise ModelLoadError(
+                f"cannot load checkpoint {spec.checkpoint!r}: {type(exc).__name__}: {first}"
+            ) from None
         missing = set(info.get("missing_keys", ()))
         tasks: list[Task] = []
         warnings: list[str] = []
