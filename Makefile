@@ -33,4 +33,5 @@ protos: setup
 
 lint: setup
 	$(VENV)/bin/ruff check server workers client/bertserve_client tests scripts
-	$(VENV)/bin/mypy server workers client/bertserve_client
+	$(VENV)/bin/ruff format --check server workers client/bertserve_client tests scripts
+	$(VENV)/bin/python scripts/typecheck.py

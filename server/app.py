@@ -99,7 +99,7 @@ def _init_ray(settings: Settings) -> None:
 def _place(settings: Settings) -> Placed:
     import ray
 
-    resources = ray.cluster_resources()
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus = float(resources.get("GPU", 0.0))
     cpus = float(resources.get("CPU", 1.0))
     device = settings.device

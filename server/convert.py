@@ -141,6 +141,8 @@ def model_info(model: ServedModel, is_default: bool) -> models_pb2.ModelInfo:
                 node_id=r.report.node_id if r.report else "",
                 batches=r.batches,
                 sequences=r.sequences,
+                pid=r.report.pid if r.report else 0,
+                restarts=r.restarts,
             )
             for r in model.pool.replicas()
         ],

@@ -61,5 +61,5 @@ def status_for(error: ServingError) -> grpc.StatusCode:
     """The gRPC status code of a domain error (most specific class wins)."""
     for cls in type(error).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     return grpc.StatusCode.INTERNAL

@@ -74,7 +74,8 @@ class TextTokenizer:
         for text, enc in zip(texts, encodings, strict=True):
             truncated = False
             if truncate and len(enc.ids) > self.max_length:
-                enc = self._truncating.encode(*_as_args(text), add_special_tokens=True)
+                first, pair = (text, None) if isinstance(text, str) else text
+                enc = self._truncating.encode(first, pair, add_special_tokens=True)
                 truncated = True
             out.append(Encoded(tuple(enc.ids), tuple(enc.type_ids), truncated))
         return out
@@ -95,10 +96,6 @@ class TextTokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         token: str | None = self._tokenizer.id_to_token(token_id)
         return token
-
-
-def _as_args(text: str | tuple[str, str]) -> tuple[str, ...]:
-    return (text,) if isinstance(text, str) else text
 
 
 def _read_json(path: Path) -> dict[str, Any]:

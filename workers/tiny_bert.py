@@ -77,7 +77,8 @@ def build_tiny_bert(out_dir: str | Path, *, seed: int = 0, shape: TinyBertShape 
     tokenizer.model_max_length = shape.max_position_embeddings
     config = BertConfig(vocab_size=len(vocab), **asdict(shape))
     torch.manual_seed(seed)
-    model = BertForPreTraining(config).eval()
+    model = BertForPreTraining(config)
+    model.train(False)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / MARKER_FILE).write_text(

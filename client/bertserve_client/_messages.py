@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, TypeGuard, TypeVar
 
 import grpc
-from bertserve.v1 import common_pb2, fill_mask_pb2, models_pb2, next_sentence_pb2
 
+from bertserve.v1 import common_pb2, fill_mask_pb2, models_pb2, next_sentence_pb2
 from bertserve_client.streaming import FillMaskInput, NextSentenceInput, StreamResult
 
 R_co = TypeVar("R_co", covariant=True)

@@ -7,8 +7,8 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2, next_sentence_pb2
 
+from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2, next_sentence_pb2
 from bertserve_client import _messages, _rpc
 from bertserve_client._channel import DEFAULT_TARGET, open_channel, sync_channel
 from bertserve_client.streaming import FillMaskInput, NextSentenceInput, StreamResult

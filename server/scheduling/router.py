@@ -19,6 +19,7 @@ class Replica(Protocol):
     replica_id: str
     inflight: int
     batches: int
+    sequences: int
 
     @property
     def ready(self) -> bool: ...

@@ -21,7 +21,7 @@ from bertserve.server.errors import InvalidInput
 from bertserve.server.scheduling.work import WorkItem
 from bertserve.server.tasks.common import check_count, check_length, check_text, pad_batch
 from bertserve.server.tokenization import Encoded, TextTokenizer
-from bertserve.workers.protocol import EncodedBatch, FillMaskArgs, FillMaskOutput, IntArray, Task
+from bertserve.workers.protocol import EncodedBatch, FillMaskArgs, FillMaskOutput, FloatArray, IntArray, Task
 
 TASK = Task.FILL_MASK
 
@@ -116,7 +116,7 @@ class FillMaskKernel:
 
     def split(
         self, output: FillMaskOutput, items: Sequence[WorkItem]
-    ) -> list[list[tuple[IntArray, IntArray]]]:
+    ) -> list[list[tuple[IntArray, FloatArray]]]:
         """Per item, per mask: (candidate ids, scores), best first, top_k long."""
         results = []
         g = 0
@@ -136,7 +136,7 @@ class FillMaskKernel:
 
 
 def finish(
-    encoded: Encoded, head: MaskHead, per_mask: list[tuple[IntArray, IntArray]], tokenizer: TextTokenizer
+    encoded: Encoded, head: MaskHead, per_mask: list[tuple[IntArray, FloatArray]], tokenizer: TextTokenizer
 ) -> FillMaskResult:
     """Token strings and filled-in sequences, decoded as the pipeline decodes them: with one
     mask, special tokens are skipped; with several, they are kept (the other masks stay)."""

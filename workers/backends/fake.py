@@ -27,8 +27,8 @@ class FakeBackend:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.device = "cpu"
         self.dtype = spec.dtype
-        self.tasks = (Task.FILL_MASK, Task.NEXT_SENTENCE)
-        self.warnings = ("fake backend: outputs are synthetic",)
+        self.tasks: tuple[Task, ...] = (Task.FILL_MASK, Task.NEXT_SENTENCE)
+        self.warnings: tuple[str, ...] = ("fake backend: outputs are synthetic",)
         self.vocab_size = FAKE_VOCAB_SIZE
         self.max_position_embeddings = FAKE_MAX_POSITIONS
         self._delay_s = spec.fake_delay_ms / 1000.0

@@ -41,9 +41,9 @@ class TorchBertBackend:
         self.device = "cuda:0" if spec.device == "cuda" else "cpu"
         self.dtype = spec.dtype
         try:
-            model, info = BertForPreTraining.from_pretrained(
+            loaded: Any = BertForPreTraining.from_pretrained(
                 spec.checkpoint,
-                revision=spec.revision or None,
+                revision=spec.revision or "main",
                 dtype=_DTYPES[spec.dtype],
                 attn_implementation="sdpa",
                 output_loading_info=True,
@@ -53,6 +53,7 @@ class TorchBertBackend:
             raise ModelLoadError(
                 f"cannot load checkpoint {spec.checkpoint!r}: {type(exc).__name__}: {first}"
             ) from None
+        model, info = loaded
         missing = set(info.get("missing_keys", ()))
         tasks: list[Task] = []
         warnings: list[str] = []
@@ -70,7 +71,7 @@ class TorchBertBackend:
             )
         self.tasks = tuple(tasks)
         self.warnings = tuple(warnings)
-        self.model = model.eval().to(self.device)
+        self.model: Any = model.eval().to(self.device)
         self.vocab_size = int(model.config.vocab_size)
         self.max_position_embeddings = int(model.config.max_position_embeddings)
         self.warm_up()

@@ -121,6 +121,8 @@ class ReplicaInfo(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
     SEQUENCES_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     state: Global___ReplicaState.ValueType
     device: _builtins.str
@@ -130,6 +132,10 @@ class ReplicaInfo(_message.Message):
     batches: _builtins.int
     """Batches and sequences this replica has computed since the server started."""
     sequences: _builtins.int
+    pid: _builtins.int
+    """Operating-system process id of the replica on its node."""
+    restarts: _builtins.int
+    """Times the replica crashed and was restarted by Ray."""
     def __init__(
         self,
         *,
@@ -139,10 +145,12 @@ class ReplicaInfo(_message.Message):
         node_id: _builtins.str = ...,
         batches: _builtins.int = ...,
         sequences: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "device", b"device", "node_id", b"node_id", "replica_id", b"replica_id", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "device", b"device", "node_id", b"node_id", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,42 @@
+"""Run `mypy --strict` on the installed package names: `python scripts/typecheck.py`.
+
+The folders server/, workers/ and client/bertserve/v1 are installed as bertserve.server,
+bertserve.workers and bertserve.v1. Editable installs reach them through an import hook that
+mypy cannot follow, so this lays out links under .mypy-src/ with the installed names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LINKS = {"server": ROOT / "server", "workers": ROOT / "workers", "v1": ROOT / "client" / "bertserve" / "v1"}
+
+
+def main() -> int:
+    package = ROOT / ".mypy-src" / "bertserve"
+    package.mkdir(parents=True, exist_ok=True)
+    for name, target in LINKS.items():
+        link = package / name
+        if not link.is_symlink():
+            link.symlink_to(os.path.relpath(target, package))
+    env = {**os.environ, "MYPYPATH": f"{package.parent}{os.pathsep}{ROOT / 'client'}"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "-p",
+        "bertserve.server",
+        "-p",
+        "bertserve.workers",
+        "-p",
+        "bertserve_client",
+    ]
+    return subprocess.call(cmd, cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
