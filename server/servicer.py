@@ -126,16 +126,10 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         request_iterator: AsyncIterator[fill_mask_pb2.FillMaskStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[fill_mask_pb2.FillMaskStreamResponse]:
-        async def handle(sreq: fill_mask_pb2.FillMaskStreamRequest) -> fill_mask_pb2.FillMaskStreamResponse:
-            try:
-                resp = await self._fill_mask(sreq.request, _deadline(context))
-                return fill_mask_pb2.FillMaskStreamResponse(request_id=sreq.request_id, response=resp)
-            except ServingError as exc:
-                return fill_mask_pb2.FillMaskStreamResponse(
-                    request_id=sreq.request_id, error=_error_proto(exc)
-                )
-
-        async for item in self._stream("FillMaskStream", request_iterator, context, handle):
+        stream = self._stream(
+            "FillMaskStream", request_iterator, context, self._fill_mask, fill_mask_pb2.FillMaskStreamResponse
+        )
+        async for item in stream:
             yield item
 
     async def NextSentenceStream(
@@ -143,18 +137,14 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         request_iterator: AsyncIterator[next_sentence_pb2.NextSentenceStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[next_sentence_pb2.NextSentenceStreamResponse]:
-        async def handle(
-            sreq: next_sentence_pb2.NextSentenceStreamRequest,
-        ) -> next_sentence_pb2.NextSentenceStreamResponse:
-            try:
-                resp = await self._next_sentence(sreq.request, _deadline(context))
-                return next_sentence_pb2.NextSentenceStreamResponse(request_id=sreq.request_id, response=resp)
-            except ServingError as exc:
-                return next_sentence_pb2.NextSentenceStreamResponse(
-                    request_id=sreq.request_id, error=_error_proto(exc)
-                )
-
-        async for item in self._stream("NextSentenceStream", request_iterator, context, handle):
+        stream = self._stream(
+            "NextSentenceStream",
+            request_iterator,
+            context,
+            self._next_sentence,
+            next_sentence_pb2.NextSentenceStreamResponse,
+        )
+        async for item in stream:
             yield item
 
     async def _stream(
@@ -162,9 +152,13 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         rpc: str,
         requests: AsyncIterator[Any],
         context: grpc.aio.ServicerContext[Any, Any],
-        handle: Callable[[Any], Awaitable[Any]],
+        call: Callable[[Any, float | None], Awaitable[Any]],
+        response_type: Callable[..., Any],
     ) -> AsyncIterator[Any]:
         """Answer each stream request on its own task; responses go out as they finish.
+
+        Each `StreamRequest{request_id, request}` gets exactly one
+        `response_type(request_id=..., response=...)` or `(request_id=..., error=...)`.
 
         At most `max_stream_inflight` requests of one stream are unanswered at a time: a permit
         is held from reading a request until its response is written, so a client that sends
@@ -177,11 +171,27 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         out: asyncio.Queue[Any] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
+        async def answer(sreq: Any) -> None:
+            with structlog.contextvars.bound_contextvars(request_id=sreq.request_id):
+                try:
+                    response = await call(sreq.request, _deadline(context))
+                    reply = response_type(request_id=sreq.request_id, response=response)
+                except ServingError as exc:
+                    reply = response_type(request_id=sreq.request_id, error=_error_proto(exc))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("stream_request_error")
+                    reply = response_type(
+                        request_id=sreq.request_id, error=_error_proto(Internal("internal error"))
+                    )
+                await out.put(reply)
+
         async def reader() -> None:
             try:
                 async for sreq in requests:
                     await permits.acquire()
-                    task = asyncio.create_task(_answer_one(sreq, handle, out))
+                    task = asyncio.create_task(answer(sreq))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -198,24 +208,3 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
             for task in list(tasks):
                 task.cancel()
             await asyncio.gather(read_task, *tasks, return_exceptions=True)
-
-
-async def _answer_one(sreq: Any, handle: Callable[[Any], Awaitable[Any]], out: asyncio.Queue[Any]) -> None:
-    """Run one stream request; an unexpected error becomes an INTERNAL error for its id."""
-    with structlog.contextvars.bound_contextvars(request_id=sreq.request_id):
-        try:
-            response = await handle(sreq)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            _log.exception("stream_request_error")
-            response = _internal_response(sreq)
-        await out.put(response)
-
-
-def _internal_response(sreq: Any) -> Any:
-    """An INTERNAL error response of the stream's response type."""
-    error = _error_proto(Internal("internal error"))
-    if isinstance(sreq, fill_mask_pb2.FillMaskStreamRequest):
-        return fill_mask_pb2.FillMaskStreamResponse(request_id=sreq.request_id, error=error)
-    return next_sentence_pb2.NextSentenceStreamResponse(request_id=sreq.request_id, error=error)
