@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+#
+# One image for every node of a bertserve cluster: the Ray head, the GPU workers and the
+# gRPC front end (see docker-compose.yml). Ray needs the same Python and Ray version on
+# every node, and building them all from this one image gives you that.
+#
+# Base image: python:3.11-slim, not nvidia/cuda.
+#   * PyPI's Linux torch wheels are CUDA builds. They bring their own CUDA runtime, cuBLAS,
+#     cuDNN and NCCL as nvidia-* wheels. The only other thing a GPU needs is the driver
+#     (libcuda), and the NVIDIA Container Toolkit mounts that from the host when a container
+#     reserves a GPU (compose: deploy.resources.reservations.devices). An nvidia/cuda
+#     runtime base would add a second copy of the CUDA libraries (several GB) that torch
+#     never loads, and that base has no Python, so one would have to be installed on top.
+#   * 3.11 is the version the project type-checks against (tool.mypy python_version).
+#   * The front end and the head use no GPU. They run the same image without a GPU
+#     reservation (the front end never imports torch).
+#
+# Build:  docker build -t bertserve:0.1.0 .
+#         (or `docker compose build`; .dockerignore keeps the context small)
+FROM python:3.11-slim
+
+# HF_HOME: the Hugging Face cache. docker-compose.yml mounts the shared named volume
+# `hf-cache` at /cache. RAY_USAGE_STATS_ENABLED=0: `ray start` and the front end's
+# ray.init() neither prompt about nor upload usage stats.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/cache/huggingface \
+    RAY_USAGE_STATS_ENABLED=0
+
+# Non-root user. /cache is created here, owned by that user, so that a fresh named volume
+# mounted on it copies this ownership and the user can write to it.
+RUN groupadd --system --gid 1000 bertserve \
+ && useradd --system --uid 1000 --gid bertserve --create-home --home-dir /home/bertserve bertserve \
+ && mkdir -p /cache/huggingface /cache/bertserve-demo \
+ && chown -R bertserve:bertserve /cache
+
+WORKDIR /opt/bertserve/src
+
+# torch gets its own layer, before the project sources, so that editing code does not
+# download it again (the `pip install .` below then finds torch>=2.4 met and keeps it).
+# PyPI's default torch wheel is a CUDA build on Linux. It needs a host NVIDIA driver recent
+# enough for its CUDA version. For older drivers, take the wheel from PyTorch's index for an
+# older CUDA, e.g.
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# (never .../whl/cpu: the GPU workers need CUDA). TORCH_SPEC can pin a version.
+ARG TORCH_INDEX_URL=https://pypi.org/simple
+ARG TORCH_SPEC="torch>=2.4"
+RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
+
+# Copy only what the two distributions need to build. The client ships the generated gRPC
+# stubs (client/bertserve/v1), so protos/ and scripts/ are not needed.
+COPY pyproject.toml README.md ./
+COPY client/ ./client/
+COPY server/ ./server/
+COPY workers/ ./workers/
+
+# Both distributions go in one resolve, so bertserve's pin `bertserve-client==0.1.0` is met
+# by the local client and not looked up on PyPI.
+RUN pip install ./client . \
+ && bertserve --help >/dev/null \
+ && ray --version
+
+USER bertserve
+WORKDIR /home/bertserve
+
+# The front end's gRPC port (the `serve` default, --port 50051).
+EXPOSE 50051
+
+# Each compose service passes its own command. With no command, the image prints the CLI usage.
+CMD ["bertserve", "--help"]
