@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from bertserve.server.checkpoint import Checkpoint
@@ -88,9 +87,7 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(
-        self, models: list[ServedModel], default: str, on_change: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, models: list[ServedModel], default: str) -> None:
         self._models = {m.name: m for m in models}
         self.default = default
 
