@@ -129,6 +129,13 @@ async def build_model(settings: Settings, on_change: Any) -> ServedModel:
     else:
         checkpoint = resolve_checkpoint(settings.model, settings.revision)
     max_length = _max_length(checkpoint)
+    # Random-weight checkpoints made by workers/tiny_bert.py are flagged as demos wherever they are served.
+    demo = settings.demo or is_tiny_checkpoint(checkpoint.files_dir)
+    if settings.max_batch_tokens < max_length:
+        raise StartupError(
+            f"--max-batch-tokens ({settings.max_batch_tokens}) must be at least the model's "
+            f"maximum sequence length ({max_length})"
+        )
     tokenizer = TextTokenizer(checkpoint.files_dir, max_length)
     _init_ray(settings)
     placed = _place(settings)
@@ -142,11 +149,6 @@ async def build_model(settings: Settings, on_change: Any) -> ServedModel:
         backend=settings.backend,
         fake_delay_ms=settings.fake_delay_ms,
     )
-    if settings.max_batch_tokens < max_length:
-        raise StartupError(
-            f"--max-batch-tokens ({settings.max_batch_tokens}) must be at least the model's "
-            f"maximum sequence length ({max_length})"
-        )
     config = ModelConfig(
         name=settings.served_name,
         checkpoint=checkpoint,
@@ -165,8 +167,8 @@ async def build_model(settings: Settings, on_change: Any) -> ServedModel:
             max_queued=settings.max_queued_requests,
         ),
         batches_per_replica=settings.batches_per_replica,
-        demo=settings.demo or is_tiny_checkpoint(checkpoint.files_dir),
-        description=DEMO_NOTICE if settings.demo or is_tiny_checkpoint(checkpoint.files_dir) else "",
+        demo=demo,
+        description=DEMO_NOTICE if demo else "",
     )
     model: ServedModel | None = None
 

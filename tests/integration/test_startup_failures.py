@@ -71,3 +71,11 @@ def test_invalid_flag_value_exits_2() -> None:
     done = _serve("--replicas", "0")
     assert done.returncode == 2
     assert _error_lines(done.stderr) == ["bertserve: error: --replicas must be at least 1"]
+
+
+def test_token_budget_below_the_model_length_is_rejected_before_ray_starts(tiny_checkpoint: Path) -> None:
+    done = _serve("--model", str(tiny_checkpoint), "--max-batch-tokens", "64")
+    assert done.returncode == 1
+    assert _error_lines(done.stderr) == [
+        "bertserve: error: --max-batch-tokens (64) must be at least the model's maximum sequence length (128)"
+    ]
