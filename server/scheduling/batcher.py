@@ -174,6 +174,7 @@ class Batcher:
         args = self._kernel.collate(batch)
         padded = max(it.length for it in batch) * len(batch)
         tried: set[str] = set()
+        attempts = 1
         try:
             while True:
                 tried.add(replica.replica_id)
@@ -186,8 +187,10 @@ class Batcher:
                     )
                     await self._router.release(replica)
                     replica = None  # type: ignore[assignment]
-                    if len(tried) > 1:
+                    # Inference is idempotent: retry once (elsewhere when another replica is alive).
+                    if attempts >= 2:
                         raise Unavailable("the replica computing this request failed") from None
+                    attempts += 1
                     self.stats.retries += 1
                     replica = await self._router.acquire(exclude=frozenset(tried))
         except ServingError as exc:

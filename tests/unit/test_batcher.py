@@ -255,3 +255,25 @@ def test_batch_fails_with_unavailable_when_every_replica_is_dead() -> None:
         await batcher.stop()
 
     _run(main())
+
+
+def test_single_replica_that_keeps_failing_is_retried_once_then_unavailable() -> None:
+    async def main() -> None:
+        flaky = FakeReplica("only")
+        flaky.fail = True
+
+        async def call_and_recover(method: str, batch: list[tuple[int, ...]]) -> Any:
+            flaky.calls.append(batch)
+            raise ReplicaFailed("crashed again")  # the replica stays ready (Ray restarted it)
+
+        flaky.call = call_and_recover  # type: ignore[method-assign]
+        batcher = Batcher("t", EchoKernel(), Router(Pool(flaky)), _limits())
+        batcher.start()
+        item = _item(2)
+        batcher.submit([item])
+        with pytest.raises(Unavailable, match="failed"):
+            await item.future
+        assert len(flaky.calls) == 2, "one try and exactly one retry"
+        await batcher.stop()
+
+    _run(main())
