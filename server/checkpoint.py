@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertserve.workers.errors import first_line
+
 _SMALL_FILES = [
     "config.json",
     "tokenizer.json",
@@ -65,7 +67,7 @@ def resolve_checkpoint(name: str, revision: str = "") -> Checkpoint:
     except Exception as exc:
         raise CheckpointError(
             f"cannot fetch model {name!r} from the Hugging Face Hub ({type(exc).__name__}: "
-            f"{_first_line(exc)}); without network access pass --model /path/to/checkpoint "
+            f"{first_line(exc, limit=200)}); without network access pass --model /path/to/checkpoint "
             "(a save_pretrained directory) or --demo"
         ) from None
     files = Path(local)
@@ -74,8 +76,3 @@ def resolve_checkpoint(name: str, revision: str = "") -> Checkpoint:
             f"model {name!r} on the Hub has no config.json; is it a transformers checkpoint?"
         )
     return Checkpoint(name, revision, files, False)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""

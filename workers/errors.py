@@ -9,3 +9,10 @@ class ReplicaFailed(RuntimeError):
 
 class ReplicaLoadError(RuntimeError):
     """A replica could not load its model. The message is one line for people."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, cut to `limit` characters: error
+    reports are one line for people, never a stack trace."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else ""

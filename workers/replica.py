@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from bertserve.workers.backends import Backend, create_backend
+from bertserve.workers.errors import first_line
 from bertserve.workers.protocol import (
     EncodedBatch,
     FillMaskArgs,
@@ -31,7 +32,7 @@ class Replica:
             self._backend = create_backend(spec)
         except Exception as exc:
             prefix = "" if type(exc).__name__ == "ModelLoadError" else f"{type(exc).__name__}: "
-            self._load_error = prefix + _first_line(exc)
+            self._load_error = prefix + first_line(exc)
 
     def ready(self) -> ReplicaReport:
         """Answers once the model is loaded; says where it runs."""
@@ -85,8 +86,3 @@ def _node_id() -> str:
     except Exception:
         pass
     return "local"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertserve.workers.errors import first_line
 from bertserve.workers.protocol import (
     EncodedBatch,
     FillMaskArgs,
@@ -49,9 +50,8 @@ class TorchBertBackend:
                 output_loading_info=True,
             )
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ModelLoadError(
-                f"cannot load checkpoint {spec.checkpoint!r}: {type(exc).__name__}: {first}"
+                f"cannot load checkpoint {spec.checkpoint!r}: {type(exc).__name__}: {first_line(exc)}"
             ) from None
         model, info = loaded
         missing = set(info.get("missing_keys", ()))
