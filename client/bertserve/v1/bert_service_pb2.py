@@ -22,18 +22,23 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from bertserve.v1 import answer_question_pb2 as bertserve_dot_v1_dot_answer__question__pb2
+from bertserve.v1 import classify_sequence_pb2 as bertserve_dot_v1_dot_classify__sequence__pb2
+from bertserve.v1 import classify_tokens_pb2 as bertserve_dot_v1_dot_classify__tokens__pb2
+from bertserve.v1 import embed_pb2 as bertserve_dot_v1_dot_embed__pb2
 from bertserve.v1 import fill_mask_pb2 as bertserve_dot_v1_dot_fill__mask__pb2
 from bertserve.v1 import models_pb2 as bertserve_dot_v1_dot_models__pb2
 from bertserve.v1 import next_sentence_pb2 as bertserve_dot_v1_dot_next__sentence__pb2
+from bertserve.v1 import tokenize_pb2 as bertserve_dot_v1_dot_tokenize__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x65rtserve/v1/bert_service.proto\x12\x0c\x62\x65rtserve.v1\x1a\x1c\x62\x65rtserve/v1/fill_mask.proto\x1a\x19\x62\x65rtserve/v1/models.proto\x1a bertserve/v1/next_sentence.proto2\xa5\x04\n\x0b\x42\x65rtService\x12I\n\x08\x46illMask\x12\x1d.bertserve.v1.FillMaskRequest\x1a\x1e.bertserve.v1.FillMaskResponse\x12_\n\x0e\x46illMaskStream\x12#.bertserve.v1.FillMaskStreamRequest\x1a$.bertserve.v1.FillMaskStreamResponse(\x01\x30\x01\x12U\n\x0cNextSentence\x12!.bertserve.v1.NextSentenceRequest\x1a\".bertserve.v1.NextSentenceResponse\x12k\n\x12NextSentenceStream\x12\'.bertserve.v1.NextSentenceStreamRequest\x1a(.bertserve.v1.NextSentenceStreamResponse(\x01\x30\x01\x12O\n\nListModels\x12\x1f.bertserve.v1.ListModelsRequest\x1a .bertserve.v1.ListModelsResponse\x12U\n\x0cGetModelInfo\x12!.bertserve.v1.GetModelInfoRequest\x1a\".bertserve.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x65rtserve/v1/bert_service.proto\x12\x0c\x62\x65rtserve.v1\x1a\"bertserve/v1/answer_question.proto\x1a$bertserve/v1/classify_sequence.proto\x1a\"bertserve/v1/classify_tokens.proto\x1a\x18\x62\x65rtserve/v1/embed.proto\x1a\x1c\x62\x65rtserve/v1/fill_mask.proto\x1a\x19\x62\x65rtserve/v1/models.proto\x1a bertserve/v1/next_sentence.proto\x1a\x1b\x62\x65rtserve/v1/tokenize.proto2\xe7\x0b\n\x0b\x42\x65rtService\x12I\n\x08\x46illMask\x12\x1d.bertserve.v1.FillMaskRequest\x1a\x1e.bertserve.v1.FillMaskResponse\x12_\n\x0e\x46illMaskStream\x12#.bertserve.v1.FillMaskStreamRequest\x1a$.bertserve.v1.FillMaskStreamResponse(\x01\x30\x01\x12U\n\x0cNextSentence\x12!.bertserve.v1.NextSentenceRequest\x1a\".bertserve.v1.NextSentenceResponse\x12k\n\x12NextSentenceStream\x12\'.bertserve.v1.NextSentenceStreamRequest\x1a(.bertserve.v1.NextSentenceStreamResponse(\x01\x30\x01\x12\x61\n\x10\x43lassifySequence\x12%.bertserve.v1.ClassifySequenceRequest\x1a&.bertserve.v1.ClassifySequenceResponse\x12w\n\x16\x43lassifySequenceStream\x12+.bertserve.v1.ClassifySequenceStreamRequest\x1a,.bertserve.v1.ClassifySequenceStreamResponse(\x01\x30\x01\x12[\n\x0e\x43lassifyTokens\x12#.bertserve.v1.ClassifyTokensRequest\x1a$.bertserve.v1.ClassifyTokensResponse\x12q\n\x14\x43lassifyTokensStream\x12).bertserve.v1.ClassifyTokensStreamRequest\x1a*.bertserve.v1.ClassifyTokensStreamResponse(\x01\x30\x01\x12[\n\x0e\x41nswerQuestion\x12#.bertserve.v1.AnswerQuestionRequest\x1a$.bertserve.v1.AnswerQuestionResponse\x12q\n\x14\x41nswerQuestionStream\x12).bertserve.v1.AnswerQuestionStreamRequest\x1a*.bertserve.v1.AnswerQuestionStreamResponse(\x01\x30\x01\x12@\n\x05\x45mbed\x12\x1a.bertserve.v1.EmbedRequest\x1a\x1b.bertserve.v1.EmbedResponse\x12V\n\x0b\x45mbedStream\x12 .bertserve.v1.EmbedStreamRequest\x1a!.bertserve.v1.EmbedStreamResponse(\x01\x30\x01\x12I\n\x08Tokenize\x12\x1d.bertserve.v1.TokenizeRequest\x1a\x1e.bertserve.v1.TokenizeResponse\x12_\n\x0eTokenizeStream\x12#.bertserve.v1.TokenizeStreamRequest\x1a$.bertserve.v1.TokenizeStreamResponse(\x01\x30\x01\x12O\n\nListModels\x12\x1f.bertserve.v1.ListModelsRequest\x1a .bertserve.v1.ListModelsResponse\x12U\n\x0cGetModelInfo\x12!.bertserve.v1.GetModelInfoRequest\x1a\".bertserve.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bertserve.v1.bert_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BERTSERVICE']._serialized_start=141
-  _globals['_BERTSERVICE']._serialized_end=690
+  _globals['_BERTSERVICE']._serialized_start=306
+  _globals['_BERTSERVICE']._serialized_end=1817
 # @@protoc_insertion_point(module_scope)

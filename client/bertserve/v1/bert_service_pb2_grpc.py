@@ -3,9 +3,14 @@
 import grpc
 import warnings
 
+from bertserve.v1 import answer_question_pb2 as bertserve_dot_v1_dot_answer__question__pb2
+from bertserve.v1 import classify_sequence_pb2 as bertserve_dot_v1_dot_classify__sequence__pb2
+from bertserve.v1 import classify_tokens_pb2 as bertserve_dot_v1_dot_classify__tokens__pb2
+from bertserve.v1 import embed_pb2 as bertserve_dot_v1_dot_embed__pb2
 from bertserve.v1 import fill_mask_pb2 as bertserve_dot_v1_dot_fill__mask__pb2
 from bertserve.v1 import models_pb2 as bertserve_dot_v1_dot_models__pb2
 from bertserve.v1 import next_sentence_pb2 as bertserve_dot_v1_dot_next__sentence__pb2
+from bertserve.v1 import tokenize_pb2 as bertserve_dot_v1_dot_tokenize__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -29,7 +34,9 @@ if _version_not_supported:
 
 class BertServiceStub:
     """BERT inference. Every task has a unary RPC and a bidirectional stream; stream responses
-    echo the client's request_id and may come back in any order.
+    echo the client's request_id and may come back in any order. A request names its model;
+    an empty name selects the task's default model. Asking a model for a task it does not
+    serve answers FAILED_PRECONDITION naming the tasks it does serve.
     """
 
     def __init__(self, channel):
@@ -58,6 +65,56 @@ class BertServiceStub:
                 request_serializer=bertserve_dot_v1_dot_next__sentence__pb2.NextSentenceStreamRequest.SerializeToString,
                 response_deserializer=bertserve_dot_v1_dot_next__sentence__pb2.NextSentenceStreamResponse.FromString,
                 _registered_method=True)
+        self.ClassifySequence = channel.unary_unary(
+                '/bertserve.v1.BertService/ClassifySequence',
+                request_serializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceResponse.FromString,
+                _registered_method=True)
+        self.ClassifySequenceStream = channel.stream_stream(
+                '/bertserve.v1.BertService/ClassifySequenceStream',
+                request_serializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceStreamRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceStreamResponse.FromString,
+                _registered_method=True)
+        self.ClassifyTokens = channel.unary_unary(
+                '/bertserve.v1.BertService/ClassifyTokens',
+                request_serializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensResponse.FromString,
+                _registered_method=True)
+        self.ClassifyTokensStream = channel.stream_stream(
+                '/bertserve.v1.BertService/ClassifyTokensStream',
+                request_serializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensStreamRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensStreamResponse.FromString,
+                _registered_method=True)
+        self.AnswerQuestion = channel.unary_unary(
+                '/bertserve.v1.BertService/AnswerQuestion',
+                request_serializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionResponse.FromString,
+                _registered_method=True)
+        self.AnswerQuestionStream = channel.stream_stream(
+                '/bertserve.v1.BertService/AnswerQuestionStream',
+                request_serializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionStreamRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionStreamResponse.FromString,
+                _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/bertserve.v1.BertService/Embed',
+                request_serializer=bertserve_dot_v1_dot_embed__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_embed__pb2.EmbedResponse.FromString,
+                _registered_method=True)
+        self.EmbedStream = channel.stream_stream(
+                '/bertserve.v1.BertService/EmbedStream',
+                request_serializer=bertserve_dot_v1_dot_embed__pb2.EmbedStreamRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_embed__pb2.EmbedStreamResponse.FromString,
+                _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/bertserve.v1.BertService/Tokenize',
+                request_serializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.TokenizeStream = channel.stream_stream(
+                '/bertserve.v1.BertService/TokenizeStream',
+                request_serializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeStreamRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeStreamResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/bertserve.v1.BertService/ListModels',
                 request_serializer=bertserve_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
@@ -72,11 +129,13 @@ class BertServiceStub:
 
 class BertServiceServicer:
     """BERT inference. Every task has a unary RPC and a bidirectional stream; stream responses
-    echo the client's request_id and may come back in any order.
+    echo the client's request_id and may come back in any order. A request names its model;
+    an empty name selects the task's default model. Asking a model for a task it does not
+    serve answers FAILED_PRECONDITION naming the tasks it does serve.
     """
 
     def FillMask(self, request, context):
-        """Masked-word prediction.
+        """Masked-word prediction (pre-trained or masked-LM checkpoints).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,8 +160,73 @@ class BertServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifySequence(self, request, context):
+        """Text (or text-pair) classification with a fine-tuned sequence-classification checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifySequenceStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyTokens(self, request, context):
+        """Token classification (NER) with a fine-tuned token-classification checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyTokensStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerQuestion(self, request, context):
+        """Extractive question answering with a fine-tuned question-answering checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerQuestionStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """One vector per text from any model's encoder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tokenize(self, request, context):
+        """What the model sees: tokens, ids and character offsets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TokenizeStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
-        """Models served, with their tasks, limits and replicas.
+        """Models served, with their tasks, labels, limits and replicas.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +261,56 @@ def add_BertServiceServicer_to_server(servicer, server):
                     request_deserializer=bertserve_dot_v1_dot_next__sentence__pb2.NextSentenceStreamRequest.FromString,
                     response_serializer=bertserve_dot_v1_dot_next__sentence__pb2.NextSentenceStreamResponse.SerializeToString,
             ),
+            'ClassifySequence': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifySequence,
+                    request_deserializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceResponse.SerializeToString,
+            ),
+            'ClassifySequenceStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifySequenceStream,
+                    request_deserializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceStreamRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceStreamResponse.SerializeToString,
+            ),
+            'ClassifyTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyTokens,
+                    request_deserializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensResponse.SerializeToString,
+            ),
+            'ClassifyTokensStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyTokensStream,
+                    request_deserializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensStreamRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensStreamResponse.SerializeToString,
+            ),
+            'AnswerQuestion': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerQuestion,
+                    request_deserializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionResponse.SerializeToString,
+            ),
+            'AnswerQuestionStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AnswerQuestionStream,
+                    request_deserializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionStreamRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionStreamResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=bertserve_dot_v1_dot_embed__pb2.EmbedRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_embed__pb2.EmbedResponse.SerializeToString,
+            ),
+            'EmbedStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EmbedStream,
+                    request_deserializer=bertserve_dot_v1_dot_embed__pb2.EmbedStreamRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_embed__pb2.EmbedStreamResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'TokenizeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.TokenizeStream,
+                    request_deserializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeStreamRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_tokenize__pb2.TokenizeStreamResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=bertserve_dot_v1_dot_models__pb2.ListModelsRequest.FromString,
@@ -157,7 +331,9 @@ def add_BertServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class BertService:
     """BERT inference. Every task has a unary RPC and a bidirectional stream; stream responses
-    echo the client's request_id and may come back in any order.
+    echo the client's request_id and may come back in any order. A request names its model;
+    an empty name selects the task's default model. Asking a model for a task it does not
+    serve answers FAILED_PRECONDITION naming the tasks it does serve.
     """
 
     @staticmethod
@@ -258,6 +434,276 @@ class BertService:
             '/bertserve.v1.BertService/NextSentenceStream',
             bertserve_dot_v1_dot_next__sentence__pb2.NextSentenceStreamRequest.SerializeToString,
             bertserve_dot_v1_dot_next__sentence__pb2.NextSentenceStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifySequence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.BertService/ClassifySequence',
+            bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceRequest.SerializeToString,
+            bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifySequenceStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bertserve.v1.BertService/ClassifySequenceStream',
+            bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceStreamRequest.SerializeToString,
+            bertserve_dot_v1_dot_classify__sequence__pb2.ClassifySequenceStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.BertService/ClassifyTokens',
+            bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensRequest.SerializeToString,
+            bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyTokensStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bertserve.v1.BertService/ClassifyTokensStream',
+            bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensStreamRequest.SerializeToString,
+            bertserve_dot_v1_dot_classify__tokens__pb2.ClassifyTokensStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerQuestion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.BertService/AnswerQuestion',
+            bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionRequest.SerializeToString,
+            bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerQuestionStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bertserve.v1.BertService/AnswerQuestionStream',
+            bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionStreamRequest.SerializeToString,
+            bertserve_dot_v1_dot_answer__question__pb2.AnswerQuestionStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.BertService/Embed',
+            bertserve_dot_v1_dot_embed__pb2.EmbedRequest.SerializeToString,
+            bertserve_dot_v1_dot_embed__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bertserve.v1.BertService/EmbedStream',
+            bertserve_dot_v1_dot_embed__pb2.EmbedStreamRequest.SerializeToString,
+            bertserve_dot_v1_dot_embed__pb2.EmbedStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.BertService/Tokenize',
+            bertserve_dot_v1_dot_tokenize__pb2.TokenizeRequest.SerializeToString,
+            bertserve_dot_v1_dot_tokenize__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenizeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bertserve.v1.BertService/TokenizeStream',
+            bertserve_dot_v1_dot_tokenize__pb2.TokenizeStreamRequest.SerializeToString,
+            bertserve_dot_v1_dot_tokenize__pb2.TokenizeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,9 +3,14 @@
 isort:skip_file
 """
 
+from bertserve.v1 import answer_question_pb2 as _answer_question_pb2
+from bertserve.v1 import classify_sequence_pb2 as _classify_sequence_pb2
+from bertserve.v1 import classify_tokens_pb2 as _classify_tokens_pb2
+from bertserve.v1 import embed_pb2 as _embed_pb2
 from bertserve.v1 import fill_mask_pb2 as _fill_mask_pb2
 from bertserve.v1 import models_pb2 as _models_pb2
 from bertserve.v1 import next_sentence_pb2 as _next_sentence_pb2
+from bertserve.v1 import tokenize_pb2 as _tokenize_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1
@@ -30,7 +35,9 @@ GRPC_VERSION: str
 
 class BertServiceStub:
     """BERT inference. Every task has a unary RPC and a bidirectional stream; stream responses
-    echo the client's request_id and may come back in any order.
+    echo the client's request_id and may come back in any order. A request names its model;
+    an empty name selects the task's default model. Asking a model for a task it does not
+    serve answers FAILED_PRECONDITION naming the tasks it does serve.
     """
 
     @_typing.overload
@@ -38,35 +45,69 @@ class BertServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BertServiceAsyncStub: ...
     FillMask: _grpc.UnaryUnaryMultiCallable[_fill_mask_pb2.FillMaskRequest, _fill_mask_pb2.FillMaskResponse]
-    """Masked-word prediction."""
+    """Masked-word prediction (pre-trained or masked-LM checkpoints)."""
     FillMaskStream: _grpc.StreamStreamMultiCallable[_fill_mask_pb2.FillMaskStreamRequest, _fill_mask_pb2.FillMaskStreamResponse]
     NextSentence: _grpc.UnaryUnaryMultiCallable[_next_sentence_pb2.NextSentenceRequest, _next_sentence_pb2.NextSentenceResponse]
     """BERT's next-sentence head: does sentence B follow sentence A?"""
     NextSentenceStream: _grpc.StreamStreamMultiCallable[_next_sentence_pb2.NextSentenceStreamRequest, _next_sentence_pb2.NextSentenceStreamResponse]
+    ClassifySequence: _grpc.UnaryUnaryMultiCallable[_classify_sequence_pb2.ClassifySequenceRequest, _classify_sequence_pb2.ClassifySequenceResponse]
+    """Text (or text-pair) classification with a fine-tuned sequence-classification checkpoint."""
+    ClassifySequenceStream: _grpc.StreamStreamMultiCallable[_classify_sequence_pb2.ClassifySequenceStreamRequest, _classify_sequence_pb2.ClassifySequenceStreamResponse]
+    ClassifyTokens: _grpc.UnaryUnaryMultiCallable[_classify_tokens_pb2.ClassifyTokensRequest, _classify_tokens_pb2.ClassifyTokensResponse]
+    """Token classification (NER) with a fine-tuned token-classification checkpoint."""
+    ClassifyTokensStream: _grpc.StreamStreamMultiCallable[_classify_tokens_pb2.ClassifyTokensStreamRequest, _classify_tokens_pb2.ClassifyTokensStreamResponse]
+    AnswerQuestion: _grpc.UnaryUnaryMultiCallable[_answer_question_pb2.AnswerQuestionRequest, _answer_question_pb2.AnswerQuestionResponse]
+    """Extractive question answering with a fine-tuned question-answering checkpoint."""
+    AnswerQuestionStream: _grpc.StreamStreamMultiCallable[_answer_question_pb2.AnswerQuestionStreamRequest, _answer_question_pb2.AnswerQuestionStreamResponse]
+    Embed: _grpc.UnaryUnaryMultiCallable[_embed_pb2.EmbedRequest, _embed_pb2.EmbedResponse]
+    """One vector per text from any model's encoder."""
+    EmbedStream: _grpc.StreamStreamMultiCallable[_embed_pb2.EmbedStreamRequest, _embed_pb2.EmbedStreamResponse]
+    Tokenize: _grpc.UnaryUnaryMultiCallable[_tokenize_pb2.TokenizeRequest, _tokenize_pb2.TokenizeResponse]
+    """What the model sees: tokens, ids and character offsets."""
+    TokenizeStream: _grpc.StreamStreamMultiCallable[_tokenize_pb2.TokenizeStreamRequest, _tokenize_pb2.TokenizeStreamResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]
-    """Models served, with their tasks, limits and replicas."""
+    """Models served, with their tasks, labels, limits and replicas."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetModelInfoRequest, _models_pb2.GetModelInfoResponse]
 
 @_typing.type_check_only
 class BertServiceAsyncStub(BertServiceStub):
     """BERT inference. Every task has a unary RPC and a bidirectional stream; stream responses
-    echo the client's request_id and may come back in any order.
+    echo the client's request_id and may come back in any order. A request names its model;
+    an empty name selects the task's default model. Asking a model for a task it does not
+    serve answers FAILED_PRECONDITION naming the tasks it does serve.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     FillMask: _aio.UnaryUnaryMultiCallable[_fill_mask_pb2.FillMaskRequest, _fill_mask_pb2.FillMaskResponse]  # type: ignore[assignment]
-    """Masked-word prediction."""
+    """Masked-word prediction (pre-trained or masked-LM checkpoints)."""
     FillMaskStream: _aio.StreamStreamMultiCallable[_fill_mask_pb2.FillMaskStreamRequest, _fill_mask_pb2.FillMaskStreamResponse]  # type: ignore[assignment]
     NextSentence: _aio.UnaryUnaryMultiCallable[_next_sentence_pb2.NextSentenceRequest, _next_sentence_pb2.NextSentenceResponse]  # type: ignore[assignment]
     """BERT's next-sentence head: does sentence B follow sentence A?"""
     NextSentenceStream: _aio.StreamStreamMultiCallable[_next_sentence_pb2.NextSentenceStreamRequest, _next_sentence_pb2.NextSentenceStreamResponse]  # type: ignore[assignment]
+    ClassifySequence: _aio.UnaryUnaryMultiCallable[_classify_sequence_pb2.ClassifySequenceRequest, _classify_sequence_pb2.ClassifySequenceResponse]  # type: ignore[assignment]
+    """Text (or text-pair) classification with a fine-tuned sequence-classification checkpoint."""
+    ClassifySequenceStream: _aio.StreamStreamMultiCallable[_classify_sequence_pb2.ClassifySequenceStreamRequest, _classify_sequence_pb2.ClassifySequenceStreamResponse]  # type: ignore[assignment]
+    ClassifyTokens: _aio.UnaryUnaryMultiCallable[_classify_tokens_pb2.ClassifyTokensRequest, _classify_tokens_pb2.ClassifyTokensResponse]  # type: ignore[assignment]
+    """Token classification (NER) with a fine-tuned token-classification checkpoint."""
+    ClassifyTokensStream: _aio.StreamStreamMultiCallable[_classify_tokens_pb2.ClassifyTokensStreamRequest, _classify_tokens_pb2.ClassifyTokensStreamResponse]  # type: ignore[assignment]
+    AnswerQuestion: _aio.UnaryUnaryMultiCallable[_answer_question_pb2.AnswerQuestionRequest, _answer_question_pb2.AnswerQuestionResponse]  # type: ignore[assignment]
+    """Extractive question answering with a fine-tuned question-answering checkpoint."""
+    AnswerQuestionStream: _aio.StreamStreamMultiCallable[_answer_question_pb2.AnswerQuestionStreamRequest, _answer_question_pb2.AnswerQuestionStreamResponse]  # type: ignore[assignment]
+    Embed: _aio.UnaryUnaryMultiCallable[_embed_pb2.EmbedRequest, _embed_pb2.EmbedResponse]  # type: ignore[assignment]
+    """One vector per text from any model's encoder."""
+    EmbedStream: _aio.StreamStreamMultiCallable[_embed_pb2.EmbedStreamRequest, _embed_pb2.EmbedStreamResponse]  # type: ignore[assignment]
+    Tokenize: _aio.UnaryUnaryMultiCallable[_tokenize_pb2.TokenizeRequest, _tokenize_pb2.TokenizeResponse]  # type: ignore[assignment]
+    """What the model sees: tokens, ids and character offsets."""
+    TokenizeStream: _aio.StreamStreamMultiCallable[_tokenize_pb2.TokenizeStreamRequest, _tokenize_pb2.TokenizeStreamResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Models served, with their tasks, limits and replicas."""
+    """Models served, with their tasks, labels, limits and replicas."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_models_pb2.GetModelInfoRequest, _models_pb2.GetModelInfoResponse]  # type: ignore[assignment]
 
 class BertServiceServicer(metaclass=_abc_1.ABCMeta):
     """BERT inference. Every task has a unary RPC and a bidirectional stream; stream responses
-    echo the client's request_id and may come back in any order.
+    echo the client's request_id and may come back in any order. A request names its model;
+    an empty name selects the task's default model. Asking a model for a task it does not
+    serve answers FAILED_PRECONDITION naming the tasks it does serve.
     """
 
     @_abc_1.abstractmethod
@@ -75,7 +116,7 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fill_mask_pb2.FillMaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fill_mask_pb2.FillMaskResponse, _abc.Awaitable[_fill_mask_pb2.FillMaskResponse]]:
-        """Masked-word prediction."""
+        """Masked-word prediction (pre-trained or masked-LM checkpoints)."""
 
     @_abc_1.abstractmethod
     def FillMaskStream(
@@ -100,12 +141,87 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_next_sentence_pb2.NextSentenceStreamResponse], _abc.AsyncIterator[_next_sentence_pb2.NextSentenceStreamResponse]]: ...
 
     @_abc_1.abstractmethod
+    def ClassifySequence(
+        self,
+        request: _classify_sequence_pb2.ClassifySequenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_classify_sequence_pb2.ClassifySequenceResponse, _abc.Awaitable[_classify_sequence_pb2.ClassifySequenceResponse]]:
+        """Text (or text-pair) classification with a fine-tuned sequence-classification checkpoint."""
+
+    @_abc_1.abstractmethod
+    def ClassifySequenceStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_classify_sequence_pb2.ClassifySequenceStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_classify_sequence_pb2.ClassifySequenceStreamResponse], _abc.AsyncIterator[_classify_sequence_pb2.ClassifySequenceStreamResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClassifyTokens(
+        self,
+        request: _classify_tokens_pb2.ClassifyTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_classify_tokens_pb2.ClassifyTokensResponse, _abc.Awaitable[_classify_tokens_pb2.ClassifyTokensResponse]]:
+        """Token classification (NER) with a fine-tuned token-classification checkpoint."""
+
+    @_abc_1.abstractmethod
+    def ClassifyTokensStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_classify_tokens_pb2.ClassifyTokensStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_classify_tokens_pb2.ClassifyTokensStreamResponse], _abc.AsyncIterator[_classify_tokens_pb2.ClassifyTokensStreamResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AnswerQuestion(
+        self,
+        request: _answer_question_pb2.AnswerQuestionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_answer_question_pb2.AnswerQuestionResponse, _abc.Awaitable[_answer_question_pb2.AnswerQuestionResponse]]:
+        """Extractive question answering with a fine-tuned question-answering checkpoint."""
+
+    @_abc_1.abstractmethod
+    def AnswerQuestionStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_answer_question_pb2.AnswerQuestionStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_answer_question_pb2.AnswerQuestionStreamResponse], _abc.AsyncIterator[_answer_question_pb2.AnswerQuestionStreamResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _embed_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embed_pb2.EmbedResponse, _abc.Awaitable[_embed_pb2.EmbedResponse]]:
+        """One vector per text from any model's encoder."""
+
+    @_abc_1.abstractmethod
+    def EmbedStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_embed_pb2.EmbedStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_embed_pb2.EmbedStreamResponse], _abc.AsyncIterator[_embed_pb2.EmbedStreamResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Tokenize(
+        self,
+        request: _tokenize_pb2.TokenizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tokenize_pb2.TokenizeResponse, _abc.Awaitable[_tokenize_pb2.TokenizeResponse]]:
+        """What the model sees: tokens, ids and character offsets."""
+
+    @_abc_1.abstractmethod
+    def TokenizeStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tokenize_pb2.TokenizeStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tokenize_pb2.TokenizeStreamResponse], _abc.AsyncIterator[_tokenize_pb2.TokenizeStreamResponse]]: ...
+
+    @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _models_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ListModelsResponse, _abc.Awaitable[_models_pb2.ListModelsResponse]]:
-        """Models served, with their tasks, limits and replicas."""
+        """Models served, with their tasks, labels, limits and replicas."""
 
     @_abc_1.abstractmethod
     def GetModelInfo(

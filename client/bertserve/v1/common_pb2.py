@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x65rtserve/v1/common.proto\x12\x0c\x62\x65rtserve.v1\"3\n\nInputStats\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"[\n\x06Timing\x12\x17\n\x0ftokenization_us\x18\x01 \x01(\x04\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"9\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x11\n\tcode_name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*s\n\x10TruncationPolicy\x12!\n\x1dTRUNCATION_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRUNCATION_POLICY_REJECT\x10\x01\x12\x1e\n\x1aTRUNCATION_POLICY_TRUNCATE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x65rtserve/v1/common.proto\x12\x0c\x62\x65rtserve.v1\"D\n\nInputStats\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x0f\n\x07windows\x18\x03 \x01(\r\"[\n\x06Timing\x12\x17\n\x0ftokenization_us\x18\x01 \x01(\x04\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"9\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x11\n\tcode_name\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*\x90\x01\n\x10TruncationPolicy\x12!\n\x1dTRUNCATION_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRUNCATION_POLICY_REJECT\x10\x01\x12\x1e\n\x1aTRUNCATION_POLICY_TRUNCATE\x10\x02\x12\x1b\n\x17TRUNCATION_POLICY_SPLIT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bertserve.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRUNCATIONPOLICY']._serialized_start=248
-  _globals['_TRUNCATIONPOLICY']._serialized_end=363
+  _globals['_TRUNCATIONPOLICY']._serialized_start=266
+  _globals['_TRUNCATIONPOLICY']._serialized_end=410
   _globals['_INPUTSTATS']._serialized_start=43
-  _globals['_INPUTSTATS']._serialized_end=94
-  _globals['_TIMING']._serialized_start=96
-  _globals['_TIMING']._serialized_end=187
-  _globals['_ERROR']._serialized_start=189
-  _globals['_ERROR']._serialized_end=246
+  _globals['_INPUTSTATS']._serialized_end=111
+  _globals['_TIMING']._serialized_start=113
+  _globals['_TIMING']._serialized_end=204
+  _globals['_ERROR']._serialized_start=206
+  _globals['_ERROR']._serialized_end=263
 # @@protoc_insertion_point(module_scope)

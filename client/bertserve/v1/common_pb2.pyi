@@ -29,6 +29,11 @@ class _TruncationPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trun
     """Reject the request with INVALID_ARGUMENT naming the input and the limit."""
     TRUNCATION_POLICY_TRUNCATE: _TruncationPolicy.ValueType  # 2
     """Cut the input to the maximum length; the response reports `truncated = true`."""
+    TRUNCATION_POLICY_SPLIT: _TruncationPolicy.ValueType  # 3
+    """ClassifySequence and Embed only: split a long text into overlapping windows of the
+    maximum length, run each, and report the mean of the windows' scores or vectors
+    (`InputStats.windows` says how many). Other RPCs answer INVALID_ARGUMENT.
+    """
 
 class TruncationPolicy(_TruncationPolicy, metaclass=_TruncationPolicyEnumTypeWrapper):
     """What the server does with an input longer than the model's maximum sequence length."""
@@ -39,6 +44,11 @@ TRUNCATION_POLICY_REJECT: TruncationPolicy.ValueType  # 1
 """Reject the request with INVALID_ARGUMENT naming the input and the limit."""
 TRUNCATION_POLICY_TRUNCATE: TruncationPolicy.ValueType  # 2
 """Cut the input to the maximum length; the response reports `truncated = true`."""
+TRUNCATION_POLICY_SPLIT: TruncationPolicy.ValueType  # 3
+"""ClassifySequence and Embed only: split a long text into overlapping windows of the
+maximum length, run each, and report the mean of the windows' scores or vectors
+(`InputStats.windows` says how many). Other RPCs answer INVALID_ARGUMENT.
+"""
 Global___TruncationPolicy: _TypeAlias = TruncationPolicy  # noqa: Y015
 
 @_typing.final
@@ -49,19 +59,25 @@ class InputStats(_message.Message):
 
     NUM_TOKENS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
     num_tokens: _builtins.int
-    """Number of tokens the model saw, special tokens included."""
+    """Number of tokens the model saw, special tokens included (summed over windows)."""
     truncated: _builtins.bool
     """True when the input was cut to the model's maximum sequence length."""
+    windows: _builtins.int
+    """Model inputs (windows) this input was split into: 1 unless it was longer than the model's
+    maximum sequence length and the task or policy splits long inputs.
+    """
     def __init__(
         self,
         *,
         num_tokens: _builtins.int = ...,
         truncated: _builtins.bool = ...,
+        windows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_tokens", b"num_tokens", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_tokens", b"num_tokens", "truncated", b"truncated", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,12 +28,22 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
     TASK_UNSPECIFIED: _Task.ValueType  # 0
     TASK_FILL_MASK: _Task.ValueType  # 1
     TASK_NEXT_SENTENCE: _Task.ValueType  # 2
+    TASK_CLASSIFY_SEQUENCE: _Task.ValueType  # 3
+    TASK_CLASSIFY_TOKENS: _Task.ValueType  # 4
+    TASK_ANSWER_QUESTION: _Task.ValueType  # 5
+    TASK_EMBED: _Task.ValueType  # 6
+    TASK_TOKENIZE: _Task.ValueType  # 7
 
 class Task(_Task, metaclass=_TaskEnumTypeWrapper): ...
 
 TASK_UNSPECIFIED: Task.ValueType  # 0
 TASK_FILL_MASK: Task.ValueType  # 1
 TASK_NEXT_SENTENCE: Task.ValueType  # 2
+TASK_CLASSIFY_SEQUENCE: Task.ValueType  # 3
+TASK_CLASSIFY_TOKENS: Task.ValueType  # 4
+TASK_ANSWER_QUESTION: Task.ValueType  # 5
+TASK_EMBED: Task.ValueType  # 6
+TASK_TOKENIZE: Task.ValueType  # 7
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
 class _ReplicaState:
@@ -176,6 +186,10 @@ class ModelInfo(_message.Message):
     DEMO_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    DEFAULT_FOR_FIELD_NUMBER: _builtins.int
+    PROBLEM_TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name requests use to select the model."""
     checkpoint: _builtins.str
@@ -196,13 +210,25 @@ class ModelInfo(_message.Message):
     description: _builtins.str
     """A note for people, e.g. the demo warning."""
     is_default: _builtins.bool
-    """True for the model that requests with an empty `model` field get."""
+    """True when this model is the default for at least one task (see `default_for`)."""
+    architecture: _builtins.str
+    """The checkpoint's architecture, e.g. "BertForTokenClassification"."""
+    problem_type: _builtins.str
+    """Sequence classification: "single_label_classification" or "multi_label_classification"."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedScalarFieldContainer[Global___Task.ValueType]: ...
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Classification heads: label names in output order (the checkpoint's `id2label`)."""
+
+    @_builtins.property
+    def default_for(self) -> _containers.RepeatedScalarFieldContainer[Global___Task.ValueType]:
+        """Tasks for which requests with an empty `model` field get this model."""
+
     def __init__(
         self,
         *,
@@ -222,10 +248,14 @@ class ModelInfo(_message.Message):
         demo: _builtins.bool = ...,
         description: _builtins.str = ...,
         is_default: _builtins.bool = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        architecture: _builtins.str = ...,
+        default_for: _abc.Iterable[Global___Task.ValueType] | None = ...,
+        problem_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "demo", b"demo", "description", b"description", "device", b"device", "dtype", b"dtype", "is_default", b"is_default", "limits", b"limits", "mask_token", b"mask_token", "max_sequence_length", b"max_sequence_length", "name", b"name", "ready_replicas", b"ready_replicas", "replicas", b"replicas", "revision", b"revision", "tasks", b"tasks", "total_replicas", b"total_replicas", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "checkpoint", b"checkpoint", "default_for", b"default_for", "demo", b"demo", "description", b"description", "device", b"device", "dtype", b"dtype", "is_default", b"is_default", "labels", b"labels", "limits", b"limits", "mask_token", b"mask_token", "max_sequence_length", b"max_sequence_length", "name", b"name", "problem_type", b"problem_type", "ready_replicas", b"ready_replicas", "replicas", b"replicas", "revision", b"revision", "tasks", b"tasks", "total_replicas", b"total_replicas", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,7 +302,7 @@ class GetModelInfoRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Empty selects the default model."""
+    """Empty selects the server's first model (the first in its configuration)."""
     def __init__(
         self,
         *,

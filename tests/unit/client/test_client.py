@@ -274,6 +274,23 @@ def test_truncation_policy_is_truncate_only_when_asked(client: BertClient, servi
     assert policies == [unspecified, truncate, unspecified, truncate]
 
 
+def test_truncation_names_work_beside_the_truncate_flag(client: BertClient, service: FakeBertService) -> None:
+    client.fill_mask("a [MASK].", truncation="reject")
+    client.fill_mask("a [MASK].", truncate=True, truncation="truncate")
+    client.next_sentence("a", "b", truncation="truncate")
+    list(client.fill_mask_stream(["a [MASK]."], truncation="split"))  # sent; the server answers the error
+    with pytest.raises(ValueError, match="truncate=True conflicts with truncation='reject'"):
+        client.fill_mask("a [MASK].", truncate=True, truncation="reject")
+
+    policies = [request.truncation for request in service.unary_requests]
+    assert policies == [
+        common_pb2.TRUNCATION_POLICY_REJECT,
+        common_pb2.TRUNCATION_POLICY_TRUNCATE,
+        common_pb2.TRUNCATION_POLICY_TRUNCATE,
+    ]
+    assert service.stream_requests[0].request.truncation == common_pb2.TRUNCATION_POLICY_SPLIT
+
+
 def test_next_sentence_sends_one_pair(client: BertClient, service: FakeBertService) -> None:
     response = client.next_sentence("The sky is blue.", "It is sunny.", model="bert-base")
 
