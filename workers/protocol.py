@@ -17,10 +17,18 @@ FloatArray = npt.NDArray[np.float32]
 
 
 class Task(str, Enum):
-    """Tasks a replica can compute. Values are stable strings used in logs and metrics."""
+    """Tasks a model can serve. Values are stable strings used in config files, logs and metrics.
+
+    TOKENIZE runs in the front end only; every other task is computed by replicas.
+    """
 
     FILL_MASK = "fill_mask"
     NEXT_SENTENCE = "next_sentence"
+    CLASSIFY_SEQUENCE = "classify_sequence"
+    CLASSIFY_TOKENS = "classify_tokens"
+    ANSWER_QUESTION = "answer_question"
+    EMBED = "embed"
+    TOKENIZE = "tokenize"
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,41 @@ class NextSentenceOutput:
 
 
 @dataclass(frozen=True)
+class LogitsOutput:
+    """One row of logits per sequence, [batch, labels] (sequence classification)."""
+
+    logits: FloatArray
+    compute_us: int
+
+
+@dataclass(frozen=True)
+class TokenLogitsOutput:
+    """Logits per token, [batch, seq_len, labels] (token classification); padding rows included."""
+
+    logits: FloatArray
+    compute_us: int
+
+
+@dataclass(frozen=True)
+class SpanLogitsOutput:
+    """Start and end logits per token, each [batch, seq_len] (question answering)."""
+
+    start_logits: FloatArray
+    end_logits: FloatArray
+    compute_us: int
+
+
+@dataclass(frozen=True)
+class EmbeddingOutput:
+    """Pooled last hidden states, each [batch, hidden]: the [CLS] vector and the mean over the
+    sequence's real tokens (both are cheap; the front end picks what the request asked)."""
+
+    cls: FloatArray
+    mean: FloatArray
+    compute_us: int
+
+
+@dataclass(frozen=True)
 class ReplicaReport:
     """What a replica says about itself once warm."""
 
@@ -87,5 +130,7 @@ class ReplicaReport:
     vocab_size: int
     max_position_embeddings: int
     warnings: tuple[str, ...] = ()
+    architecture: str = ""
+    hidden_size: int = 0
     # Set when the model could not be loaded; the replica then serves nothing.
     load_error: str = ""

@@ -11,11 +11,15 @@ import os
 from bertserve.workers.backends import Backend, create_backend
 from bertserve.workers.errors import first_line
 from bertserve.workers.protocol import (
+    EmbeddingOutput,
     EncodedBatch,
     FillMaskArgs,
     FillMaskOutput,
+    LogitsOutput,
     NextSentenceOutput,
     ReplicaReport,
+    SpanLogitsOutput,
+    TokenLogitsOutput,
 )
 from bertserve.workers.spec import ReplicaSpec
 
@@ -59,6 +63,8 @@ class Replica:
             vocab_size=b.vocab_size,
             max_position_embeddings=b.max_position_embeddings,
             warnings=b.warnings,
+            architecture=b.architecture,
+            hidden_size=b.hidden_size,
         )
 
     def _loaded(self) -> Backend:
@@ -71,6 +77,18 @@ class Replica:
 
     def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
         return self._loaded().next_sentence(batch)
+
+    def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput:
+        return self._loaded().classify_sequence(batch)
+
+    def classify_tokens(self, batch: EncodedBatch) -> TokenLogitsOutput:
+        return self._loaded().classify_tokens(batch)
+
+    def answer_question(self, batch: EncodedBatch) -> SpanLogitsOutput:
+        return self._loaded().answer_question(batch)
+
+    def embed(self, batch: EncodedBatch) -> EmbeddingOutput:
+        return self._loaded().embed(batch)
 
     def pid(self) -> int:
         """For fault-injection tests: the process to kill."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bertserve.workers.protocol import Task
+
 
 @dataclass(frozen=True)
 class ReplicaSpec:
@@ -16,6 +18,7 @@ class ReplicaSpec:
     threads: torch intra-op threads (CPU replicas).
     backend: "torch" (the real model) or "fake" (tests: no weights, deterministic outputs).
     fake_delay_ms: per-batch compute time of the fake backend, in milliseconds.
+    tasks: tasks the configuration asks of this model; loading fails when the head cannot serve one.
     """
 
     model_name: str
@@ -26,3 +29,4 @@ class ReplicaSpec:
     threads: int = 1
     backend: str = "torch"
     fake_delay_ms: float = 0.0
+    tasks: tuple[Task, ...] = ()

@@ -5,6 +5,8 @@ path a Hub model such as `bert-base-cased` takes (`save_pretrained` files in a d
 Predictions of these models are meaningless: the weights are random.
 
     python -m bertserve.workers.tiny_bert OUT_DIR [--seed 0] [--hidden 64] [--layers 2]
+        [--head pretraining|masked-lm|sequence-classification|token-classification|
+                question-answering|encoder] [--labels A,B,C] [--multi-label]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 MARKER_FILE = "bertserve_tiny.json"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -63,10 +66,45 @@ class TinyBertShape:
     initializer_range: float = 0.2
 
 
-def build_tiny_bert(out_dir: str | Path, *, seed: int = 0, shape: TinyBertShape = TinyBertShape()) -> Path:
-    """Write a BertForPreTraining checkpoint (both heads) and its tokenizer to out_dir."""
+# Head name -> transformers class name (what `architectures` in config.json will say).
+HEADS = {
+    "pretraining": "BertForPreTraining",
+    "masked-lm": "BertForMaskedLM",
+    "next-sentence": "BertForNextSentencePrediction",
+    "sequence-classification": "BertForSequenceClassification",
+    "token-classification": "BertForTokenClassification",
+    "question-answering": "BertForQuestionAnswering",
+    "encoder": "BertModel",
+}
+DEFAULT_LABELS = {
+    "sequence-classification": ("sadness", "joy", "love", "anger", "fear", "surprise"),
+    "token-classification": ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"),
+}
+
+
+def build_tiny_bert(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    shape: TinyBertShape = TinyBertShape(),
+    head: str = "pretraining",
+    labels: tuple[str, ...] | None = None,
+    multi_label: bool = False,
+    context_free: bool = False,
+) -> Path:
+    """Write a checkpoint with the given head and its tokenizer to out_dir.
+
+    labels: id2label order for classification heads (default: emotion or CoNLL-2003 labels).
+    multi_label: sequence classification with problem_type multi_label_classification.
+    context_free: zero position embeddings and no encoder layers, so every token's output
+      depends only on the token itself (tests of window merging compare against one pass).
+    """
     import torch
-    from transformers import BertConfig, BertForPreTraining, BertTokenizer
+    import transformers
+    from transformers import BertConfig, BertTokenizer
+
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,15 +113,33 @@ def build_tiny_bert(out_dir: str | Path, *, seed: int = 0, shape: TinyBertShape 
     if len(tokenizer) != len(vocab):
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}")
     tokenizer.model_max_length = shape.max_position_embeddings
-    config = BertConfig(vocab_size=len(vocab), **asdict(shape))
+    extra: dict[str, Any] = {}
+    if head in DEFAULT_LABELS:
+        names = labels or DEFAULT_LABELS[head]
+        extra["id2label"] = dict(enumerate(names))
+        extra["label2id"] = {name: i for i, name in enumerate(names)}
+        if multi_label:
+            extra["problem_type"] = "multi_label_classification"
+    dims = asdict(shape)
+    if context_free:
+        dims["num_hidden_layers"] = 0
+    config = BertConfig(vocab_size=len(vocab), **dims, **extra)
     torch.manual_seed(seed)
-    model = BertForPreTraining(config)
+    model = getattr(transformers, HEADS[head])(config)
+    if context_free:
+        with torch.no_grad():
+            model.base_model.embeddings.position_embeddings.weight.zero_()
     model.train(False)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / MARKER_FILE).write_text(
         json.dumps(
-            {"seed": seed, "shape": asdict(shape), "note": "random weights; predictions are meaningless"}
+            {
+                "seed": seed,
+                "shape": dims,
+                "head": head,
+                "note": "random weights; predictions are meaningless",
+            }
         )
     )
     return out
@@ -100,6 +156,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=TinyBertShape.hidden_size)
     parser.add_argument("--layers", type=int, default=TinyBertShape.num_hidden_layers)
     parser.add_argument("--max-positions", type=int, default=TinyBertShape.max_position_embeddings)
+    parser.add_argument("--head", choices=sorted(HEADS), default="pretraining")
+    parser.add_argument("--labels", default="", help="comma-separated id2label names")
+    parser.add_argument("--multi-label", action="store_true")
     ns = parser.parse_args()
     shape = TinyBertShape(
         hidden_size=ns.hidden,
@@ -107,7 +166,11 @@ def main() -> None:
         intermediate_size=2 * ns.hidden,
         max_position_embeddings=ns.max_positions,
     )
-    print(build_tiny_bert(ns.out_dir, seed=ns.seed, shape=shape))
+    labels = tuple(x for x in ns.labels.split(",") if x) or None
+    out = build_tiny_bert(
+        ns.out_dir, seed=ns.seed, shape=shape, head=ns.head, labels=labels, multi_label=ns.multi_label
+    )
+    print(out)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Protocol
 
 from bertserve.workers.protocol import (
+    EmbeddingOutput,
     EncodedBatch,
     FillMaskArgs,
     FillMaskOutput,
+    LogitsOutput,
     NextSentenceOutput,
+    SpanLogitsOutput,
     Task,
+    TokenLogitsOutput,
 )
 from bertserve.workers.spec import ReplicaSpec
 
@@ -22,11 +26,21 @@ class Backend(Protocol):
     tasks: tuple[Task, ...]
     vocab_size: int
     max_position_embeddings: int
+    hidden_size: int
+    architecture: str
     warnings: tuple[str, ...]
 
     def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput: ...
 
     def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput: ...
+
+    def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput: ...
+
+    def classify_tokens(self, batch: EncodedBatch) -> TokenLogitsOutput: ...
+
+    def answer_question(self, batch: EncodedBatch) -> SpanLogitsOutput: ...
+
+    def embed(self, batch: EncodedBatch) -> EmbeddingOutput: ...
 
 
 def create_backend(spec: ReplicaSpec) -> Backend:

@@ -1,7 +1,7 @@
 """A deterministic stand-in for the model, for tests of scheduling, faults and scaling.
 
-No weights and no torch: scores are a fixed function of the input ids, and each batch can be
-made to take a set time so tests can hold replicas busy.
+No weights and no torch: outputs are a fixed function of the input ids, and each batch can
+be made to take a set time so tests can hold replicas busy.
 """
 
 from __future__ import annotations
@@ -11,26 +11,46 @@ import time
 import numpy as np
 
 from bertserve.workers.protocol import (
+    EmbeddingOutput,
     EncodedBatch,
     FillMaskArgs,
     FillMaskOutput,
+    FloatArray,
+    LogitsOutput,
     NextSentenceOutput,
+    SpanLogitsOutput,
     Task,
+    TokenLogitsOutput,
 )
 from bertserve.workers.spec import ReplicaSpec
 
 FAKE_VOCAB_SIZE = 1000
 FAKE_MAX_POSITIONS = 512
+FAKE_HIDDEN = 8
+FAKE_LABELS = 4
+
+
+def _us(start: float) -> int:
+    return int((time.perf_counter() - start) * 1e6)
 
 
 class FakeBackend:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.device = "cpu"
         self.dtype = spec.dtype
-        self.tasks: tuple[Task, ...] = (Task.FILL_MASK, Task.NEXT_SENTENCE)
+        self.tasks: tuple[Task, ...] = (
+            Task.FILL_MASK,
+            Task.NEXT_SENTENCE,
+            Task.CLASSIFY_SEQUENCE,
+            Task.CLASSIFY_TOKENS,
+            Task.ANSWER_QUESTION,
+            Task.EMBED,
+        )
         self.warnings: tuple[str, ...] = ("fake backend: outputs are synthetic",)
         self.vocab_size = FAKE_VOCAB_SIZE
         self.max_position_embeddings = FAKE_MAX_POSITIONS
+        self.hidden_size = FAKE_HIDDEN
+        self.architecture = "fake"
         self._delay_s = spec.fake_delay_ms / 1000.0
 
     def _work(self) -> float:
@@ -49,10 +69,38 @@ class FakeBackend:
         targets = tuple(
             None if t is None else np.full(len(t), 1.0 / FAKE_VOCAB_SIZE, np.float32) for t in args.targets
         )
-        return FillMaskOutput(ids.astype(np.int64), scores, targets, int((time.perf_counter() - start) * 1e6))
+        return FillMaskOutput(ids.astype(np.int64), scores, targets, _us(start))
+
+    def _lengths(self, batch: EncodedBatch) -> FloatArray:
+        lengths: FloatArray = batch.attention_mask.sum(axis=1).astype(np.float32)
+        return lengths
 
     def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
         start = self._work()
-        lengths = batch.attention_mask.sum(axis=1).astype(np.float32)
+        lengths = self._lengths(batch)
         logits = np.stack([lengths / 10.0, -lengths / 10.0], axis=1).astype(np.float32)
-        return NextSentenceOutput(logits, int((time.perf_counter() - start) * 1e6))
+        return NextSentenceOutput(logits, _us(start))
+
+    def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput:
+        start = self._work()
+        lengths = self._lengths(batch)[:, None]
+        logits = (lengths / (1.0 + np.arange(FAKE_LABELS)[None, :])).astype(np.float32)
+        return LogitsOutput(logits, _us(start))
+
+    def classify_tokens(self, batch: EncodedBatch) -> TokenLogitsOutput:
+        start = self._work()
+        ids = batch.input_ids.astype(np.float32)[..., None]
+        logits = np.cos(ids * (1.0 + np.arange(FAKE_LABELS))).astype(np.float32)
+        return TokenLogitsOutput(logits, _us(start))
+
+    def answer_question(self, batch: EncodedBatch) -> SpanLogitsOutput:
+        start = self._work()
+        ids = batch.input_ids.astype(np.float32)
+        return SpanLogitsOutput(np.sin(ids), np.cos(ids), _us(start))
+
+    def embed(self, batch: EncodedBatch) -> EmbeddingOutput:
+        start = self._work()
+        vectors = np.cos(batch.input_ids[..., None] * (1.0 + np.arange(FAKE_HIDDEN))).astype(np.float32)
+        mask = batch.attention_mask[..., None].astype(np.float32)
+        mean = (vectors * mask).sum(axis=1) / mask.sum(axis=1)
+        return EmbeddingOutput(vectors[:, 0], mean.astype(np.float32), _us(start))

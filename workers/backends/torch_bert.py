@@ -1,4 +1,7 @@
-"""The real backend: one BertForPreTraining per replica, serving both heads.
+"""The real backend: one transformers BERT model per replica, loaded with the class its
+checkpoint's head needs (workers/heads.py): BertForPreTraining for pre-trained checkpoints
+(FillMask and NextSentence), or the fine-tuned sequence-classification, token-classification
+or question-answering class. Every one also serves Embed from its encoder.
 
 The masked-LM head runs only on the hidden states at mask positions, softmax and top-k run
 on the device, and only [masks, k] arrays travel back.
@@ -12,13 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertserve.workers import heads
 from bertserve.workers.errors import first_line
 from bertserve.workers.protocol import (
+    EmbeddingOutput,
     EncodedBatch,
     FillMaskArgs,
     FillMaskOutput,
+    LogitsOutput,
     NextSentenceOutput,
+    SpanLogitsOutput,
     Task,
+    TokenLogitsOutput,
 )
 from bertserve.workers.spec import ReplicaSpec
 
@@ -31,7 +39,8 @@ class ModelLoadError(RuntimeError):
 
 class TorchBertBackend:
     def __init__(self, spec: ReplicaSpec) -> None:
-        from transformers import BertForPreTraining
+        import transformers
+        from transformers import AutoConfig
 
         if spec.dtype not in _DTYPES:
             raise ModelLoadError(f"unsupported dtype {spec.dtype!r}; choose one of {sorted(_DTYPES)}")
@@ -41,39 +50,51 @@ class TorchBertBackend:
             raise ModelLoadError("device 'cuda' was requested but this replica sees no CUDA device")
         self.device = "cuda:0" if spec.device == "cuda" else "cpu"
         self.dtype = spec.dtype
+        revision = spec.revision or "main"
         try:
-            loaded: Any = BertForPreTraining.from_pretrained(
+            config = AutoConfig.from_pretrained(spec.checkpoint, revision=revision)
+            head = heads.head_for(config.to_dict())
+            loaded: Any = getattr(transformers, head.load_class).from_pretrained(
                 spec.checkpoint,
-                revision=spec.revision or "main",
+                revision=revision,
                 dtype=_DTYPES[spec.dtype],
                 attn_implementation="sdpa",
                 output_loading_info=True,
             )
+        except heads.HeadMismatch as exc:
+            raise ModelLoadError(f"cannot serve checkpoint {spec.checkpoint!r}: {exc}") from None
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot load checkpoint {spec.checkpoint!r}: {type(exc).__name__}: {first_line(exc)}"
             ) from None
         model, info = loaded
-        missing = set(info.get("missing_keys", ()))
+        missing = tuple(info.get("missing_keys", ()))
         tasks: list[Task] = []
         warnings: list[str] = []
-        if any(k.startswith("cls.predictions") for k in missing):
-            warnings.append("checkpoint has no masked-LM head: FillMask is not served")
-        else:
-            tasks.append(Task.FILL_MASK)
-        if any(k.startswith(("cls.seq_relationship", "bert.pooler")) for k in missing):
-            warnings.append("checkpoint has no next-sentence head: NextSentence is not served")
-        else:
-            tasks.append(Task.NEXT_SENTENCE)
-        if not tasks:
+        for task in head.tasks:
+            absent = [k for k in missing if k.startswith(head.head_prefixes[task])]
+            if absent:
+                warnings.append(
+                    f"checkpoint lacks the weights of the {heads.TASK_NAMES[task]} head "
+                    f"({absent[0]}): {heads.TASK_NAMES[task]} is not served"
+                )
+            else:
+                tasks.append(task)
+        tasks.append(Task.EMBED)
+        not_served = [t for t in spec.tasks if t not in (*tasks, Task.TOKENIZE)]
+        if not_served:
             raise ModelLoadError(
-                f"checkpoint {spec.checkpoint!r} has neither a masked-LM nor a next-sentence head"
+                f"model {spec.model_name!r} is configured for {heads.names(not_served)}, but checkpoint "
+                f"{spec.checkpoint!r} ({config.architectures[0] if config.architectures else 'BertModel'}) "
+                f"serves {heads.names(tasks)}" + (f"; {warnings[0]}" if warnings else "")
             )
         self.tasks = tuple(tasks)
         self.warnings = tuple(warnings)
+        self.architecture = heads.architecture(config.to_dict())
         self.model: Any = model.eval().to(self.device)
         self.vocab_size = int(model.config.vocab_size)
         self.max_position_embeddings = int(model.config.max_position_embeddings)
+        self.hidden_size = int(model.config.hidden_size)
         self.warm_up()
 
     def _inputs(self, batch: EncodedBatch) -> dict[str, Any]:
@@ -85,13 +106,20 @@ class TorchBertBackend:
         }
 
     def warm_up(self) -> None:
-        """Run both heads once so the first request does not pay for lazy initialisation."""
+        """Run every head once so the first request does not pay for lazy initialisation."""
         ids = np.array([[2, 4, 3, 0]], dtype=np.int64)
         batch = EncodedBatch(ids, np.array([[1, 1, 1, 0]], dtype=np.int64), np.zeros_like(ids))
         if Task.FILL_MASK in self.tasks:
             self.fill_mask(batch, FillMaskArgs(np.array([0]), np.array([1]), top_k=1, targets=(None,)))
         if Task.NEXT_SENTENCE in self.tasks:
             self.next_sentence(batch)
+        if Task.CLASSIFY_SEQUENCE in self.tasks:
+            self.classify_sequence(batch)
+        if Task.CLASSIFY_TOKENS in self.tasks:
+            self.classify_tokens(batch)
+        if Task.ANSWER_QUESTION in self.tasks:
+            self.answer_question(batch)
+        self.embed(batch)
 
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
@@ -129,6 +157,37 @@ class TorchBertBackend:
             pooled = self.model.bert(**self._inputs(batch)).pooler_output
             logits = self.model.cls.seq_relationship(pooled).float().cpu().numpy()
         return NextSentenceOutput(logits=logits, compute_us=_elapsed_us(start))
+
+    def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(**self._inputs(batch)).logits.float().cpu().numpy()
+        return LogitsOutput(logits=logits, compute_us=_elapsed_us(start))
+
+    def classify_tokens(self, batch: EncodedBatch) -> TokenLogitsOutput:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(**self._inputs(batch)).logits.float().cpu().numpy()
+        return TokenLogitsOutput(logits=logits, compute_us=_elapsed_us(start))
+
+    def answer_question(self, batch: EncodedBatch) -> SpanLogitsOutput:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model(**self._inputs(batch))
+            start_logits = out.start_logits.float().cpu().numpy()
+            end_logits = out.end_logits.float().cpu().numpy()
+        return SpanLogitsOutput(start_logits, end_logits, compute_us=_elapsed_us(start))
+
+    def embed(self, batch: EncodedBatch) -> EmbeddingOutput:
+        """[CLS] and masked-mean pooling of the last hidden state, in float32."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            inputs = self._inputs(batch)
+            hidden = self.model.base_model(**inputs).last_hidden_state.float()
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            out = EmbeddingOutput(cls=hidden[:, 0].cpu().numpy(), mean=mean.cpu().numpy(), compute_us=0)
+        return EmbeddingOutput(out.cls, out.mean, _elapsed_us(start))
 
 
 def _elapsed_us(start: float) -> int:
