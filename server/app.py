@@ -14,7 +14,9 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection
 
+from bertserve.server import config_file
 from bertserve.server.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
+from bertserve.server.config_file import ModelEntry
 from bertserve.server.dataplane import DataPlane
 from bertserve.server.domain import RequestLimits
 from bertserve.server.health import SERVICE_NAME, HealthReporter
@@ -25,8 +27,10 @@ from bertserve.server.servicer import BertServicer
 from bertserve.server.settings import Settings
 from bertserve.server.tokenization import TextTokenizer
 from bertserve.v1 import bert_service_pb2, bert_service_pb2_grpc
+from bertserve.workers import heads
 from bertserve.workers.errors import ReplicaLoadError
 from bertserve.workers.pool import Placement, ReplicaPool
+from bertserve.workers.protocol import Task
 from bertserve.workers.spec import ReplicaSpec
 from bertserve.workers.tiny_bert import is_tiny_checkpoint
 
@@ -96,7 +100,9 @@ def _init_ray(settings: Settings) -> None:
         raise StartupError(f"cannot start or join {where}: {type(exc).__name__}: {exc}") from None
 
 
-def _place(settings: Settings) -> Placed:
+def _place(settings: Settings, total_replicas: int = 0) -> Placed:
+    """Device, dtype and Ray resources of one model's replicas. CPU replicas share the
+    cluster's CPUs evenly over every model's replicas unless threads_per_replica is set."""
     import ray
 
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
@@ -114,61 +120,127 @@ def _place(settings: Settings) -> Placed:
         dtype = "bfloat16" if device == "cuda" else "float32"
     if device == "cuda":
         return Placed(device, dtype, 1, Placement(num_cpus=1, num_gpus=settings.gpus_per_replica))
-    threads = settings.threads_per_replica or max(1, int(cpus) // settings.replicas)
+    threads = settings.threads_per_replica or max(1, int(cpus) // max(total_replicas, settings.replicas))
     return Placed(device, dtype, threads, Placement(num_cpus=threads))
 
 
-def _max_length(checkpoint: Checkpoint) -> int:
-    config = checkpoint.config()
-    return int(config.get("max_position_embeddings", 512))
-
-
-async def build_model(settings: Settings, on_change: Any) -> ServedModel:
+def _checkpoint_of(settings: Settings) -> Checkpoint:
     if settings.demo:
-        checkpoint = resolve_checkpoint(str(ensure_demo_checkpoint(settings)))
-    else:
-        checkpoint = resolve_checkpoint(settings.model, settings.revision)
-    max_length = _max_length(checkpoint)
-    # Random-weight checkpoints made by workers/tiny_bert.py are flagged as demos wherever they are served.
-    demo = settings.demo or is_tiny_checkpoint(checkpoint.files_dir)
-    if settings.max_batch_tokens < max_length:
+        return resolve_checkpoint(str(ensure_demo_checkpoint(settings)))
+    return resolve_checkpoint(settings.model, settings.revision)
+
+
+def _precheck(entry: ModelEntry, checkpoint: Checkpoint) -> None:
+    """Mistakes found from config.json alone, reported before Ray starts."""
+    config = checkpoint.config()
+    max_length = int(config.get("max_position_embeddings", 512))
+    if entry.settings.max_batch_tokens < max_length:
+        where = f"model {entry.name!r}: max_batch_tokens" if entry.settings.config else "--max-batch-tokens"
         raise StartupError(
-            f"--max-batch-tokens ({settings.max_batch_tokens}) must be at least the model's "
-            f"maximum sequence length ({max_length})"
+            f"{where} ({entry.settings.max_batch_tokens}) must be at least the model's maximum sequence "
+            f"length ({max_length})"
         )
-    tokenizer = TextTokenizer(checkpoint.files_dir, max_length)
-    _init_ray(settings)
-    placed = _place(settings)
-    spec = ReplicaSpec(
-        model_name=settings.served_name,
-        checkpoint=checkpoint.checkpoint,
-        revision=checkpoint.revision,
-        device=placed.device,
-        dtype=placed.dtype,
-        threads=placed.threads,
-        backend=settings.backend,
-        fake_delay_ms=settings.fake_delay_ms,
-    )
-    config = ModelConfig(
-        name=settings.served_name,
+    try:
+        heads.check_declared(config, entry.tasks, entry.name)
+    except heads.HeadMismatch as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> ModelConfig:
+    """What the front end knows of a model before its replicas start: limits, and from
+    config.json its architecture, labels and the tasks its head can serve."""
+    s = entry.settings
+    config = checkpoint.config()
+    max_length = int(config.get("max_position_embeddings", 512))
+    possible = heads.possible_tasks(config)
+    # Declared tasks restrict the model to them (Tokenize is always served).
+    tasks = tuple(t for t in possible if not entry.tasks or t in entry.tasks or t is Task.TOKENIZE)
+    id2label = config.get("id2label") or {}
+    labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label)))
+    # Random-weight checkpoints made by workers/tiny_bert.py are flagged as demos wherever they are served.
+    demo = s.demo or is_tiny_checkpoint(checkpoint.files_dir)
+    return ModelConfig(
+        name=entry.name,
         checkpoint=checkpoint,
         device=placed.device,
         dtype=placed.dtype,
         limits=RequestLimits(
-            max_inputs=settings.max_inputs_per_request,
-            max_text_chars=settings.max_text_chars,
-            max_top_k=settings.max_top_k,
+            max_inputs=s.max_inputs_per_request,
+            max_text_chars=s.max_text_chars,
+            max_top_k=s.max_top_k,
             max_sequence_length=max_length,
         ),
         batch_limits=BatchLimits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_s=settings.max_wait_ms / 1000.0,
-            max_queued=settings.max_queued_requests,
+            max_batch_size=s.max_batch_size,
+            max_batch_tokens=s.max_batch_tokens,
+            max_wait_s=s.max_wait_ms / 1000.0,
+            max_queued=s.max_queued_requests,
         ),
-        batches_per_replica=settings.batches_per_replica,
+        batches_per_replica=s.batches_per_replica,
+        tasks=tasks,
+        architecture=heads.architecture(config),
+        labels=labels,
+        problem_type=str(config.get("problem_type") or ""),
         demo=demo,
         description=DEMO_NOTICE if demo else "",
+    )
+
+
+def _check_cpu_budget(settings: Settings, placements: list[tuple[ModelEntry, Placed]]) -> None:
+    """A local Ray instance cannot grow: fail at once, not after the start-up timeout, when the
+    CPU replicas ask for more CPUs than it has."""
+    if settings.ray_address:
+        return
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+    needed = sum(p.placement.num_cpus * e.settings.replicas for e, p in placements)
+    if needed > cpus:
+        detail = ", ".join(
+            f"{e.name}: {e.settings.replicas} x {p.placement.num_cpus:g}" for e, p in placements
+        )
+        raise StartupError(
+            f"the replicas need {needed:g} CPUs ({detail}) but the local Ray instance has {cpus:g}; "
+            "lower replicas or threads_per_replica, or raise --ray-num-cpus"
+        )
+
+
+async def build_models(settings: Settings, on_change: Any) -> tuple[list[ServedModel], dict[Task, str]]:
+    """Resolve every configured model, check its head against its tasks, place its replicas."""
+    try:
+        entries = config_file.model_entries(settings)
+    except config_file.ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    checkpoints = [_checkpoint_of(e.settings) for e in entries]
+    for entry, ckpt in zip(entries, checkpoints, strict=True):
+        _precheck(entry, ckpt)
+    _init_ray(settings)
+    total = sum(e.settings.replicas for e in entries)
+    placements = [(e, _place(e.settings, total)) for e in entries]
+    _check_cpu_budget(settings, placements)
+    configs = [
+        _model_config(e, ckpt, placed) for (e, placed), ckpt in zip(placements, checkpoints, strict=True)
+    ]
+    models = [
+        _served_model(entry, config, placed, on_change)
+        for (entry, placed), config in zip(placements, configs, strict=True)
+    ]
+    defaults = {task: e.name for e in entries for task in e.default_for}
+    return models, defaults
+
+
+def _served_model(entry: ModelEntry, config: ModelConfig, placed: Placed, on_change: Any) -> ServedModel:
+    s = entry.settings
+    spec = ReplicaSpec(
+        model_name=config.name,
+        checkpoint=config.checkpoint.checkpoint,
+        revision=config.checkpoint.revision,
+        device=placed.device,
+        dtype=placed.dtype,
+        threads=placed.threads,
+        backend=s.backend,
+        fake_delay_ms=s.fake_delay_ms,
+        tasks=tuple(t for t in entry.tasks if t is not Task.TOKENIZE),
     )
     model: ServedModel | None = None
 
@@ -177,9 +249,8 @@ async def build_model(settings: Settings, on_change: Any) -> ServedModel:
             model.replicas_changed()
         on_change()
 
-    pool = ReplicaPool(
-        spec, settings.replicas, placed.placement, max_restarts=settings.max_restarts, on_change=changed
-    )
+    pool = ReplicaPool(spec, s.replicas, placed.placement, max_restarts=s.max_restarts, on_change=changed)
+    tokenizer = TextTokenizer(config.checkpoint.files_dir, config.limits.max_sequence_length)
     model = ServedModel(config, tokenizer, pool)
     return model
 
@@ -196,8 +267,11 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
-        model = await build_model(s, self.health.schedule_update)
-        self.registry = ModelRegistry([model], default=model.name)
+        models, defaults = await build_models(s, self.health.schedule_update)
+        try:
+            self.registry = ModelRegistry(models, defaults)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         self.health.attach(self.registry)
         server = grpc.aio.server(
             options=[
@@ -224,21 +298,25 @@ class Server:
         await server.start()
         self.grpc_server = server
         _log.info("grpc_listening", host=s.host, port=self.port, health=SERVICE_NAME)
-        if model.config.demo:
-            _log.warning("demo_model", notice=DEMO_NOTICE)
+        for model in models:
+            if model.config.demo:
+                _log.warning("demo_model", model=model.name, notice=DEMO_NOTICE)
         try:
-            await model.start(s.startup_timeout_s)
-        except ReplicaLoadError as exc:
+            await asyncio.gather(*(m.start(s.startup_timeout_s) for m in models))
+            self.registry.refresh_defaults()
+        except (ReplicaLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         await self.health.update()
-        _log.info(
-            "serving",
-            model=model.name,
-            replicas=model.ready_replicas,
-            device=model.config.device,
-            dtype=model.config.dtype,
-            tasks=[t.value for t in model.tasks],
-        )
+        for model in models:
+            _log.info(
+                "serving",
+                model=model.name,
+                replicas=model.ready_replicas,
+                device=model.config.device,
+                dtype=model.config.dtype,
+                tasks=[t.value for t in model.tasks],
+                default_for=[t.value for t in self.registry.default_for(model)],
+            )
         if s.port_file:
             Path(s.port_file).write_text(str(self.port))
 

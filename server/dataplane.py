@@ -1,6 +1,8 @@
 """The data plane: validate → tokenize → batch → await → post-process, per task.
 
-Transport-free: takes domain queries, returns domain answers, raises ServingError.
+Transport-free: takes domain queries, returns domain answers, raises ServingError. Inputs
+that run as several windows (long NER texts, QA contexts, split classification or
+embedding inputs) become several work items; their outputs are regrouped per input.
 """
 
 from __future__ import annotations
@@ -8,20 +10,46 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from bertserve.server.domain import (
+    AnswerQuestionAnswer,
+    AnswerQuestionQuery,
+    ClassifySequenceAnswer,
+    ClassifySequenceQuery,
+    ClassifyTokensAnswer,
+    ClassifyTokensQuery,
+    EmbedAnswer,
+    EmbedQuery,
     FillMaskAnswer,
     FillMaskQuery,
     NextSentenceAnswer,
     NextSentenceQuery,
     Timing,
+    TokenizeAnswer,
+    TokenizeQuery,
 )
-from bertserve.server.models import ModelRegistry
+from bertserve.server.models import ModelRegistry, ServedModel
 from bertserve.server.scheduling.batcher import Batcher
 from bertserve.server.scheduling.work import ItemResult, WorkItem
-from bertserve.server.tasks import fill_mask, next_sentence
-from bertserve.server.tokenization import Encoded
+from bertserve.server.tasks import (
+    answer_question,
+    classify_sequence,
+    classify_tokens,
+    embed,
+    fill_mask,
+    next_sentence,
+    tokenize,
+)
+from bertserve.workers.protocol import Task
+
+
+class ModelInput(Protocol):
+    @property
+    def ids(self) -> tuple[int, ...]: ...
+
+    @property
+    def type_ids(self) -> tuple[int, ...]: ...
 
 
 def _us(seconds: float) -> int:
@@ -34,8 +62,8 @@ class DataPlane:
 
     async def fill_mask(self, query: FillMaskQuery, deadline: float | None = None) -> FillMaskAnswer:
         start = time.perf_counter()
-        model = self.registry.get(query.model)
-        batcher = model.batcher(fill_mask.TASK)
+        model = self.registry.get(query.model, Task.FILL_MASK)
+        batcher = model.batcher(Task.FILL_MASK)
         prepared = fill_mask.prepare(query, model.tokenizer, model.config.limits)
         tokenized = time.perf_counter()
         items = await _run(batcher, prepared.encoded, prepared.heads, deadline)
@@ -49,8 +77,8 @@ class DataPlane:
         self, query: NextSentenceQuery, deadline: float | None = None
     ) -> NextSentenceAnswer:
         start = time.perf_counter()
-        model = self.registry.get(query.model)
-        batcher = model.batcher(next_sentence.TASK)
+        model = self.registry.get(query.model, Task.NEXT_SENTENCE)
+        batcher = model.batcher(Task.NEXT_SENTENCE)
         encoded = next_sentence.prepare(query, model.tokenizer, model.config.limits)
         tokenized = time.perf_counter()
         items = await _run(batcher, encoded, [None] * len(encoded), deadline)
@@ -59,16 +87,101 @@ class DataPlane:
         )
         return NextSentenceAnswer(results, model.name, _timing(start, tokenized, items))
 
+    async def classify_sequence(
+        self, query: ClassifySequenceQuery, deadline: float | None = None
+    ) -> ClassifySequenceAnswer:
+        start = time.perf_counter()
+        model = self.registry.get(query.model, Task.CLASSIFY_SEQUENCE)
+        batcher = model.batcher(Task.CLASSIFY_SEQUENCE)
+        prepared = classify_sequence.prepare(query, model.tokenizer, model.config.limits)
+        tokenized = time.perf_counter()
+        outputs, items = await _run_windows(batcher, prepared.windows, deadline)
+        cfg = model.config
+        results = tuple(
+            classify_sequence.finish(out, stats, query.function, cfg.labels, cfg.problem_type, query.top_k)
+            for out, stats in zip(outputs, prepared.stats, strict=True)
+        )
+        return ClassifySequenceAnswer(results, model.name, _timing(start, tokenized, items))
+
+    async def classify_tokens(
+        self, query: ClassifyTokensQuery, deadline: float | None = None
+    ) -> ClassifyTokensAnswer:
+        start = time.perf_counter()
+        model = self.registry.get(query.model, Task.CLASSIFY_TOKENS)
+        batcher = model.batcher(Task.CLASSIFY_TOKENS)
+        plans = classify_tokens.prepare(query, model.tokenizer, model.config.limits)
+        tokenized = time.perf_counter()
+        outputs, items = await _run_windows(batcher, [p.windows for p in plans], deadline)
+        results = tuple(
+            classify_tokens.finish(plan, out, query, model.config.labels, model.tokenizer)
+            for plan, out in zip(plans, outputs, strict=True)
+        )
+        return ClassifyTokensAnswer(results, model.name, _timing(start, tokenized, items))
+
+    async def answer_question(
+        self, query: AnswerQuestionQuery, deadline: float | None = None
+    ) -> AnswerQuestionAnswer:
+        start = time.perf_counter()
+        model = self.registry.get(query.model, Task.ANSWER_QUESTION)
+        batcher = model.batcher(Task.ANSWER_QUESTION)
+        plans = answer_question.prepare(query, model.tokenizer, model.config.limits)
+        tokenized = time.perf_counter()
+        outputs, items = await _run_windows(batcher, [p.windows for p in plans], deadline)
+        results = tuple(
+            answer_question.finish(plan, out, query) for plan, out in zip(plans, outputs, strict=True)
+        )
+        return AnswerQuestionAnswer(results, model.name, _timing(start, tokenized, items))
+
+    async def embed(self, query: EmbedQuery, deadline: float | None = None) -> EmbedAnswer:
+        start = time.perf_counter()
+        model = self.registry.get(query.model, Task.EMBED)
+        batcher = model.batcher(Task.EMBED)
+        prepared = embed.prepare(query, model.tokenizer, model.config.limits)
+        tokenized = time.perf_counter()
+        outputs, items = await _run_windows(batcher, prepared.windows, deadline)
+        results = tuple(
+            embed.finish(out, stats, query.pooling, query.normalize)
+            for out, stats in zip(outputs, prepared.stats, strict=True)
+        )
+        dimensions = len(results[0].vector) if results else 0
+        return EmbedAnswer(results, dimensions, model.name, _timing(start, tokenized, items))
+
+    async def tokenize(self, query: TokenizeQuery, deadline: float | None = None) -> TokenizeAnswer:
+        start = time.perf_counter()
+        model: ServedModel = self.registry.get(query.model, Task.TOKENIZE)
+        results = tokenize.tokenize(query, model.tokenizer, model.config.limits)
+        elapsed = _us(time.perf_counter() - start)
+        return TokenizeAnswer(
+            tuple(results),
+            model.name,
+            model.config.limits.max_sequence_length,
+            Timing(tokenization_us=elapsed, queue_us=0, inference_us=0, total_us=elapsed),
+        )
+
+
+async def _run_windows(
+    batcher: Batcher, per_input: Sequence[Sequence[ModelInput]], deadline: float | None
+) -> tuple[list[list[Any]], list[ItemResult]]:
+    """Run every window of every input; return the outputs grouped per input."""
+    flat = [w for windows in per_input for w in windows]
+    items = await _run(batcher, flat, [None] * len(flat), deadline)
+    grouped: list[list[Any]] = []
+    at = 0
+    for windows in per_input:
+        grouped.append([it.output for it in items[at : at + len(windows)]])
+        at += len(windows)
+    return grouped, items
+
 
 async def _run(
-    batcher: Batcher, encoded: Sequence[Encoded], heads: Sequence[Any], deadline: float | None
+    batcher: Batcher, inputs: Sequence[ModelInput], heads: Sequence[Any], deadline: float | None
 ) -> list[ItemResult]:
     """Queue one work item per input and wait for all. On cancellation the items are
     abandoned: the batcher skips them if still queued and drops their results otherwise."""
     loop = asyncio.get_running_loop()
     items = [
-        WorkItem(enc.ids, enc.type_ids, head, loop.create_future(), deadline)
-        for enc, head in zip(encoded, heads, strict=True)
+        WorkItem(tuple(enc.ids), tuple(enc.type_ids), head, loop.create_future(), deadline)
+        for enc, head in zip(inputs, heads, strict=True)
     ]
     batcher.submit(items)
     try:

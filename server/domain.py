@@ -11,6 +11,8 @@ DEFAULT_TOP_K = 5
 class Truncation(enum.Enum):
     REJECT = "reject"
     TRUNCATE = "truncate"
+    # ClassifySequence and Embed: overlapping windows, mean of their scores or vectors.
+    SPLIT = "split"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class RequestLimits:
 class InputStats:
     num_tokens: int
     truncated: bool
+    windows: int = 1
 
 
 @dataclass(frozen=True)
@@ -89,4 +92,175 @@ class NextSentenceResult:
 class NextSentenceAnswer:
     results: tuple[NextSentenceResult, ...]
     model: str
+    timing: Timing
+
+
+# ---- ClassifySequence ----------------------------------------------------------------------
+class ScoreFunction(enum.Enum):
+    DEFAULT = "default"  # the checkpoint's: sigmoid for multi-label or one label, else softmax
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class SequenceInput:
+    text: str
+    pair: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassifySequenceQuery:
+    inputs: tuple[SequenceInput, ...]
+    top_k: int | None = None
+    function: ScoreFunction = ScoreFunction.DEFAULT
+    model: str = ""
+    truncation: Truncation = Truncation.REJECT
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+    label_id: int
+
+
+@dataclass(frozen=True)
+class ClassifySequenceResult:
+    labels: tuple[LabelScore, ...]
+    input: InputStats
+
+
+@dataclass(frozen=True)
+class ClassifySequenceAnswer:
+    results: tuple[ClassifySequenceResult, ...]
+    model: str
+    timing: Timing
+
+
+# ---- ClassifyTokens ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassifyTokensQuery:
+    texts: tuple[str, ...]
+    aggregation: str = "none"
+    # None: the pipeline's default, ("O",).
+    ignore_labels: tuple[str, ...] | None = None
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class EntityResult:
+    label: str
+    score: float
+    word: str
+    start: int
+    end: int
+    index: int | None  # aggregation "none" only
+
+
+@dataclass(frozen=True)
+class ClassifyTokensResult:
+    entities: tuple[EntityResult, ...]
+    input: InputStats
+
+
+@dataclass(frozen=True)
+class ClassifyTokensAnswer:
+    results: tuple[ClassifyTokensResult, ...]
+    model: str
+    timing: Timing
+
+
+# ---- AnswerQuestion ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AnswerQuestionQuery:
+    inputs: tuple[tuple[str, str], ...]  # (question, context)
+    top_k: int = 1
+    max_answer_len: int = 15
+    doc_stride: int | None = None
+    handle_impossible_answer: bool = False
+    max_question_len: int = 64
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class AnswerSpan:
+    text: str
+    score: float
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class AnswerQuestionResult:
+    answers: tuple[AnswerSpan, ...]
+    input: InputStats
+
+
+@dataclass(frozen=True)
+class AnswerQuestionAnswer:
+    results: tuple[AnswerQuestionResult, ...]
+    model: str
+    timing: Timing
+
+
+# ---- Embed -----------------------------------------------------------------------------------
+class Pooling(enum.Enum):
+    CLS = "cls"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class EmbedQuery:
+    texts: tuple[str, ...]
+    pooling: Pooling = Pooling.MEAN
+    normalize: bool = False
+    model: str = ""
+    truncation: Truncation = Truncation.REJECT
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vector: tuple[float, ...]
+    input: InputStats
+
+
+@dataclass(frozen=True)
+class EmbedAnswer:
+    results: tuple[EmbeddingResult, ...]
+    dimensions: int
+    model: str
+    timing: Timing
+
+
+# ---- Tokenize --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenizeQuery:
+    texts: tuple[str, ...]
+    skip_special_tokens: bool = False
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    token: str
+    start: int
+    end: int
+    special: bool
+    word: int | None
+
+
+@dataclass(frozen=True)
+class TokenizeResult:
+    tokens: tuple[TokenInfo, ...]
+    num_tokens: int
+    exceeds_max_length: bool
+
+
+@dataclass(frozen=True)
+class TokenizeAnswer:
+    results: tuple[TokenizeResult, ...]
+    model: str
+    max_sequence_length: int
     timing: Timing

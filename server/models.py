@@ -1,8 +1,10 @@
-"""Served models: each a tokenizer, a replica pool, a router and one batcher per task."""
+"""Served models: each a tokenizer, a replica pool, a router and one batcher per task; the
+registry that finds a request's model by name or by its task's default."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bertserve.server.checkpoint import Checkpoint
@@ -10,17 +12,23 @@ from bertserve.server.domain import RequestLimits
 from bertserve.server.errors import ModelNotFound, TaskNotSupported
 from bertserve.server.scheduling.batcher import Batcher, BatchLimits, Kernel
 from bertserve.server.scheduling.router import Router
+from bertserve.server.tasks import answer_question, classify_sequence, classify_tokens, embed
 from bertserve.server.tasks.fill_mask import FillMaskKernel
 from bertserve.server.tasks.next_sentence import NextSentenceKernel
 from bertserve.server.tokenization import TextTokenizer
+from bertserve.workers.heads import TASK_NAMES, names
 from bertserve.workers.pool import ReplicaPool
 from bertserve.workers.protocol import Task
-
-TASK_NAMES = {Task.FILL_MASK: "FillMask", Task.NEXT_SENTENCE: "NextSentence"}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A model as configured and as its checkpoint describes itself (config.json).
+
+    tasks: what the checkpoint's architecture can serve (replicas may narrow it at start when
+      head weights are missing). labels: id2label in output order (classification heads).
+    """
+
     name: str
     checkpoint: Checkpoint
     device: str
@@ -28,8 +36,24 @@ class ModelConfig:
     limits: RequestLimits
     batch_limits: BatchLimits
     batches_per_replica: int
+    tasks: tuple[Task, ...] = (Task.FILL_MASK, Task.NEXT_SENTENCE, Task.EMBED, Task.TOKENIZE)
+    architecture: str = ""
+    labels: tuple[str, ...] = ()
+    problem_type: str = ""
     demo: bool = False
     description: str = ""
+
+
+def _kernels(tokenizer: TextTokenizer) -> dict[Task, Kernel]:
+    pad = tokenizer.pad_token_id
+    return {
+        Task.FILL_MASK: FillMaskKernel(pad),
+        Task.NEXT_SENTENCE: NextSentenceKernel(pad),
+        Task.CLASSIFY_SEQUENCE: classify_sequence.kernel(pad),
+        Task.CLASSIFY_TOKENS: classify_tokens.kernel(pad),
+        Task.ANSWER_QUESTION: answer_question.kernel(pad),
+        Task.EMBED: embed.kernel(pad),
+    }
 
 
 class ServedModel:
@@ -38,15 +62,12 @@ class ServedModel:
         self.tokenizer = tokenizer
         self.pool = pool
         self.router = Router(pool, depth=config.batches_per_replica)
-        kernels: dict[Task, Kernel] = {
-            Task.FILL_MASK: FillMaskKernel(tokenizer.pad_token_id),
-            Task.NEXT_SENTENCE: NextSentenceKernel(tokenizer.pad_token_id),
-        }
         self.batchers = {
             task: Batcher(f"{config.name}:{task.value}", kernel, self.router, config.batch_limits)
-            for task, kernel in kernels.items()
+            for task, kernel in _kernels(tokenizer).items()
+            if task in config.tasks
         }
-        self.tasks: tuple[Task, ...] = ()
+        self.tasks: tuple[Task, ...] = config.tasks
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -56,9 +77,11 @@ class ServedModel:
     async def start(self, timeout_s: float) -> None:
         await self.pool.start(timeout_s)
         reports = [r.report for r in self.pool.replicas() if r.report is not None]
-        self.tasks = reports[0].tasks if reports else ()
-        for batcher in self.batchers.values():
-            batcher.start()
+        if reports:
+            self.tasks = (*(t for t in reports[0].tasks if t in self.config.tasks), Task.TOKENIZE)
+        for task, batcher in self.batchers.items():
+            if task in self.tasks:
+                batcher.start()
 
     async def stop(self) -> None:
         for batcher in self.batchers.values():
@@ -73,12 +96,17 @@ class ServedModel:
         for batcher in self.batchers.values():
             batcher.wake()
 
-    def batcher(self, task: Task) -> Batcher:
+    def serves(self, task: Task) -> bool:
+        return task in self.tasks
+
+    def check_serves(self, task: Task) -> None:
         if task not in self.tasks:
-            served = ", ".join(TASK_NAMES[t] for t in self.tasks) or "nothing"
             raise TaskNotSupported(
-                f"model {self.name!r} does not serve {TASK_NAMES[task]}; it serves {served}"
+                f"model {self.name!r} does not serve {TASK_NAMES[task]}; it serves {names(self.tasks)}"
             )
+
+    def batcher(self, task: Task) -> Batcher:
+        self.check_serves(task)
         return self.batchers[task]
 
     @property
@@ -87,19 +115,71 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, models: list[ServedModel], default: str) -> None:
-        self._models = {m.name: m for m in models}
-        self.default = default
+    """The models of one server. Each task has a default model: the one the configuration
+    names for it, else the first model (in configuration order) that serves it."""
 
-    def get(self, name: str) -> ServedModel:
-        model = self._models.get(name or self.default)
+    def __init__(self, models: Sequence[ServedModel], defaults: Mapping[Task, str] | None = None) -> None:
+        self._models = {m.name: m for m in models}
+        self._order = list(models)
+        self._explicit = dict(defaults or {})
+        self._defaults: dict[Task, ServedModel] = {}
+        self.refresh_defaults()
+
+    def refresh_defaults(self) -> None:
+        """Recompute the per-task defaults (after models start and report their tasks).
+        Raises ValueError when a configured default cannot serve its task."""
+        defaults: dict[Task, ServedModel] = {}
+        for task in Task:
+            name = self._explicit.get(task)
+            if name is not None:
+                model = self._models.get(name)
+                if model is None:
+                    raise ValueError(f"the default model for {TASK_NAMES[task]}, {name!r}, is not configured")
+                if not model.serves(task):
+                    raise ValueError(
+                        f"the default model for {TASK_NAMES[task]}, {name!r}, does not serve it; "
+                        f"it serves {names(model.tasks)}"
+                    )
+                defaults[task] = model
+                continue
+            serving = [m for m in self._order if m.serves(task)]
+            if serving:
+                defaults[task] = serving[0]
+        self._defaults = defaults
+
+    @property
+    def first(self) -> ServedModel:
+        return self._order[0]
+
+    def named(self, name: str) -> ServedModel:
+        """The model of that name; empty selects the first model."""
+        if not name:
+            return self.first
+        model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"no model named {name!r} is served; ListModels shows the names")
         return model
 
+    def get(self, name: str, task: Task) -> ServedModel:
+        """The model for a request: by name (which must serve the task), else the task's default."""
+        if name:
+            model = self.named(name)
+            model.check_serves(task)
+            return model
+        default = self._defaults.get(task)
+        if default is None:
+            served = sorted({t for m in self._order for t in m.tasks}, key=list(Task).index)
+            raise TaskNotSupported(
+                f"no model on this server serves {TASK_NAMES[task]}; its models serve {names(served)}"
+            )
+        return default
+
+    def default_for(self, model: ServedModel) -> tuple[Task, ...]:
+        return tuple(t for t, m in self._defaults.items() if m is model)
+
     def all(self) -> list[ServedModel]:
-        return list(self._models.values())
+        return list(self._order)
 
     def all_serving(self) -> bool:
         """True when every model has at least one warm replica."""
-        return bool(self._models) and all(m.ready_replicas > 0 for m in self._models.values())
+        return bool(self._models) and all(m.ready_replicas > 0 for m in self._order)

@@ -7,9 +7,11 @@ request id bound to its log events, and streams answer each request independentl
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -19,7 +21,18 @@ from bertserve.server import convert
 from bertserve.server.dataplane import DataPlane
 from bertserve.server.errors import Internal, ServingError, status_for
 from bertserve.server.logs import get_logger
-from bertserve.v1 import bert_service_pb2_grpc, common_pb2, fill_mask_pb2, models_pb2, next_sentence_pb2
+from bertserve.v1 import (
+    answer_question_pb2,
+    bert_service_pb2_grpc,
+    classify_sequence_pb2,
+    classify_tokens_pb2,
+    common_pb2,
+    embed_pb2,
+    fill_mask_pb2,
+    models_pb2,
+    next_sentence_pb2,
+    tokenize_pb2,
+)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -44,10 +57,65 @@ def _error_proto(exc: ServingError) -> common_pb2.Error:
     return common_pb2.Error(code=code.value[0], code_name=code.name, message=exc.message)
 
 
+@dataclass(frozen=True)
+class _Task:
+    """How one task RPC runs: request → domain query → data plane → response."""
+
+    to_query: Callable[[Any], Any]
+    run: Callable[[DataPlane], Callable[[Any, float | None], Awaitable[Any]]]
+    to_response: Callable[[Any], Any]
+
+
+_TASKS: dict[str, _Task] = {
+    "FillMask": _Task(convert.fill_mask_query, lambda dp: dp.fill_mask, convert.fill_mask_response),
+    "NextSentence": _Task(
+        convert.next_sentence_query, lambda dp: dp.next_sentence, convert.next_sentence_response
+    ),
+    "ClassifySequence": _Task(
+        convert.classify_sequence_query, lambda dp: dp.classify_sequence, convert.classify_sequence_response
+    ),
+    "ClassifyTokens": _Task(
+        convert.classify_tokens_query, lambda dp: dp.classify_tokens, convert.classify_tokens_response
+    ),
+    "AnswerQuestion": _Task(
+        convert.answer_question_query, lambda dp: dp.answer_question, convert.answer_question_response
+    ),
+    "Embed": _Task(convert.embed_query, lambda dp: dp.embed, convert.embed_response),
+    "Tokenize": _Task(convert.tokenize_query, lambda dp: dp.tokenize, convert.tokenize_response),
+}
+
+
+def _unary_rpc(name: str) -> Any:
+    async def rpc(self: BertServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await self._unary(name, context, lambda: self._call(name, request, _deadline(context)))
+
+    rpc.__name__ = name
+    return rpc
+
+
+def _stream_rpc(name: str, response_type: Callable[..., Any]) -> Any:
+    async def rpc(
+        self: BertServicer, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        call = functools.partial(self._call, name)
+        async for item in self._stream(f"{name}Stream", request_iterator, context, call, response_type):
+            yield item
+
+    rpc.__name__ = f"{name}Stream"
+    return rpc
+
+
 class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
+    """Every task RPC, unary and stream, goes through `_call`; the table above says how."""
+
     def __init__(self, dataplane: DataPlane, max_stream_inflight: int = 128) -> None:
         self._dp = dataplane
         self._max_stream_inflight = max_stream_inflight
+
+    async def _call(self, name: str, request: Any, deadline: float | None) -> Any:
+        task = _TASKS[name]
+        answer = await task.run(self._dp)(task.to_query(request), deadline)
+        return task.to_response(answer)
 
     # ---- unary ---------------------------------------------------------------------------
     async def _unary(
@@ -71,29 +139,22 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         _log.debug("request_done", duration_ms=round((time.perf_counter() - start) * 1000, 3))
         return response
 
-    async def FillMask(
-        self, request: fill_mask_pb2.FillMaskRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> fill_mask_pb2.FillMaskResponse:
-        return await self._unary("FillMask", context, lambda: self._fill_mask(request, _deadline(context)))
-
-    async def NextSentence(
-        self, request: next_sentence_pb2.NextSentenceRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> next_sentence_pb2.NextSentenceResponse:
-        return await self._unary(
-            "NextSentence", context, lambda: self._next_sentence(request, _deadline(context))
-        )
-
-    async def _fill_mask(
-        self, request: fill_mask_pb2.FillMaskRequest, deadline: float | None
-    ) -> fill_mask_pb2.FillMaskResponse:
-        answer = await self._dp.fill_mask(convert.fill_mask_query(request), deadline)
-        return convert.fill_mask_response(answer)
-
-    async def _next_sentence(
-        self, request: next_sentence_pb2.NextSentenceRequest, deadline: float | None
-    ) -> next_sentence_pb2.NextSentenceResponse:
-        answer = await self._dp.next_sentence(convert.next_sentence_query(request), deadline)
-        return convert.next_sentence_response(answer)
+    FillMask = _unary_rpc("FillMask")
+    FillMaskStream = _stream_rpc("FillMask", fill_mask_pb2.FillMaskStreamResponse)
+    NextSentence = _unary_rpc("NextSentence")
+    NextSentenceStream = _stream_rpc("NextSentence", next_sentence_pb2.NextSentenceStreamResponse)
+    ClassifySequence = _unary_rpc("ClassifySequence")
+    ClassifySequenceStream = _stream_rpc(
+        "ClassifySequence", classify_sequence_pb2.ClassifySequenceStreamResponse
+    )
+    ClassifyTokens = _unary_rpc("ClassifyTokens")
+    ClassifyTokensStream = _stream_rpc("ClassifyTokens", classify_tokens_pb2.ClassifyTokensStreamResponse)
+    AnswerQuestion = _unary_rpc("AnswerQuestion")
+    AnswerQuestionStream = _stream_rpc("AnswerQuestion", answer_question_pb2.AnswerQuestionStreamResponse)
+    Embed = _unary_rpc("Embed")
+    EmbedStream = _stream_rpc("Embed", embed_pb2.EmbedStreamResponse)
+    Tokenize = _unary_rpc("Tokenize")
+    TokenizeStream = _stream_rpc("Tokenize", tokenize_pb2.TokenizeStreamResponse)
 
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -102,7 +163,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
 
         async def call() -> models_pb2.ListModelsResponse:
             return models_pb2.ListModelsResponse(
-                models=[convert.model_info(m, m.name == registry.default) for m in registry.all()]
+                models=[convert.model_info(m, registry.default_for(m)) for m in registry.all()]
             )
 
         return await self._unary("ListModels", context, call)
@@ -113,40 +174,14 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         registry = self._dp.registry
 
         async def call() -> models_pb2.GetModelInfoResponse:
-            model = registry.get(request.model)
+            model = registry.named(request.model)
             return models_pb2.GetModelInfoResponse(
-                model=convert.model_info(model, model.name == registry.default)
+                model=convert.model_info(model, registry.default_for(model))
             )
 
         return await self._unary("GetModelInfo", context, call)
 
     # ---- streams -------------------------------------------------------------------------
-    async def FillMaskStream(
-        self,
-        request_iterator: AsyncIterator[fill_mask_pb2.FillMaskStreamRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[fill_mask_pb2.FillMaskStreamResponse]:
-        stream = self._stream(
-            "FillMaskStream", request_iterator, context, self._fill_mask, fill_mask_pb2.FillMaskStreamResponse
-        )
-        async for item in stream:
-            yield item
-
-    async def NextSentenceStream(
-        self,
-        request_iterator: AsyncIterator[next_sentence_pb2.NextSentenceStreamRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[next_sentence_pb2.NextSentenceStreamResponse]:
-        stream = self._stream(
-            "NextSentenceStream",
-            request_iterator,
-            context,
-            self._next_sentence,
-            next_sentence_pb2.NextSentenceStreamResponse,
-        )
-        async for item in stream:
-            yield item
-
     async def _stream(
         self,
         rpc: str,

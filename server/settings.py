@@ -24,6 +24,10 @@ def _f(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
+    config: str = _f(
+        "",
+        "YAML or TOML file with server settings and the list of models to serve (docs/configuration.md)",
+    )
     # Model
     model: str = _f(DEFAULT_MODEL, "Hub id (e.g. bert-base-cased) or local checkpoint directory")
     model_name: str = _f("", "name clients use to select the model (default: last part of --model)")
@@ -148,10 +152,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_sources(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from CLI values (None = not given) and the environment."""
+    """Build Settings from CLI values (None = not given), the environment and the
+    configuration file's `server` section, in that order of precedence."""
     env = os.environ if env is None else env
     cli = cli or {}
     values: dict[str, Any] = {}
+    config_path = cli.get("config") or env.get(_env("config"), "")
+    if config_path:
+        from bertserve.server import config_file
+
+        for name, value in config_file.load(config_path).server.items():
+            values[name] = config_file.coerce(name, value, "server")
     for f in fields(Settings):
         given = cli.get(f.name)
         if given is not None:

@@ -80,6 +80,16 @@ class TextTokenizer:
             out.append(Encoded(tuple(enc.ids), tuple(enc.type_ids), truncated))
         return out
 
+    @property
+    def backend(self) -> Tokenizer:
+        """The `tokenizers` tokenizer (no truncation, no padding); do not modify it."""
+        return self._tokenizer
+
+    def encode_one(self, text: str) -> Encoding:
+        """One text with special tokens, untruncated, with offsets and word ids."""
+        encoding: Encoding = self._tokenizer.encode(text, add_special_tokens=True)
+        return encoding
+
     def token_id(self, word: str) -> int | None:
         """The vocabulary id of `word`, or of its first word piece (the fill-mask pipeline's
         rule for targets); None when it tokenizes to nothing."""

@@ -43,3 +43,57 @@ def server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
     yield running
     code = running.stop()
     assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def head_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One seeded tiny checkpoint per fine-tuned head, saved locally (save_pretrained)."""
+    from bertserve.workers.tiny_bert import TinyBertShape, build_tiny_bert
+
+    root = tmp_path_factory.mktemp("heads")
+    return {
+        "emotion": build_tiny_bert(root / "emotion", seed=1, head="sequence-classification"),
+        "topics": build_tiny_bert(
+            root / "topics",
+            seed=2,
+            head="sequence-classification",
+            labels=("sports", "politics", "science", "music"),
+            multi_label=True,
+        ),
+        "ner": build_tiny_bert(root / "ner", seed=1, head="token-classification"),
+        # A small window (64 tokens) so that long contexts span many windows.
+        "squad": build_tiny_bert(
+            root / "squad", seed=3, head="question-answering", shape=TinyBertShape(max_position_embeddings=64)
+        ),
+        "encoder": build_tiny_bert(
+            root / "encoder", seed=4, head="encoder", shape=TinyBertShape(max_position_embeddings=64)
+        ),
+    }
+
+
+@pytest.fixture(scope="session")
+def task_server(
+    tiny_checkpoint: Path, head_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """One server hosting six models from a YAML configuration file: the pre-trained tiny BERT
+    (FillMask, NextSentence), two sequence classifiers, a NER model, a QA model and a plain
+    encoder, one single-threaded CPU replica each."""
+    import yaml
+
+    models: list[dict[str, object]] = [{"name": "bert", "checkpoint": str(tiny_checkpoint)}]
+    for name, path in head_checkpoints.items():
+        models.append({"name": name, "checkpoint": str(path)})
+    models[-1]["default_for"] = ["embed"]
+    config = tmp_path_factory.mktemp("config") / "bertserve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"threads_per_replica": 1, "max_wait_ms": 2, "ray_num_cpus": len(models)},
+                "models": models,
+            }
+        )
+    )
+    running = start_server(["--config", str(config), "--log-format", "json"], timeout=300)
+    yield running
+    code = running.stop()
+    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"

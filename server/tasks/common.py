@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,14 +29,74 @@ def check_text(text: str, field: str, limits: RequestLimits) -> None:
         raise InvalidInput(f"{field} has {len(text)} characters; at most {limits.max_text_chars} are allowed")
 
 
-def check_length(enc: Encoded, field: str, limits: RequestLimits, truncation: Truncation) -> None:
+def check_length(
+    enc: Encoded, field: str, limits: RequestLimits, truncation: Truncation, can_split: bool = False
+) -> None:
     if enc.length > limits.max_sequence_length:
+        hint = "TRUNCATION_POLICY_TRUNCATE to cut it"
+        if can_split:
+            hint = "TRUNCATION_POLICY_TRUNCATE to cut it or TRUNCATION_POLICY_SPLIT to run it in windows"
         raise InvalidInput(
             f"{field} is {enc.length} tokens long; the model takes at most {limits.max_sequence_length} "
-            "(set truncation to TRUNCATION_POLICY_TRUNCATE to cut it)"
+            f"(set truncation to {hint})"
             if truncation is Truncation.REJECT
             else f"{field} is too long"
         )
+
+
+def check_no_split(truncation: Truncation, rpc: str) -> None:
+    if truncation is Truncation.SPLIT:
+        raise InvalidInput(
+            f"{rpc} cannot split inputs into windows; "
+            "use TRUNCATION_POLICY_REJECT or TRUNCATION_POLICY_TRUNCATE"
+        )
+
+
+# Most model inputs (windows) one input may become: bounds the work one request can queue.
+MAX_WINDOWS_PER_INPUT = 512
+
+
+def check_windows(count: int, field: str, hint: str) -> None:
+    if count > MAX_WINDOWS_PER_INPUT:
+        raise InvalidInput(
+            f"{field} would run as {count} windows; at most {MAX_WINDOWS_PER_INPUT} are allowed ({hint})"
+        )
+
+
+def split_windows(enc: Encoded, max_length: int) -> list[Encoded]:
+    """Cut a single-text input ([CLS] tokens [SEP]) into windows of at most max_length tokens,
+    each with its own [CLS] and [SEP], consecutive windows sharing a quarter of a window.
+    An input that fits is returned as is."""
+    if enc.length <= max_length:
+        return [enc]
+    cls_id, sep_id = enc.ids[0], enc.ids[-1]
+    content = enc.ids[1:-1]
+    width = max_length - 2
+    step = max(1, width - width // 4)
+    windows = []
+    for start in range(0, len(content), step):
+        chunk = content[start : start + width]
+        ids = (cls_id, *chunk, sep_id)
+        windows.append(Encoded(ids, (0,) * len(ids), truncated=False))
+        if start + width >= len(content):
+            break
+    return windows
+
+
+class RowKernel:
+    """A kernel whose replica method takes one padded batch and whose output has one row per
+    sequence; `take(output, row, item)` cuts out an item's part."""
+
+    def __init__(self, method: str, pad_id: int, take: Callable[[Any, int, WorkItem], Any]) -> None:
+        self.method = method
+        self._pad_id = pad_id
+        self._take = take
+
+    def collate(self, items: Sequence[WorkItem]) -> tuple[EncodedBatch]:
+        return (pad_batch(items, self._pad_id),)
+
+    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
+        return [self._take(output, row, item) for row, item in enumerate(items)]
 
 
 def pad_batch(items: Sequence[WorkItem], pad_id: int) -> EncodedBatch:

@@ -19,7 +19,7 @@ from bertserve.server.domain import (
 )
 from bertserve.server.errors import InvalidInput
 from bertserve.server.scheduling.work import WorkItem
-from bertserve.server.tasks.common import check_count, check_length, check_text, pad_batch
+from bertserve.server.tasks.common import check_count, check_length, check_no_split, check_text, pad_batch
 from bertserve.server.tokenization import Encoded, TextTokenizer
 from bertserve.workers.protocol import EncodedBatch, FillMaskArgs, FillMaskOutput, FloatArray, IntArray, Task
 
@@ -44,6 +44,7 @@ class Prepared:
 def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Prepared:
     """Validate and tokenize. Raises InvalidInput with a message naming the field."""
     check_count(len(query.texts), "texts", limits)
+    check_no_split(query.truncation, "FillMask")
     top_k = DEFAULT_TOP_K if query.top_k is None else query.top_k
     if not 1 <= top_k <= limits.max_top_k:
         raise InvalidInput(f"top_k must be between 1 and {limits.max_top_k}, got {top_k}")

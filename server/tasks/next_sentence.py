@@ -14,7 +14,7 @@ from bertserve.server.domain import (
     Truncation,
 )
 from bertserve.server.scheduling.work import WorkItem
-from bertserve.server.tasks.common import check_count, check_length, check_text, pad_batch
+from bertserve.server.tasks.common import check_count, check_length, check_no_split, check_text, pad_batch
 from bertserve.server.tokenization import Encoded, TextTokenizer
 from bertserve.workers.protocol import EncodedBatch, FloatArray, NextSentenceOutput, Task
 
@@ -23,6 +23,7 @@ TASK = Task.NEXT_SENTENCE
 
 def prepare(query: NextSentenceQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> list[Encoded]:
     check_count(len(query.pairs), "pairs", limits)
+    check_no_split(query.truncation, "NextSentence")
     for i, (first, second) in enumerate(query.pairs):
         check_text(first, f"pairs[{i}].first", limits)
         check_text(second, f"pairs[{i}].second", limits)

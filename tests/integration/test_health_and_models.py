@@ -53,7 +53,14 @@ def test_model_info_describes_the_checkpoint(server: RunningServer, tiny_checkpo
         listed = stub.ListModels(models_pb2.ListModelsRequest(), timeout=10).models
     assert [m.name for m in listed] == [info.name] == [tiny_checkpoint.name]
     assert info.checkpoint == str(tiny_checkpoint)
-    assert list(info.tasks) == [models_pb2.TASK_FILL_MASK, models_pb2.TASK_NEXT_SENTENCE]
+    served = [
+        models_pb2.TASK_FILL_MASK,
+        models_pb2.TASK_NEXT_SENTENCE,
+        models_pb2.TASK_EMBED,
+        models_pb2.TASK_TOKENIZE,
+    ]
+    assert list(info.tasks) == served
+    assert list(info.default_for) == served and info.architecture == "BertForPreTraining"
     assert info.max_sequence_length == config.max_position_embeddings
     assert info.vocab_size == config.vocab_size
     assert info.ready_replicas == info.total_replicas == 2

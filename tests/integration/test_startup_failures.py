@@ -79,3 +79,28 @@ def test_token_budget_below_the_model_length_is_rejected_before_ray_starts(tiny_
     assert _error_lines(done.stderr) == [
         "bertserve: error: --max-batch-tokens (64) must be at least the model's maximum sequence length (128)"
     ]
+
+
+def test_a_head_that_does_not_match_its_configured_task_exits_before_ray_starts(
+    head_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    emotion = head_checkpoints["emotion"]
+    config.write_text(f"models:\n  - name: ner\n    checkpoint: {emotion}\n    tasks: [classify_tokens]\n")
+    done = _serve("--config", str(config))
+    assert done.returncode == 1
+    (line,) = _error_lines(done.stderr)
+    assert line == (
+        "bertserve: error: model 'ner' is configured for ClassifyTokens but its checkpoint is a "
+        "BertForSequenceClassification (sequence-classification head), which serves ClassifySequence, "
+        "Embed, Tokenize"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_a_bad_configuration_file_exits_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[[models]]\nname = "a"\ncheckpoint = "/x"\nreplicas = "two"\n')
+    done = _serve("--config", str(config))
+    assert done.returncode == 1
+    assert _error_lines(done.stderr) == ["bertserve: error: models[0]: replicas must be a int, got 'two'"]

@@ -40,7 +40,7 @@ def test_torch_replica_scores_masks_like_a_full_forward_pass_on_a_padded_batch(t
     )
     replica = Replica(ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint)), "tiny-0")
     report = replica.ready()
-    assert report.load_error == "" and report.tasks == (Task.FILL_MASK, Task.NEXT_SENTENCE)
+    assert report.load_error == "" and report.tasks == (Task.FILL_MASK, Task.NEXT_SENTENCE, Task.EMBED)
     out = replica.fill_mask(_batch(rows), args)
 
     model = BertForPreTraining.from_pretrained(str(tiny_checkpoint)).eval()
@@ -75,3 +75,25 @@ def test_fake_backend_is_deterministic_and_shaped_like_the_real_one() -> None:
     assert np.array_equal(first.top_ids, second.top_ids)
     assert first.target_scores[0] is None and first.target_scores[1] is not None
     assert replica.next_sentence(batch).logits.shape == (2, 2)
+
+
+def test_replica_refuses_a_task_its_head_weights_cannot_serve(tmp_path: Path) -> None:
+    """config.json says token classification but the classifier weights are missing: the load
+    check catches it (the architecture alone would not)."""
+    import json
+
+    from bertserve.workers.tiny_bert import build_tiny_bert
+
+    ckpt = build_tiny_bert(tmp_path / "enc", seed=0, head="encoder")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["architectures"] = ["BertForTokenClassification"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    spec = ReplicaSpec(model_name="ner", checkpoint=str(ckpt), tasks=(Task.CLASSIFY_TOKENS,))
+    report = Replica(spec, "ner-0").ready()
+    assert report.tasks == ()
+    assert report.load_error.startswith("model 'ner' is configured for ClassifyTokens, but checkpoint")
+    assert "lacks the weights of the ClassifyTokens head (classifier." in report.load_error
+    # Without a configured task it loads and serves what it can: the encoder.
+    plain = Replica(ReplicaSpec(model_name="ner", checkpoint=str(ckpt)), "ner-0").ready()
+    assert plain.load_error == "" and plain.tasks == (Task.EMBED,)
+    assert plain.warnings and "ClassifyTokens is not served" in plain.warnings[0]

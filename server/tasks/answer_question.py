@@ -1,0 +1,82 @@
+"""AnswerQuestion: extractive QA with the semantics of the Hugging Face question-answering
+pipeline (doc_stride windows over long contexts, top_k, max_answer_len,
+handle_impossible_answer); server/tasks/qa.py plans the windows and decodes the spans."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bertserve.server.domain import (
+    AnswerQuestionQuery,
+    AnswerQuestionResult,
+    AnswerSpan,
+    InputStats,
+    RequestLimits,
+)
+from bertserve.server.errors import InvalidInput
+from bertserve.server.tasks import qa
+from bertserve.server.tasks.common import RowKernel, check_count, check_text, check_windows
+from bertserve.server.tokenization import TextTokenizer
+from bertserve.workers.protocol import FloatArray, SpanLogitsOutput, Task
+
+TASK = Task.ANSWER_QUESTION
+
+
+def prepare(query: AnswerQuestionQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> list[qa.QAPlan]:
+    check_count(len(query.inputs), "inputs", limits)
+    if not 1 <= query.top_k <= limits.max_top_k:
+        raise InvalidInput(f"top_k must be between 1 and {limits.max_top_k}, got {query.top_k}")
+    if not 1 <= query.max_answer_len <= limits.max_sequence_length:
+        raise InvalidInput(
+            f"max_answer_len must be between 1 and {limits.max_sequence_length}, got {query.max_answer_len}"
+        )
+    if query.max_question_len < 1:
+        raise InvalidInput(f"max_question_len must be at least 1, got {query.max_question_len}")
+    if query.doc_stride is not None and query.doc_stride < 0:
+        raise InvalidInput(f"doc_stride must not be negative, got {query.doc_stride}")
+    plans = []
+    for i, (question, context) in enumerate(query.inputs):
+        check_text(question, f"inputs[{i}].question", limits)
+        check_text(context, f"inputs[{i}].context", limits)
+        try:
+            plans.append(
+                qa.plan(
+                    question,
+                    context,
+                    tokenizer.backend,
+                    # The pipeline's window: the model's maximum length, at most 384 tokens.
+                    qa.default_max_length(limits.max_sequence_length),
+                    doc_stride=query.doc_stride,
+                    max_question_len=query.max_question_len,
+                )
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"inputs[{i}]: {exc}") from None
+        check_windows(len(plans[-1].windows), f"inputs[{i}].context", "use a smaller doc_stride")
+    return plans
+
+
+def kernel(pad_id: int) -> RowKernel:
+    def take(output: SpanLogitsOutput, row: int, item: object) -> tuple[FloatArray, FloatArray]:
+        length = len(item.ids)  # type: ignore[attr-defined]
+        return output.start_logits[row, :length], output.end_logits[row, :length]
+
+    return RowKernel("answer_question", pad_id, take)
+
+
+def finish(
+    plan: qa.QAPlan, window_logits: Sequence[tuple[FloatArray, FloatArray]], query: AnswerQuestionQuery
+) -> AnswerQuestionResult:
+    answers = qa.decode(
+        plan,
+        [start for start, _ in window_logits],
+        [end for _, end in window_logits],
+        top_k=query.top_k,
+        max_answer_len=query.max_answer_len,
+        handle_impossible_answer=query.handle_impossible_answer,
+    )
+    tokens = sum(len(w.ids) for w in plan.windows)
+    return AnswerQuestionResult(
+        tuple(AnswerSpan(a.text, float(a.score), a.start, a.end) for a in answers),
+        InputStats(tokens, False, len(plan.windows)),
+    )
