@@ -5,7 +5,6 @@ long-input policy: reject, truncate, or split into windows and average their sco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,22 +18,14 @@ from bertserve.server.domain import (
     Truncation,
 )
 from bertserve.server.errors import InvalidInput
-from bertserve.server.tasks.common import RowKernel, check_count, check_length, check_text, split_windows
-from bertserve.server.tokenization import Encoded, TextTokenizer
+from bertserve.server.tasks.common import RowKernel, Windowed, check_count, check_text, encode_with_policy
+from bertserve.server.tokenization import TextTokenizer
 from bertserve.workers.protocol import FloatArray, LogitsOutput, Task
 
 TASK = Task.CLASSIFY_SEQUENCE
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """Per input: the windows the model runs, and what to report about the input."""
-
-    windows: tuple[tuple[Encoded, ...], ...]
-    stats: tuple[InputStats, ...]
-
-
-def prepare(query: ClassifySequenceQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Prepared:
+def prepare(query: ClassifySequenceQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Windowed:
     check_count(len(query.inputs), "inputs", limits)
     if query.top_k is not None and query.top_k < 1:
         raise InvalidInput(f"top_k must be at least 1, got {query.top_k}")
@@ -49,18 +40,7 @@ def prepare(query: ClassifySequenceQuery, tokenizer: TextTokenizer, limits: Requ
     texts: list[str | tuple[str, str]] = [
         it.text if it.pair is None else (it.text, it.pair) for it in query.inputs
     ]
-    encoded = tokenizer.encode(texts, truncate=query.truncation is Truncation.TRUNCATE)
-    windows: list[tuple[Encoded, ...]] = []
-    stats: list[InputStats] = []
-    for i, enc in enumerate(encoded):
-        if query.truncation is Truncation.SPLIT:
-            parts = split_windows(enc, limits.max_sequence_length)
-        else:
-            check_length(enc, f"inputs[{i}]", limits, query.truncation, can_split=True)
-            parts = [enc]
-        windows.append(tuple(parts))
-        stats.append(InputStats(sum(w.length for w in parts), enc.truncated, len(parts)))
-    return Prepared(tuple(windows), tuple(stats))
+    return encode_with_policy(tokenizer, texts, "inputs", limits, query.truncation)
 
 
 def kernel(pad_id: int) -> RowKernel:

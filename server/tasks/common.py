@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bertserve.server.domain import RequestLimits, Truncation
+from bertserve.server.domain import InputStats, RequestLimits, Truncation
 from bertserve.server.errors import InvalidInput
 from bertserve.server.scheduling.work import WorkItem
-from bertserve.server.tokenization import Encoded
+from bertserve.server.tokenization import Encoded, TextTokenizer
 from bertserve.workers.protocol import EncodedBatch
 
 
@@ -81,6 +82,37 @@ def split_windows(enc: Encoded, max_length: int) -> list[Encoded]:
         if start + width >= len(content):
             break
     return windows
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """Per input: the windows the model runs, and what to report about the input."""
+
+    windows: tuple[tuple[Encoded, ...], ...]
+    stats: tuple[InputStats, ...]
+
+
+def encode_with_policy(
+    tokenizer: TextTokenizer,
+    texts: Sequence[str | tuple[str, str]],
+    field: str,
+    limits: RequestLimits,
+    truncation: Truncation,
+) -> Windowed:
+    """Encode texts under a long-input policy: reject, truncate, or split into windows."""
+    encoded = tokenizer.encode(texts, truncate=truncation is Truncation.TRUNCATE)
+    windows: list[tuple[Encoded, ...]] = []
+    stats: list[InputStats] = []
+    for i, enc in enumerate(encoded):
+        if truncation is Truncation.SPLIT:
+            parts = split_windows(enc, limits.max_sequence_length)
+            check_windows(len(parts), f"{field}[{i}]", "use TRUNCATION_POLICY_TRUNCATE")
+        else:
+            check_length(enc, f"{field}[{i}]", limits, truncation, can_split=True)
+            parts = [enc]
+        windows.append(tuple(parts))
+        stats.append(InputStats(sum(w.length for w in parts), enc.truncated, len(parts)))
+    return Windowed(tuple(windows), tuple(stats))
 
 
 class RowKernel:

@@ -5,7 +5,6 @@ whose vectors are averaged."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,37 +14,19 @@ from bertserve.server.domain import (
     InputStats,
     Pooling,
     RequestLimits,
-    Truncation,
 )
-from bertserve.server.tasks.common import RowKernel, check_count, check_length, check_text, split_windows
-from bertserve.server.tokenization import Encoded, TextTokenizer
+from bertserve.server.tasks.common import RowKernel, Windowed, check_count, check_text, encode_with_policy
+from bertserve.server.tokenization import TextTokenizer
 from bertserve.workers.protocol import EmbeddingOutput, FloatArray, Task
 
 TASK = Task.EMBED
 
 
-@dataclass(frozen=True)
-class Prepared:
-    windows: tuple[tuple[Encoded, ...], ...]
-    stats: tuple[InputStats, ...]
-
-
-def prepare(query: EmbedQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Prepared:
+def prepare(query: EmbedQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Windowed:
     check_count(len(query.texts), "texts", limits)
     for i, text in enumerate(query.texts):
         check_text(text, f"texts[{i}]", limits)
-    encoded = tokenizer.encode(query.texts, truncate=query.truncation is Truncation.TRUNCATE)
-    windows: list[tuple[Encoded, ...]] = []
-    stats: list[InputStats] = []
-    for i, enc in enumerate(encoded):
-        if query.truncation is Truncation.SPLIT:
-            parts = split_windows(enc, limits.max_sequence_length)
-        else:
-            check_length(enc, f"texts[{i}]", limits, query.truncation, can_split=True)
-            parts = [enc]
-        windows.append(tuple(parts))
-        stats.append(InputStats(sum(w.length for w in parts), enc.truncated, len(parts)))
-    return Prepared(tuple(windows), tuple(stats))
+    return encode_with_policy(tokenizer, query.texts, "texts", limits, query.truncation)
 
 
 def kernel(pad_id: int) -> RowKernel:
