@@ -21,6 +21,7 @@ from bertserve.server.dataplane import DataPlane
 from bertserve.server.domain import RequestLimits
 from bertserve.server.health import SERVICE_NAME, HealthReporter
 from bertserve.server.logs import configure_logging, get_logger
+from bertserve.server.metrics import Metrics
 from bertserve.server.models import ModelConfig, ModelRegistry, ServedModel
 from bertserve.server.scheduling.batcher import BatchLimits
 from bertserve.server.servicer import BertServicer
@@ -205,7 +206,9 @@ def _check_cpu_budget(settings: Settings, placements: list[tuple[ModelEntry, Pla
         )
 
 
-async def build_models(settings: Settings, on_change: Any) -> tuple[list[ServedModel], dict[Task, str]]:
+async def build_models(
+    settings: Settings, on_change: Any, metrics: Metrics | None = None
+) -> tuple[list[ServedModel], dict[Task, str]]:
     """Resolve every configured model, check its head against its tasks, place its replicas."""
     try:
         entries = config_file.model_entries(settings)
@@ -222,14 +225,16 @@ async def build_models(settings: Settings, on_change: Any) -> tuple[list[ServedM
         _model_config(e, ckpt, placed) for (e, placed), ckpt in zip(placements, checkpoints, strict=True)
     ]
     models = [
-        _served_model(entry, config, placed, on_change)
+        _served_model(entry, config, placed, on_change, metrics)
         for (entry, placed), config in zip(placements, configs, strict=True)
     ]
     defaults = {task: e.name for e in entries for task in e.default_for}
     return models, defaults
 
 
-def _served_model(entry: ModelEntry, config: ModelConfig, placed: Placed, on_change: Any) -> ServedModel:
+def _served_model(
+    entry: ModelEntry, config: ModelConfig, placed: Placed, on_change: Any, metrics: Metrics | None
+) -> ServedModel:
     s = entry.settings
     spec = ReplicaSpec(
         model_name=config.name,
@@ -251,7 +256,7 @@ def _served_model(entry: ModelEntry, config: ModelConfig, placed: Placed, on_cha
 
     pool = ReplicaPool(spec, s.replicas, placed.placement, max_restarts=s.max_restarts, on_change=changed)
     tokenizer = TextTokenizer(config.checkpoint.files_dir, config.limits.max_sequence_length)
-    model = ServedModel(config, tokenizer, pool)
+    model = ServedModel(config, tokenizer, pool, metrics)
     return model
 
 
@@ -264,10 +269,25 @@ class Server:
         self.grpc_server: grpc.aio.Server | None = None
         self.registry: ModelRegistry | None = None
         self.port = 0
+        # Recorded whether or not they are served over HTTP (--metrics-port).
+        self.metrics = Metrics()
+
+    def _serve_metrics(self) -> None:
+        """Serve GET /metrics on --metrics-port, first: a taken port fails start-up at once."""
+        s = self.settings
+        if not s.metrics_port:
+            return
+        try:
+            self.metrics.serve(s.host, s.metrics_port)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StartupError(f"cannot bind the metrics port {s.host}:{s.metrics_port}: {reason}") from None
+        _log.info("metrics_listening", host=s.host, port=self.metrics.port, path="/metrics")
 
     async def start(self) -> None:
         s = self.settings
-        models, defaults = await build_models(s, self.health.schedule_update)
+        self._serve_metrics()
+        models, defaults = await build_models(s, self.health.schedule_update, self.metrics)
         try:
             self.registry = ModelRegistry(models, defaults)
         except ValueError as exc:
@@ -280,7 +300,7 @@ class Server:
             ]
         )
         bert_service_pb2_grpc.add_BertServiceServicer_to_server(
-            BertServicer(DataPlane(self.registry)), server
+            BertServicer(DataPlane(self.registry), metrics=self.metrics), server
         )
         from grpc_health.v1 import health_pb2_grpc
 
@@ -328,6 +348,7 @@ class Server:
         if self.registry is not None:
             for model in self.registry.all():
                 await model.stop()
+        await asyncio.to_thread(self.metrics.close)  # waits for the HTTP thread's poll loop
         _log.info("stopped")
 
 

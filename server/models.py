@@ -4,12 +4,13 @@ registry that finds a request's model by name or by its task's default."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bertserve.server.checkpoint import Checkpoint
 from bertserve.server.domain import RequestLimits
 from bertserve.server.errors import ModelNotFound, TaskNotSupported
+from bertserve.server.metrics import Metrics, note_model
 from bertserve.server.scheduling.batcher import Batcher, BatchLimits, Kernel
 from bertserve.server.scheduling.router import Router
 from bertserve.server.tasks import answer_question, classify_sequence, classify_tokens, embed
@@ -56,17 +57,37 @@ def _kernels(tokenizer: TextTokenizer) -> dict[Task, Kernel]:
     }
 
 
+def _depth_of(batcher: Batcher) -> Callable[[], int]:
+    return lambda: batcher.queued
+
+
 class ServedModel:
-    def __init__(self, config: ModelConfig, tokenizer: TextTokenizer, pool: ReplicaPool) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: TextTokenizer,
+        pool: ReplicaPool,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.pool = pool
         self.router = Router(pool, depth=config.batches_per_replica)
         self.batchers = {
-            task: Batcher(f"{config.name}:{task.value}", kernel, self.router, config.batch_limits)
+            task: Batcher(
+                f"{config.name}:{task.value}",
+                kernel,
+                self.router,
+                config.batch_limits,
+                None if metrics is None else metrics.batcher(config.name, task.value),
+            )
             for task, kernel in _kernels(tokenizer).items()
             if task in config.tasks
         }
+        if metrics is not None:
+            for task, batcher in self.batchers.items():
+                metrics.watch_queue(config.name, task.value, _depth_of(batcher))
+            metrics.watch_replicas(config.name, lambda: [r.state.value for r in pool.replicas()])
         self.tasks: tuple[Task, ...] = config.tasks
         self._background: set[asyncio.Task[None]] = set()
 
@@ -154,11 +175,11 @@ class ModelRegistry:
     def named(self, name: str) -> ServedModel:
         """The model of that name; empty selects the first model."""
         if not name:
-            return self.first
+            return self._chosen(self.first)
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"no model named {name!r} is served; ListModels shows the names")
-        return model
+        return self._chosen(model)
 
     def get(self, name: str, task: Task) -> ServedModel:
         """The model for a request: by name (which must serve the task), else the task's default."""
@@ -172,7 +193,13 @@ class ModelRegistry:
             raise TaskNotSupported(
                 f"no model on this server serves {TASK_NAMES[task]}; its models serve {names(served)}"
             )
-        return default
+        return self._chosen(default)
+
+    @staticmethod
+    def _chosen(model: ServedModel) -> ServedModel:
+        """Note the request's model for its metrics (metrics.current_model)."""
+        note_model(model.name)
+        return model
 
     def default_for(self, model: ServedModel) -> tuple[Task, ...]:
         return tuple(t for t, m in self._defaults.items() if m is model)

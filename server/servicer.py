@@ -1,7 +1,8 @@
 """gRPC servicer for bertserve.v1.BertService: protobuf → domain → data plane → protobuf.
 
 Thin by design: errors are mapped in one place (errors.STATUS_CODES), every call gets a
-request id bound to its log events, and streams answer each request independently.
+request id bound to its log events, and streams answer each request independently. With a
+`Metrics`, every unary call and every request of a stream is counted by status code and timed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bertserve.server import convert
 from bertserve.server.dataplane import DataPlane
 from bertserve.server.errors import Internal, ServingError, status_for
 from bertserve.server.logs import get_logger
+from bertserve.server.metrics import Metrics, begin_request, current_model
 from bertserve.v1 import (
     answer_question_pb2,
     bert_service_pb2_grpc,
@@ -50,6 +52,18 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value
     return uuid.uuid4().hex
+
+
+def _model_of(response: Any) -> str:
+    """The model that answered: the response's `model` name, else the one the registry chose."""
+    name = getattr(response, "model", None)
+    return name if isinstance(name, str) and name else current_model()
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """A call cancelled by gRPC: past its deadline, or cancelled by the client."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def _error_proto(exc: ServingError) -> common_pb2.Error:
@@ -108,9 +122,19 @@ def _stream_rpc(name: str, response_type: Callable[..., Any]) -> Any:
 class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
     """Every task RPC, unary and stream, goes through `_call`; the table above says how."""
 
-    def __init__(self, dataplane: DataPlane, max_stream_inflight: int = 128) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        max_stream_inflight: int = 128,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._dp = dataplane
         self._max_stream_inflight = max_stream_inflight
+        self._metrics = metrics
+
+    def _observe(self, rpc: str, model: str, code: str, start: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_request(rpc, model, code, time.perf_counter() - start)
 
     async def _call(self, name: str, request: Any, deadline: float | None) -> Any:
         task = _TASKS[name]
@@ -123,19 +147,24 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
     ) -> Resp:
         request_id = _request_id(context)
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=rpc)
+        begin_request()
         start = time.perf_counter()
         try:
             response = await call()
         except ServingError as exc:
             code = status_for(exc)
             _log.info("request_failed", code=code.name, reason=exc.message)
+            self._observe(rpc, current_model(), code.name, start)
             await context.abort(code, exc.message)
         except asyncio.CancelledError:
             _log.info("request_cancelled")
+            self._observe(rpc, current_model(), _cancelled_code(context), start)
             raise
         except Exception:
             _log.exception("request_error")
+            self._observe(rpc, current_model(), grpc.StatusCode.INTERNAL.name, start)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        self._observe(rpc, _model_of(response), grpc.StatusCode.OK.name, start)
         _log.debug("request_done", duration_ms=round((time.perf_counter() - start) * 1000, 3))
         return response
 
@@ -208,18 +237,25 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
 
         async def answer(sreq: Any) -> None:
             with structlog.contextvars.bound_contextvars(request_id=sreq.request_id):
+                begin_request()
+                start = time.perf_counter()
                 try:
                     response = await call(sreq.request, _deadline(context))
                     reply = response_type(request_id=sreq.request_id, response=response)
                 except ServingError as exc:
                     reply = response_type(request_id=sreq.request_id, error=_error_proto(exc))
                 except asyncio.CancelledError:
+                    self._observe(rpc, current_model(), _cancelled_code(context), start)
                     raise
                 except Exception:
                     _log.exception("stream_request_error")
                     reply = response_type(
                         request_id=sreq.request_id, error=_error_proto(Internal("internal error"))
                     )
+                if reply.HasField("error"):
+                    self._observe(rpc, current_model(), reply.error.code_name, start)
+                else:
+                    self._observe(rpc, _model_of(reply.response), grpc.StatusCode.OK.name, start)
                 await out.put(reply)
 
         async def reader() -> None:

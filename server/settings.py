@@ -70,6 +70,9 @@ class Settings:
     port: int = _f(50051, "gRPC port (0: pick a free one)")
     port_file: str = _f("", "write the bound port to this file once serving (for scripts and tests)")
     grace_period_s: float = _f(10.0, "on SIGTERM/SIGINT, seconds in-flight requests get to finish")
+    metrics_port: int = _f(
+        0, "Prometheus metrics HTTP port, GET /metrics on --host (0: off; docs/metrics.md)"
+    )
     # Ray
     ray_address: str = _f("", "Ray cluster to join (e.g. ray-head:6379); empty starts a local one")
     ray_num_cpus: int = _f(0, "CPUs for a local Ray instance (0: all)")
@@ -107,6 +110,8 @@ class Settings:
             raise ValueError("--gpus-per-replica must be positive")
         if not 0 <= self.port <= 65535:
             raise ValueError("--port must be in 0..65535")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError("--metrics-port must be in 0..65535 (0: off)")
 
 
 def _flag(name: str) -> str:
