@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, ServingError, Unavailable
 from bertserve.server.logs import get_logger
+from bertserve.server.metrics import BatcherMetrics
 from bertserve.server.scheduling.router import Replica, Router
 from bertserve.server.scheduling.work import ItemResult, WorkItem
 from bertserve.workers.errors import ReplicaFailed
@@ -71,8 +72,19 @@ def take_batch(queue: list[WorkItem], max_size: int, max_tokens: int) -> list[Wo
 
 
 class Batcher:
-    def __init__(self, name: str, kernel: Kernel, router: Router, limits: BatchLimits) -> None:
+    """One model's queue for one task. `name` is "model:task"; `metrics`, when given, receives
+    what `stats` counts (and each batch's size and compute time) for Prometheus."""
+
+    def __init__(
+        self,
+        name: str,
+        kernel: Kernel,
+        router: Router,
+        limits: BatchLimits,
+        metrics: BatcherMetrics | None = None,
+    ) -> None:
         self.name = name
+        self._metrics = metrics
         self._kernel = kernel
         self._router = router
         self._limits = limits
@@ -120,9 +132,13 @@ class Batcher:
             except Unavailable as exc:
                 self._fail_all(exc)
                 continue
-            was_idle = replica.inflight == 1
-            if not was_idle:
+            if replica.inflight > 1:
                 await self._fill(replica)
+                if replica.inflight > 1 and self._router.has_idle_replica():
+                    # Another replica went idle while the batch filled: send it there rather than
+                    # queue it behind the reserved replica's running batch.
+                    await self._router.release(replica)
+                    replica = await self._router.acquire()
             batch = self._next_batch()
             if not batch:
                 await self._router.release(replica)
@@ -192,6 +208,8 @@ class Batcher:
                         raise Unavailable("the replica computing this request failed") from None
                     attempts += 1
                     self.stats.retries += 1
+                    if self._metrics is not None:
+                        self._metrics.retry()
                     replica = await self._router.acquire(exclude=frozenset(tried))
         except ServingError as exc:
             _fail(batch, exc)
@@ -209,12 +227,21 @@ class Batcher:
                 self.wake()
         replica.batches += 1
         replica.sequences += len(batch)
+        real = sum(it.length for it in batch)
+        compute_us = int(getattr(output, "compute_us", 0))
         self.stats.batches += 1
         self.stats.sequences += len(batch)
-        self.stats.real_tokens += sum(it.length for it in batch)
+        self.stats.real_tokens += real
         self.stats.padded_tokens += padded
+        if self._metrics is not None:
+            self._metrics.batch_done(
+                size=len(batch),
+                real_tokens=real,
+                padded_tokens=padded,
+                replica=replica.replica_id,
+                compute_s=compute_us / 1e6,
+            )
         outputs = self._kernel.split(output, batch)
-        compute_us = int(getattr(output, "compute_us", 0))
         for item, out in zip(batch, outputs, strict=True):
             if not item.future.done():
                 queue_us = int((dispatched - item.enqueued_at) * 1e6)

@@ -277,3 +277,30 @@ def test_single_replica_that_keeps_failing_is_retried_once_then_unavailable() ->
         await batcher.stop()
 
     _run(main())
+
+
+def test_a_batch_filling_for_a_busy_replica_goes_to_one_that_turned_idle() -> None:
+    """Replica a runs batch 1 and b runs batch 2; batch 3 fills for a's queued slot. When b
+    finishes first, batch 3 goes to b at once instead of queueing behind a."""
+
+    async def main() -> None:
+        a, b = FakeReplica("a"), FakeReplica("b")
+        a.gate, b.gate = asyncio.Event(), asyncio.Event()
+        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b), depth=2), _limits(max_wait_s=5.0))
+        batcher.start()
+        first, second = _item(2, tag=1), _item(2, tag=2)
+        batcher.submit([first])
+        await a.started.wait()
+        batcher.submit([second])
+        await b.started.wait()
+        third = _item(2, tag=3)
+        batcher.submit([third])  # both busy: waits up to max_wait (5 s) for more inputs
+        await asyncio.sleep(0.05)
+        b.gate.set()  # b goes idle long before max_wait
+        result = await asyncio.wait_for(third.future, 2)
+        assert result.replica_id == "b" and [len(c) for c in b.calls] == [1, 1] and len(a.calls) == 1
+        a.gate.set()
+        await first.future
+        await batcher.stop()
+
+    _run(main())
