@@ -117,8 +117,8 @@ def _place(settings: Settings, total_replicas: int = 0) -> Placed:
             f"--device cuda: the Ray cluster has {gpus:g} GPUs, a replica needs {settings.gpus_per_replica:g}"
         )
     dtype = settings.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
+    if dtype == "auto" and device == "cuda":
+        dtype = "bfloat16"  # on CPU the replica decides: it depends on the CPU and a probe
     if device == "cuda":
         return Placed(device, dtype, 1, Placement(num_cpus=1, num_gpus=settings.gpus_per_replica))
     threads = settings.threads_per_replica or max(1, int(cpus) // max(total_replicas, settings.replicas))
@@ -333,7 +333,7 @@ class Server:
                 model=model.name,
                 replicas=model.ready_replicas,
                 device=model.config.device,
-                dtype=model.config.dtype,
+                dtype=model.dtype,
                 tasks=[t.value for t in model.tasks],
                 default_for=[t.value for t in self.registry.default_for(model)],
             )

@@ -315,7 +315,7 @@ def model_info(model: ServedModel, default_for: Sequence[Task]) -> models_pb2.Mo
         ready_replicas=model.ready_replicas,
         total_replicas=len(model.pool.replicas()),
         device=cfg.device,
-        dtype=cfg.dtype,
+        dtype=model.dtype,
         mask_token=model.tokenizer.mask_token,
         demo=cfg.demo,
         description=cfg.description,

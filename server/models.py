@@ -131,6 +131,12 @@ class ServedModel:
         return self.batchers[task]
 
     @property
+    def dtype(self) -> str:
+        """What the replicas run ("auto" resolves in each replica: see workers/backends/torch_bert.py)."""
+        reports = [r.report for r in self.pool.replicas() if r.report is not None]
+        return reports[0].dtype if reports else self.config.dtype
+
+    @property
     def ready_replicas(self) -> int:
         return self.pool.ready_count
 

@@ -47,7 +47,8 @@ class Settings:
     threads_per_replica: int = _f(0, "torch threads per CPU replica (0: CPUs / replicas)")
     dtype: str = _f(
         "auto",
-        "weights and compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16",
+        "weights and compute dtype: auto (bfloat16 on GPU; on CPU bfloat16 when the CPU has bf16 "
+        "instructions and a probe batch agrees with float32, else float32), float32, bfloat16 or float16",
         ("auto", "float32", "bfloat16", "float16"),
     )
     max_restarts: int = _f(3, "times Ray restarts a crashed replica (-1: forever)")

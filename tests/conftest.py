@@ -36,6 +36,8 @@ def server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
             "2",
             "--max-wait-ms",
             "5",
+            "--dtype",
+            "float32",  # parity tests compare with float32 references
             "--log-format",
             "json",
         ]
@@ -88,7 +90,12 @@ def task_server(
     config.write_text(
         yaml.safe_dump(
             {
-                "server": {"threads_per_replica": 1, "max_wait_ms": 2, "ray_num_cpus": len(models)},
+                "server": {
+                    "threads_per_replica": 1,
+                    "max_wait_ms": 2,
+                    "ray_num_cpus": len(models),
+                    "dtype": "float32",  # parity tests compare with float32 references
+                },
                 "models": models,
             }
         )

@@ -97,3 +97,39 @@ def test_replica_refuses_a_task_its_head_weights_cannot_serve(tmp_path: Path) ->
     plain = Replica(ReplicaSpec(model_name="ner", checkpoint=str(ckpt)), "ner-0").ready()
     assert plain.load_error == "" and plain.tasks == (Task.EMBED,)
     assert plain.warnings and "ClassifyTokens is not served" in plain.warnings[0]
+
+
+def test_dtype_auto_on_cpu_picks_bfloat16_only_where_the_cpu_has_it_and_the_probe_agrees(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bertserve.workers.backends import torch_bert
+
+    spec = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), dtype="auto")
+    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
+    report = Replica(spec, "tiny-0").ready()
+    assert report.load_error == "" and report.dtype == "bfloat16"
+    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: False)
+    assert Replica(spec, "tiny-0").ready().dtype == "float32"
+    # A probe that disagrees keeps float32 and says why.
+    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch_bert, "_probe", lambda ref, low: (0.5, 0.3))
+    disagreeing = Replica(spec, "tiny-0").ready()
+    assert disagreeing.dtype == "float32"
+    assert any("bfloat16 disagreed with float32" in w for w in disagreeing.warnings)
+
+
+def test_bf16_probe_measures_agreement_between_two_models(tiny_checkpoint: Path) -> None:
+    import copy
+
+    import torch
+    from transformers import BertForPreTraining
+
+    from bertserve.workers.backends.torch_bert import _probe
+
+    model = BertForPreTraining.from_pretrained(str(tiny_checkpoint)).eval()
+    assert _probe(model, model) == (1.0, 0.0)
+    agreement, diff = _probe(model, copy.deepcopy(model).to(torch.bfloat16))
+    assert agreement > 0.9 and 0 < diff < 0.05
+    other = copy.deepcopy(model)
+    torch.nn.init.normal_(other.cls.predictions.decoder.weight, std=1.0)
+    assert _probe(model, other)[0] < 0.5

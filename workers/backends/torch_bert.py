@@ -9,6 +9,7 @@ on the device, and only [masks, k] arrays travel back.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -42,14 +43,18 @@ class TorchBertBackend:
         import transformers
         from transformers import AutoConfig
 
-        if spec.dtype not in _DTYPES:
-            raise ModelLoadError(f"unsupported dtype {spec.dtype!r}; choose one of {sorted(_DTYPES)}")
+        if spec.dtype not in (*_DTYPES, "auto"):
+            raise ModelLoadError(f"unsupported dtype {spec.dtype!r}; choose one of {sorted(_DTYPES)} or auto")
         if spec.device == "cpu":
             torch.set_num_threads(max(1, spec.threads))
         if spec.device == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError("device 'cuda' was requested but this replica sees no CUDA device")
-        self.device = "cuda:0" if spec.device == "cuda" else "cpu"
-        self.dtype = spec.dtype
+        # Tensors go to the replica's own device; `device` reports which GPU that is on the node.
+        self._device = "cuda:0" if spec.device == "cuda" else "cpu"
+        self.device = _gpu_label() if spec.device == "cuda" else "cpu"
+        # The front end resolves auto for GPUs; on CPU it depends on the CPU: load float32 first.
+        load_dtype = "float32" if spec.dtype == "auto" else spec.dtype
+        self.dtype = load_dtype
         revision = spec.revision or "main"
         try:
             config = AutoConfig.from_pretrained(spec.checkpoint, revision=revision)
@@ -57,7 +62,7 @@ class TorchBertBackend:
             loaded: Any = getattr(transformers, head.load_class).from_pretrained(
                 spec.checkpoint,
                 revision=revision,
-                dtype=_DTYPES[spec.dtype],
+                dtype=_DTYPES[load_dtype],
                 attn_implementation="sdpa",
                 output_loading_info=True,
             )
@@ -91,18 +96,38 @@ class TorchBertBackend:
         self.tasks = tuple(tasks)
         self.warnings = tuple(warnings)
         self.architecture = heads.architecture(config.to_dict())
-        self.model: Any = model.eval().to(self.device)
+        self.model: Any = model.eval().to(self._device)
+        if spec.dtype == "auto":
+            self._choose_cpu_dtype(warnings)
+            self.warnings = tuple(warnings)
         self.vocab_size = int(model.config.vocab_size)
         self.max_position_embeddings = int(model.config.max_position_embeddings)
         self.hidden_size = int(model.config.hidden_size)
         self.warm_up()
 
+    def _choose_cpu_dtype(self, warnings: list[str]) -> None:
+        """dtype auto on CPU: bfloat16 when the CPU has bf16 instructions and a probe batch's
+        outputs agree with float32 (top-1 agreement and largest probability difference within
+        BF16_MIN_AGREEMENT / BF16_MAX_PROB_DIFF); float32 otherwise."""
+        if not cpu_has_bf16():
+            return
+        low = copy.deepcopy(self.model).to(torch.bfloat16)
+        agreement, diff = _probe(self.model, low)
+        if agreement >= BF16_MIN_AGREEMENT and diff <= BF16_MAX_PROB_DIFF:
+            self.model = low
+            self.dtype = "bfloat16"
+        else:
+            warnings.append(
+                f"dtype auto: bfloat16 disagreed with float32 on the probe batch (top-1 agreement "
+                f"{agreement:.3f}, largest probability difference {diff:.3g}); serving float32"
+            )
+
     def _inputs(self, batch: EncodedBatch) -> dict[str, Any]:
         # Arrays arrive read-only from Ray's object store: torch.tensor copies them.
         return {
-            "input_ids": torch.tensor(batch.input_ids, device=self.device),
-            "attention_mask": torch.tensor(batch.attention_mask, device=self.device),
-            "token_type_ids": torch.tensor(batch.token_type_ids, device=self.device),
+            "input_ids": torch.tensor(batch.input_ids, device=self._device),
+            "attention_mask": torch.tensor(batch.attention_mask, device=self._device),
+            "token_type_ids": torch.tensor(batch.token_type_ids, device=self._device),
         }
 
     def warm_up(self) -> None:
@@ -122,15 +147,15 @@ class TorchBertBackend:
         self.embed(batch)
 
     def _sync(self) -> None:
-        if self.device.startswith("cuda"):
+        if self._device.startswith("cuda"):
             torch.cuda.synchronize()
 
     def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput:
         start = time.perf_counter()
         with torch.inference_mode():
             hidden = self.model.bert(**self._inputs(batch)).last_hidden_state
-            rows = torch.tensor(args.mask_rows, device=self.device)
-            cols = torch.tensor(args.mask_cols, device=self.device)
+            rows = torch.tensor(args.mask_rows, device=self._device)
+            cols = torch.tensor(args.mask_cols, device=self._device)
             logits = self.model.cls.predictions(hidden[rows, cols]).float()
             probs = logits.softmax(dim=-1)
             k = min(args.top_k, probs.shape[-1])
@@ -140,7 +165,7 @@ class TorchBertBackend:
                 if target is None:
                     target_scores.append(None)
                 else:
-                    index = torch.tensor(target, device=self.device)
+                    index = torch.tensor(target, device=self._device)
                     target_scores.append(probs[i].index_select(0, index).cpu().numpy())
             out = FillMaskOutput(
                 top_ids=top_ids.cpu().numpy().astype(np.int64),
@@ -188,6 +213,54 @@ class TorchBertBackend:
             mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
             out = EmbeddingOutput(cls=hidden[:, 0].cpu().numpy(), mean=mean.cpu().numpy(), compute_us=0)
         return EmbeddingOutput(out.cls, out.mean, _elapsed_us(start))
+
+
+BF16_MIN_AGREEMENT = 0.95
+BF16_MAX_PROB_DIFF = 0.05
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _probe(reference: Any, candidate: Any) -> tuple[float, float]:
+    """Run a fixed random batch through both models; compare their first output head: top-1
+    agreement and the largest probability difference."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = int(reference.config.vocab_size)
+    length = min(48, int(reference.config.max_position_embeddings))
+    ids = torch.randint(5, vocab, (4, length), generator=generator)
+    with torch.inference_mode():
+        ref = _first_output(reference(input_ids=ids)).float()
+        low = _first_output(candidate(input_ids=ids)).float()
+    agreement = float((ref.argmax(-1) == low.argmax(-1)).float().mean())
+    diff = float((ref.softmax(-1) - low.softmax(-1)).abs().max())
+    return agreement, diff
+
+
+def _first_output(output: Any) -> Any:
+    for name in ("prediction_logits", "logits", "start_logits", "last_hidden_state"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    raise ModelLoadError("the model returned no logits to probe")
+
+
+def _gpu_label() -> str:
+    """cuda:<id> of the GPU Ray gave this replica (the node's numbering), for reports."""
+    try:
+        import ray
+
+        ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:
+        ids = []
+    return "cuda:" + ",".join(str(i) for i in ids) if ids else "cuda:0"
 
 
 def _elapsed_us(start: float) -> int:
