@@ -1,0 +1,144 @@
+"""The load generator: closed loop (C clients, each sends its next request when the last one is
+answered) and open loop (requests arrive at a fixed rate whatever the server does), over any
+async `send(item) -> None`. Latency is measured per request, client side."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Send = Callable[[Any], Awaitable[None]]
+
+
+@dataclass
+class RunResult:
+    mode: str  # "closed" or "open"
+    load: float  # concurrency (closed) or offered requests/s (open)
+    duration_s: float
+    requests: int = 0
+    sequences: int = 0
+    errors: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    first_error: str = ""
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def sequences_per_s(self) -> float:
+        return self.sequences / self.duration_s if self.duration_s else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ordered = sorted(self.latencies_s)
+        index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+        return ordered[index] * 1000
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "load": self.load,
+            "duration_s": round(self.duration_s, 3),
+            "requests": self.requests,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "requests_per_s": round(self.requests_per_s, 2),
+            "sequences_per_s": round(self.sequences_per_s, 2),
+            "p50_ms": round(self.percentile_ms(50), 2),
+            "p90_ms": round(self.percentile_ms(90), 2),
+            "p99_ms": round(self.percentile_ms(99), 2),
+        }
+
+
+async def _timed(
+    send: Send, item: Any, result: RunResult, per_request: int, measuring: Callable[[], bool]
+) -> None:
+    start = time.perf_counter()
+    try:
+        await send(item)
+    except Exception as exc:  # counted, never hidden: the report shows errors and the first one
+        if measuring():
+            result.errors += 1
+            result.first_error = result.first_error or f"{type(exc).__name__}: {str(exc)[:200]}"
+        return
+    if measuring():
+        result.requests += 1
+        result.sequences += per_request
+        result.latencies_s.append(time.perf_counter() - start)
+
+
+async def closed_loop(
+    send: Send,
+    items: Sequence[Any],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    per_request: int = 1,
+) -> RunResult:
+    """`concurrency` clients each send items back to back for warmup + duration seconds; only
+    requests that finish inside the measured window count."""
+    result = RunResult("closed", concurrency, duration_s)
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + duration_s
+
+    def measuring() -> bool:
+        return measure_from <= time.perf_counter() <= stop_at
+
+    async def client(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop_at:
+            await _timed(send, items[i % len(items)], result, per_request, measuring)
+            i += concurrency
+
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    return result
+
+
+async def open_loop(
+    send: Send,
+    items: Sequence[Any],
+    rate: float,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    per_request: int = 1,
+    max_outstanding: int = 2048,
+) -> RunResult:
+    """Start a request every 1/rate seconds (whatever the server does) for warmup + duration;
+    latency includes any queueing in the server. Past max_outstanding unanswered requests the
+    generator counts the arrival as an error instead of piling up memory."""
+    result = RunResult("open", rate, duration_s)
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + duration_s
+    pending: set[asyncio.Task[None]] = set()
+
+    def measuring_arrival(t: float) -> Callable[[], bool]:
+        return lambda: measure_from <= t <= stop_at
+
+    n = 0
+    while True:
+        due = start + n / rate
+        if due > stop_at:
+            break
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(pending) >= max_outstanding:
+            if measure_from <= due:
+                result.errors += 1
+                result.first_error = result.first_error or "load generator: too many outstanding requests"
+        else:
+            task = asyncio.create_task(
+                _timed(send, items[n % len(items)], result, per_request, measuring_arrival(due))
+            )
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        n += 1
+    await asyncio.gather(*pending)
+    return result

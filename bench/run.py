@@ -1,0 +1,342 @@
+"""The benchmark: bertserve against the in-process Hugging Face pipeline and Ray Serve with
+`@serve.batch`, in one run on one machine, through the same load generator and gRPC client.
+
+    python -m bench --quick                 # under 3 minutes on a 2-core machine
+    python -m bench                         # the full sweep (about 25 minutes there)
+    python -m bench --checkpoint DIR        # any fill-mask checkpoint instead of the random bert-base
+
+Writes results.json, results.md and results.png to --out (default bench/results/<time>).
+See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import report, workloads
+from bench.loadgen import RunResult, closed_loop, open_loop
+from bench.model import DEFAULT_CACHE, build_bert_base
+from bench.targets import BertserveProcess, GrpcSenders
+from bench.workloads import classify_items, fill_mask_items, pair_items
+
+# bf16 is the default on a machine that has it only if it agrees with fp32 this well.
+BF16_MIN_TOP1_AGREEMENT = 0.95
+BF16_MAX_SCORE_DIFF = 0.05
+
+
+@dataclass
+class Plan:
+    quick: bool
+    seconds: float
+    warmup: float
+    concurrency: list[int]
+    workloads: list[str]
+    stream_concurrency: list[int]
+    baseline_concurrency: list[int]
+    extra_tasks_concurrency: int = 16
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, quick: bool, smoke: bool = False) -> Plan:
+        if smoke:  # the test suite's check that every part of the benchmark runs (not a measurement)
+            return cls(True, 1.0, 0.3, [1, 8], ["mixed"], [8], [1, 8], extra_tasks_concurrency=4)
+        if quick:
+            return cls(True, 5.0, 1.0, [1, 16, 64], ["mixed"], [64], [1, 64])
+        return cls(
+            False,
+            15.0,
+            2.0,
+            [1, 2, 4, 8, 16, 32, 64],
+            ["short", "medium", "long", "mixed"],
+            [16, 64],
+            [1, 4, 16, 64],
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def machine() -> dict[str, Any]:
+    import grpc
+    import ray
+    import torch
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "bf16": cpu_has_bf16(),
+        "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "ray": ray.__version__,
+        "grpcio": grpc.__version__,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_pipeline_baseline(
+    checkpoint: str, threads: int, quick: bool, out: Path, device: str, smoke: bool = False
+) -> dict[str, Any]:
+    path = out / "pipeline.json"
+    cmd = [sys.executable, "-m", "bench.baselines.pipeline", "--checkpoint", checkpoint, "--out", str(path)]
+    cmd += ["--device", device, "--threads", str(threads), "--max-length", str(workloads.MAX_LENGTH)]
+    cmd += (["--quick"] if quick else []) + (["--seconds", "0.5"] if smoke else [])
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _metric_delta(before: dict[str, float], after: dict[str, float], model: str) -> dict[str, float]:
+    prefix = "" if model == "bert" else f"{model}:"
+
+    def d(key: str) -> float:
+        return after.get(prefix + key, 0.0) - before.get(prefix + key, 0.0)
+
+    batches = d("bertserve_batch_size_count")
+    padded = d("bertserve_tokens_total{kind=padded}")
+    return {
+        "padding_efficiency": round(d("bertserve_tokens_total{kind=real}") / padded, 3)
+        if padded
+        else float("nan"),
+        "mean_batch_size": round(d("bertserve_batch_size_sum") / batches, 2) if batches else float("nan"),
+        "busy_seconds": d("bertserve_replica_busy_seconds_total"),
+    }
+
+
+def bare_forward_ms(checkpoint: str, dtype: str, threads: int, out: Path, device: str = "cpu") -> float:
+    """The bare in-process forward pass of the short input, with a replica's thread count."""
+    path = out / "bare.json"
+    cmd = [sys.executable, "-m", "bench.baselines.pipeline", "--checkpoint", checkpoint, "--out", str(path)]
+    cmd += ["--threads", str(threads), "--bare-only", dtype, "--device", device]
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    return float(json.loads(path.read_text())["bare_forward_ms"])
+
+
+async def _measure_bertserve(
+    server: BertserveProcess, plan: Plan, replicas: int, bare: Any
+) -> list[dict[str, Any]]:
+    senders = GrpcSenders(server.address)
+    points: list[dict[str, Any]] = []
+
+    async def point(workload: str, api: str, run: Any, model: str = "bert") -> RunResult:
+        before, started = server.scrape(), time.perf_counter()
+        result: RunResult = await run
+        extra = _metric_delta(before, server.scrape(), model)
+        # Busy fraction: replica compute seconds over the replicas' wall time between the scrapes.
+        wall = time.perf_counter() - started
+        replica_count = replicas if model == "bert" else 1
+        extra["replica_busy_fraction"] = round(extra.pop("busy_seconds") / (replica_count * wall), 3)
+        points.append({"target": "bertserve", "workload": workload, "api": api, **result.summary(), **extra})
+        print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+        return result
+
+    try:
+        fm = senders.fill_mask(model="bert")
+        short = fill_mask_items("short", 256, seed=5)
+        # The machine's speed drifts over minutes: measure the bare forward pass just before and
+        # just after the single-client run, with the replica's threads, and compare to their mean.
+        before = await asyncio.to_thread(bare)
+        await point("short", "unary", closed_loop(fm, short, 1, plan.seconds, plan.warmup))
+        after = await asyncio.to_thread(bare)
+        points[-1]["bare_forward_ms"] = round((before + after) / 2, 2)
+        saturated = 0.0
+        for workload in plan.workloads:
+            items = fill_mask_items(workload, 1024, seed=7)
+            for c in plan.concurrency:
+                r = await point(workload, "unary", closed_loop(fm, items, c, plan.seconds, plan.warmup))
+                if workload == "mixed":
+                    saturated = max(saturated, r.sequences_per_s)
+        mixed = fill_mask_items("mixed", 1024, seed=7)
+        for c in plan.stream_concurrency:
+            send, close = await senders.fill_mask_streams(c, model="bert")
+            try:
+                await point("mixed", "stream", closed_loop(send, mixed, c, plan.seconds, plan.warmup))
+            finally:
+                await close()
+        for fraction in [0.7] if plan.quick else [0.3, 0.7, 0.9]:
+            rate = max(1.0, round(saturated * fraction, 1))
+            await point("mixed", "unary-open", open_loop(fm, mixed, rate, plan.seconds, plan.warmup))
+        c = plan.extra_tasks_concurrency
+        pairs = pair_items(512, seed=9)
+        await point(
+            "next_sentence",
+            "unary",
+            closed_loop(senders.next_sentence("bert"), pairs, c, plan.seconds, plan.warmup),
+        )
+        texts = classify_items(512, seed=11)
+        await point(
+            "classify",
+            "unary",
+            closed_loop(senders.classify("classifier"), texts, c, plan.seconds, plan.warmup),
+            model="classifier",
+        )
+    finally:
+        await senders.close()
+    return points
+
+
+async def _measure_ray_serve(address: str, metadata: Any, plan: Plan) -> list[dict[str, Any]]:
+    senders = GrpcSenders(address, metadata)
+    points: list[dict[str, Any]] = []
+    try:
+        fm = senders.fill_mask()
+        short = fill_mask_items("short", 256, seed=5)
+        runs = [("short", 1, short)] + [
+            ("mixed", c, fill_mask_items("mixed", 1024, seed=7)) for c in plan.baseline_concurrency
+        ]
+        if not plan.quick:
+            runs.append(("next_sentence", plan.extra_tasks_concurrency, pair_items(512, seed=9)))
+            runs.append(("classify", plan.extra_tasks_concurrency, classify_items(512, seed=11)))
+        for workload, c, items in runs:
+            send = {"next_sentence": senders.next_sentence(), "classify": senders.classify()}.get(
+                workload, fm
+            )
+            result = await closed_loop(send, items, c, plan.seconds, plan.warmup)
+            points.append({"target": "ray-serve", "workload": workload, "api": "unary", **result.summary()})
+            print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+    finally:
+        await senders.close()
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run (under 3 minutes on 2 cores)")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long runs: checks the benchmark works")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default bench/results/<time>)"
+    )
+    parser.add_argument("--checkpoint", default="", help="fill-mask checkpoint (default: random bert-base)")
+    parser.add_argument("--classify-checkpoint", default="", help="sequence-classification checkpoint")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--replicas", type=int, default=2, help="bertserve replicas")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per replica (0: CPUs / replicas)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where replicas and the pipeline run"
+    )
+    parser.add_argument("--skip", default="", help="comma-separated: pipeline, ray-serve")
+    parser.add_argument("--bertserve-args", default="", help="extra `bertserve serve` flags, space-separated")
+    ns = parser.parse_args(argv)
+    plan = Plan.make(ns.quick or ns.smoke, ns.smoke)
+    started = time.time()
+    out = ns.out or Path("bench/results") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    cpus = os.cpu_count() or 1
+    threads = ns.threads or max(1, cpus // ns.replicas)
+    total_threads = threads * ns.replicas
+    checkpoint = ns.checkpoint or str(build_bert_base(DEFAULT_CACHE / "pretraining"))
+    classify = ns.classify_checkpoint or str(
+        build_bert_base(DEFAULT_CACHE / "classifier", "sequence-classification")
+    )
+    skip = {s.strip() for s in ns.skip.split(",") if s.strip()}
+    max_length = int(
+        json.loads((Path(checkpoint) / "config.json").read_text()).get("max_position_embeddings", 512)
+    )
+    workloads.MAX_LENGTH = max_length
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "mode": "smoke" if ns.smoke else "quick" if ns.quick else "full",
+        "checkpoint": checkpoint if ns.checkpoint else "random bert-base-cased shape (bench/model.py)",
+        "points": [],
+    }
+    pipeline: dict[str, Any] = {}
+    if "pipeline" not in skip:
+        pipeline = run_pipeline_baseline(
+            checkpoint, total_threads, ns.quick or ns.smoke, out, ns.device, ns.smoke
+        )
+        results["pipeline"] = pipeline
+    accuracy = pipeline.get("bf16_accuracy", {})
+    dtype = ns.dtype
+    if dtype == "auto":
+        ok = (
+            bool(accuracy)
+            and accuracy["top1_agreement"] >= BF16_MIN_TOP1_AGREEMENT
+            and accuracy["max_score_diff"] <= BF16_MAX_SCORE_DIFF
+        )
+        dtype = "bfloat16" if (ns.device == "cuda" or cpu_has_bf16()) and ok else "float32"
+    results["bertserve_config"] = {"dtype": dtype, "replicas": ns.replicas, "threads_per_replica": threads}
+
+    metrics_port = _free_port()
+    server = BertserveProcess(
+        checkpoint,
+        classify,
+        dtype=dtype,
+        replicas=ns.replicas,
+        threads=threads,
+        metrics_port=metrics_port,
+        extra=[*ns.bertserve_args.split(), "--device", ns.device],
+    )
+    try:
+        server.start()
+
+        def bare() -> float:
+            return bare_forward_ms(checkpoint, dtype, threads, out, ns.device)
+
+        results["points"] += asyncio.run(_measure_bertserve(server, plan, ns.replicas, bare))
+    finally:
+        results["bertserve_exit_code"] = server.stop()
+
+    if "ray-serve" not in skip:
+        from bench.baselines.ray_serve import RayServeBaseline, RayServeConfig
+
+        baseline = RayServeBaseline(
+            RayServeConfig(
+                checkpoint,
+                None if plan.quick else classify,
+                dtype=dtype,
+                threads=threads,
+                replicas=ns.replicas,
+            )
+        )
+        try:
+            address = baseline.start()
+            results["points"] += asyncio.run(_measure_ray_serve(address, baseline.metadata, plan))
+        finally:
+            baseline.stop()
+    results["elapsed_s"] = round(time.time() - started, 1)
+    report.write(results, out)
+    print(out / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The benchmark's load generator, workloads and report, without servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.loadgen import closed_loop, open_loop
+from bench.workloads import LENGTHS, fill_mask_items, padding_efficiency
+
+
+def test_fill_mask_texts_have_the_token_lengths_they_claim(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from bertserve.workers.tiny_bert import build_tiny_bert
+
+    tokenizer = Tokenizer.from_file(str(build_tiny_bert(tmp_path, seed=0) / "tokenizer.json"))
+    for kind, length in LENGTHS.items():
+        for item in fill_mask_items(kind, 5, seed=1):
+            assert item.tokens == length == len(tokenizer.encode(item.text).ids)
+            assert item.text.count("[MASK]") == 1
+    mixed = fill_mask_items("mixed", 1000, seed=1)
+    share = {k: sum(it.tokens == n for it in mixed) / 1000 for k, n in LENGTHS.items()}
+    assert share["short"] == pytest.approx(0.6, abs=0.05) and share["long"] == pytest.approx(0.1, abs=0.03)
+
+
+def test_padding_efficiency_of_consecutive_batches() -> None:
+    items = fill_mask_items("mixed", 64, seed=2)
+    assert padding_efficiency(items, 1) == 1.0
+    assert padding_efficiency(items, 8) < 0.6  # mixed lengths padded together waste most tokens
+
+
+def test_closed_loop_keeps_each_client_to_one_request_and_counts_the_window() -> None:
+    inflight = 0
+    most = 0
+
+    async def send(item: int) -> None:
+        nonlocal inflight, most
+        inflight += 1
+        most = max(most, inflight)
+        await asyncio.sleep(0.01)
+        inflight -= 1
+
+    result = asyncio.run(closed_loop(send, list(range(10)), concurrency=4, duration_s=0.5, warmup_s=0.1))
+    assert most == 4
+    assert 100 <= result.requests <= 220 and result.errors == 0
+    assert 9 <= result.percentile_ms(50) <= 40 and result.requests_per_s == result.requests / 0.5
+
+
+def test_open_loop_sends_at_the_rate_whatever_the_server_does_and_counts_errors() -> None:
+    calls = 0
+
+    async def send(item: int) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)  # slower than the arrival interval: requests overlap
+        if item % 5 == 0:
+            raise RuntimeError("boom")
+
+    result = asyncio.run(open_loop(send, list(range(50)), rate=100, duration_s=0.5, warmup_s=0.1))
+    assert 55 <= calls <= 65  # 0.6 s at 100/s, not held back by the slow answers
+    assert result.errors >= 8 and result.first_error == "RuntimeError: boom"
+    assert result.requests + result.errors == pytest.approx(50, abs=4)
+
+
+def _results() -> dict[str, object]:
+    point = {"target": "bertserve", "workload": "mixed", "api": "unary", "load": 64, "errors": 0}
+    return {
+        "command": "python -m bench --quick",
+        "mode": "quick",
+        "checkpoint": "random",
+        "machine": {
+            "cpu": "x",
+            "cpus": 2,
+            "bf16": True,
+            "torch": "t",
+            "transformers": "t",
+            "ray": "r",
+            "grpcio": "g",
+        },
+        "bertserve_config": {"dtype": "bfloat16", "replicas": 2, "threads_per_replica": 1},
+        "points": [
+            {
+                **point,
+                "sequences_per_s": 30.0,
+                "requests_per_s": 30.0,
+                "p50_ms": 9.0,
+                "p90_ms": 9.5,
+                "p99_ms": 10.0,
+            },
+            {
+                **point,
+                "load": 1,
+                "workload": "short",
+                "sequences_per_s": 10.0,
+                "p50_ms": 60.0,
+                "p90_ms": 61.0,
+                "p99_ms": 62.0,
+                "bare_forward_ms": 57.5,
+            },
+            {
+                **point,
+                "target": "ray-serve",
+                "sequences_per_s": 12.0,
+                "p50_ms": 9.0,
+                "p90_ms": 9.5,
+                "p99_ms": 10.0,
+            },
+        ],
+        "pipeline": {
+            "threads": 2,
+            "points": [
+                {
+                    "dtype": "float32",
+                    "workload": "mixed",
+                    "batch_size": 1,
+                    "sequences_per_s": 10.0,
+                    "padding_efficiency": 1.0,
+                },
+                {
+                    "dtype": "bfloat16",
+                    "workload": "mixed",
+                    "batch_size": 1,
+                    "sequences_per_s": 20.0,
+                    "padding_efficiency": 1.0,
+                },
+            ],
+            "bf16_accuracy": {"inputs": 3, "top1_agreement": 1.0, "max_score_diff": 0.001},
+        },
+    }
+
+
+def test_headline_ratios_come_from_the_same_run(tmp_path: Path) -> None:
+    results = _results()
+    report.write(results, tmp_path)
+    h = json.loads((tmp_path / "results.json").read_text())["headline"]
+    assert h["vs_pipeline"] == 1.5 and h["pipeline_best_setting"] == "bfloat16 batch 1"
+    assert h["vs_ray_serve"] == 2.5 and h["latency_overhead_ms"] == 2.5
+    assert h["pipeline_bf16_vs_fp32"] == 2.0
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| vs_pipeline | 1.5 |" in markdown and "python -m bench --quick" in markdown
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
