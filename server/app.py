@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection
 
-from bertserve.server import config_file
+from bertserve.server import admin, config_file
 from bertserve.server.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from bertserve.server.config_file import ModelEntry
 from bertserve.server.dataplane import DataPlane
@@ -23,11 +23,19 @@ from bertserve.server.health import SERVICE_NAME, HealthReporter
 from bertserve.server.logs import configure_logging, get_logger
 from bertserve.server.metrics import Metrics
 from bertserve.server.models import ModelConfig, ModelRegistry, ServedModel
+from bertserve.server.scheduling.admission import AdmissionLimits
+from bertserve.server.scheduling.autoscaler import AutoscaleLimits
 from bertserve.server.scheduling.batcher import BatchLimits
-from bertserve.server.servicer import BertServicer
+from bertserve.server.security import (
+    BearerTokenInterceptor,
+    SecurityConfigError,
+    auth_token,
+    server_credentials,
+)
+from bertserve.server.servicer import BertServicer, add_to_server
 from bertserve.server.settings import Settings
 from bertserve.server.tokenization import TextTokenizer
-from bertserve.v1 import bert_service_pb2, bert_service_pb2_grpc
+from bertserve.v1 import bert_service_pb2
 from bertserve.workers import heads
 from bertserve.workers.errors import ReplicaLoadError
 from bertserve.workers.pool import Placement, ReplicaPool
@@ -92,6 +100,9 @@ def _init_ray(settings: Settings) -> None:
     else:
         kwargs["address"] = "local"
         kwargs["object_store_memory"] = 512 * 1024 * 1024
+        # Ray starts workers at nice 15, so a replica would yield its CPU to the front end, the
+        # load and Ray's own daemons mid-batch; an inference replica is the work that matters.
+        kwargs["_system_config"] = {"worker_niceness": 0}
         if settings.ray_num_cpus:
             kwargs["num_cpus"] = settings.ray_num_cpus
     try:
@@ -176,8 +187,13 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> 
             max_batch_tokens=s.max_batch_tokens,
             max_wait_s=s.max_wait_ms / 1000.0,
             max_queued=s.max_queued_requests,
+            min_padding_efficiency=s.min_padding_efficiency,
         ),
         batches_per_replica=s.batches_per_replica,
+        admission_limits=AdmissionLimits(
+            max_inflight=s.max_inflight_requests, max_queued_tokens=s.max_queued_tokens
+        ),
+        autoscale=_autoscale_limits(s),
         tasks=tasks,
         architecture=heads.architecture(config),
         labels=labels,
@@ -185,6 +201,23 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> 
         demo=demo,
         description=DEMO_NOTICE if demo else "",
     )
+
+
+def _autoscale_limits(s: Settings) -> AutoscaleLimits:
+    return AutoscaleLimits(
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        target_queued_tokens=s.autoscale_target_queued_tokens,
+        up_window_s=s.autoscale_up_window_s,
+        down_idle_s=s.autoscale_down_idle_s,
+        up_cooldown_s=s.autoscale_up_cooldown_s,
+        down_cooldown_s=s.autoscale_down_cooldown_s,
+    )
+
+
+def _start_replicas(s: Settings) -> int:
+    """Replicas a model starts with: `replicas`, clamped into min..max_replicas when it autoscales."""
+    return _autoscale_limits(s).clamp(s.replicas)
 
 
 def _check_cpu_budget(settings: Settings, placements: list[tuple[ModelEntry, Placed]]) -> None:
@@ -195,10 +228,10 @@ def _check_cpu_budget(settings: Settings, placements: list[tuple[ModelEntry, Pla
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
-    needed = sum(p.placement.num_cpus * e.settings.replicas for e, p in placements)
+    needed = sum(p.placement.num_cpus * _start_replicas(e.settings) for e, p in placements)
     if needed > cpus:
         detail = ", ".join(
-            f"{e.name}: {e.settings.replicas} x {p.placement.num_cpus:g}" for e, p in placements
+            f"{e.name}: {_start_replicas(e.settings)} x {p.placement.num_cpus:g}" for e, p in placements
         )
         raise StartupError(
             f"the replicas need {needed:g} CPUs ({detail}) but the local Ray instance has {cpus:g}; "
@@ -254,7 +287,14 @@ def _served_model(
             model.replicas_changed()
         on_change()
 
-    pool = ReplicaPool(spec, s.replicas, placed.placement, max_restarts=s.max_restarts, on_change=changed)
+    pool = ReplicaPool(
+        spec,
+        _start_replicas(s),
+        placed.placement,
+        max_restarts=s.max_restarts,
+        on_change=changed,
+        pending_after_s=s.replica_pending_after_s,
+    )
     tokenizer = TextTokenizer(config.checkpoint.files_dir, config.limits.max_sequence_length)
     model = ServedModel(config, tokenizer, pool, metrics)
     return model
@@ -286,6 +326,12 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
+        # TLS files and the token are checked first: a mistake there fails in a second, not after Ray.
+        try:
+            credentials = server_credentials(s)
+            token = auth_token(s)
+        except SecurityConfigError as exc:
+            raise StartupError(str(exc)) from None
         self._serve_metrics()
         models, defaults = await build_models(s, self.health.schedule_update, self.metrics)
         try:
@@ -294,30 +340,52 @@ class Server:
             raise StartupError(str(exc)) from None
         self.health.attach(self.registry)
         server = grpc.aio.server(
+            interceptors=[BearerTokenInterceptor(token)] if token else None,
             options=[
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_receive_message_length", s.max_receive_message_length),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ]
+            ],
         )
-        bert_service_pb2_grpc.add_BertServiceServicer_to_server(
-            BertServicer(DataPlane(self.registry), metrics=self.metrics), server
-        )
+        # Malformed request bytes get INVALID_ARGUMENT (the generated registration answers UNKNOWN).
+        add_to_server(BertServicer(DataPlane(self.registry), metrics=self.metrics), server)
         from grpc_health.v1 import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
-        names = (
+        names: tuple[str, ...] = (
             bert_service_pb2.DESCRIPTOR.services_by_name["BertService"].full_name,
             "grpc.health.v1.Health",
             reflection.SERVICE_NAME,
         )
+        if s.admin_enabled:
+            # Not in security.OPEN_SERVICES: with a bearer token configured, it needs the token.
+            admin.add_to_server(self.registry, server)
+            names = (*names, admin.SERVICE_NAME)
+            if not token:
+                _log.warning("admin_without_auth", notice="AdminService is open to every client")
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpcio raises instead of returning 0 on some versions
+            self.port = 0
         if self.port == 0:
             raise StartupError(f"cannot bind {s.host}:{s.port}")
         await self.health.update()
         await server.start()
         self.grpc_server = server
-        _log.info("grpc_listening", host=s.host, port=self.port, health=SERVICE_NAME)
+        _log.info(
+            "grpc_listening",
+            host=s.host,
+            port=self.port,
+            health=SERVICE_NAME,
+            tls="mutual" if s.tls_client_ca_file else ("server" if credentials else "off"),
+            auth="bearer token" if token else "off",  # never the token itself
+        )
+        if token and credentials is None:
+            _log.warning("auth_token_without_tls", notice="clients send the bearer token in plaintext")
         for model in models:
             if model.config.demo:
                 _log.warning("demo_model", model=model.name, notice=DEMO_NOTICE)

@@ -45,13 +45,24 @@ MODEL_FIELDS = (
     "threads_per_replica",
     "dtype",
     "max_restarts",
+    "replica_pending_after_s",
+    "min_replicas",
+    "max_replicas",
+    "autoscale_target_queued_tokens",
+    "autoscale_up_window_s",
+    "autoscale_down_idle_s",
+    "autoscale_up_cooldown_s",
+    "autoscale_down_cooldown_s",
     "backend",
     "fake_delay_ms",
     "max_batch_size",
     "max_batch_tokens",
     "max_wait_ms",
+    "min_padding_efficiency",
     "batches_per_replica",
     "max_queued_requests",
+    "max_inflight_requests",
+    "max_queued_tokens",
     "max_inputs_per_request",
     "max_text_chars",
     "max_top_k",
@@ -128,7 +139,8 @@ def coerce(name: str, value: Any, where: str) -> Any:
         "str": isinstance(value, str),
     }[kind]
     if not ok:
-        raise ConfigError(f"{where}: {name} must be a {kind}, got {value!r}")
+        shown = "a hidden value" if field.metadata["secret"] else repr(value)
+        raise ConfigError(f"{where}: {name} must be a {kind}, got {shown}")
     choices = field.metadata["choices"]
     if choices and value not in choices:
         raise ConfigError(f"{where}: {name} must be one of {', '.join(choices)}")

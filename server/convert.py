@@ -84,6 +84,8 @@ _STATES = {
     ReplicaState.READY: models_pb2.REPLICA_STATE_READY,
     ReplicaState.RESTARTING: models_pb2.REPLICA_STATE_RESTARTING,
     ReplicaState.DEAD: models_pb2.REPLICA_STATE_DEAD,
+    ReplicaState.PENDING: models_pb2.REPLICA_STATE_PENDING,
+    ReplicaState.DRAINING: models_pb2.REPLICA_STATE_DRAINING,
 }
 
 
@@ -332,6 +334,7 @@ def model_info(model: ServedModel, default_for: Sequence[Task]) -> models_pb2.Mo
             max_batch_size=cfg.batch_limits.max_batch_size,
             max_batch_tokens=cfg.batch_limits.max_batch_tokens,
             max_wait_ms=cfg.batch_limits.max_wait_s * 1000.0,
+            min_padding_efficiency=cfg.batch_limits.min_padding_efficiency,
         ),
         replicas=[
             models_pb2.ReplicaInfo(

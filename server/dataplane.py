@@ -1,8 +1,12 @@
-"""The data plane: validate → tokenize → batch → await → post-process, per task.
+"""The data plane: admit → validate → tokenize → batch → await → post-process, per task.
 
 Transport-free: takes domain queries, returns domain answers, raises ServingError. Inputs
 that run as several windows (long NER texts, QA contexts, split classification or
 embedding inputs) become several work items; their outputs are regrouped per input.
+
+Every request of a task that uses replicas holds a permit of its model's admission
+(scheduling/admission.py) from before tokenization until it is answered; its queued tokens
+are checked right before its inputs are queued. Tokenize needs no permit.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bertserve.server.domain import (
     TokenizeQuery,
 )
 from bertserve.server.models import ModelRegistry, ServedModel
+from bertserve.server.scheduling.admission import Permit
 from bertserve.server.scheduling.batcher import Batcher
 from bertserve.server.scheduling.work import ItemResult, WorkItem
 from bertserve.server.tasks import (
@@ -64,9 +69,10 @@ class DataPlane:
         start = time.perf_counter()
         model = self.registry.get(query.model, Task.FILL_MASK)
         batcher = model.batcher(Task.FILL_MASK)
-        prepared = fill_mask.prepare(query, model.tokenizer, model.config.limits)
-        tokenized = time.perf_counter()
-        items = await _run(batcher, prepared.encoded, prepared.heads, deadline)
+        with model.admission.try_acquire() as permit:
+            prepared = fill_mask.prepare(query, model.tokenizer, model.config.limits)
+            tokenized = time.perf_counter()
+            items = await _run(batcher, permit, prepared.encoded, prepared.heads, deadline)
         results = tuple(
             fill_mask.finish(enc, head, item.output, model.tokenizer)
             for enc, head, item in zip(prepared.encoded, prepared.heads, items, strict=True)
@@ -79,9 +85,10 @@ class DataPlane:
         start = time.perf_counter()
         model = self.registry.get(query.model, Task.NEXT_SENTENCE)
         batcher = model.batcher(Task.NEXT_SENTENCE)
-        encoded = next_sentence.prepare(query, model.tokenizer, model.config.limits)
-        tokenized = time.perf_counter()
-        items = await _run(batcher, encoded, [None] * len(encoded), deadline)
+        with model.admission.try_acquire() as permit:
+            encoded = next_sentence.prepare(query, model.tokenizer, model.config.limits)
+            tokenized = time.perf_counter()
+            items = await _run(batcher, permit, encoded, [None] * len(encoded), deadline)
         results = tuple(
             next_sentence.finish(enc, item.output) for enc, item in zip(encoded, items, strict=True)
         )
@@ -93,9 +100,10 @@ class DataPlane:
         start = time.perf_counter()
         model = self.registry.get(query.model, Task.CLASSIFY_SEQUENCE)
         batcher = model.batcher(Task.CLASSIFY_SEQUENCE)
-        prepared = classify_sequence.prepare(query, model.tokenizer, model.config.limits)
-        tokenized = time.perf_counter()
-        outputs, items = await _run_windows(batcher, prepared.windows, deadline)
+        with model.admission.try_acquire() as permit:
+            prepared = classify_sequence.prepare(query, model.tokenizer, model.config.limits)
+            tokenized = time.perf_counter()
+            outputs, items = await _run_windows(batcher, permit, prepared.windows, deadline)
         cfg = model.config
         results = tuple(
             classify_sequence.finish(out, stats, query.function, cfg.labels, cfg.problem_type, query.top_k)
@@ -109,9 +117,10 @@ class DataPlane:
         start = time.perf_counter()
         model = self.registry.get(query.model, Task.CLASSIFY_TOKENS)
         batcher = model.batcher(Task.CLASSIFY_TOKENS)
-        plans = classify_tokens.prepare(query, model.tokenizer, model.config.limits)
-        tokenized = time.perf_counter()
-        outputs, items = await _run_windows(batcher, [p.windows for p in plans], deadline)
+        with model.admission.try_acquire() as permit:
+            plans = classify_tokens.prepare(query, model.tokenizer, model.config.limits)
+            tokenized = time.perf_counter()
+            outputs, items = await _run_windows(batcher, permit, [p.windows for p in plans], deadline)
         results = tuple(
             classify_tokens.finish(plan, out, query, model.config.labels, model.tokenizer)
             for plan, out in zip(plans, outputs, strict=True)
@@ -124,9 +133,10 @@ class DataPlane:
         start = time.perf_counter()
         model = self.registry.get(query.model, Task.ANSWER_QUESTION)
         batcher = model.batcher(Task.ANSWER_QUESTION)
-        plans = answer_question.prepare(query, model.tokenizer, model.config.limits)
-        tokenized = time.perf_counter()
-        outputs, items = await _run_windows(batcher, [p.windows for p in plans], deadline)
+        with model.admission.try_acquire() as permit:
+            plans = answer_question.prepare(query, model.tokenizer, model.config.limits)
+            tokenized = time.perf_counter()
+            outputs, items = await _run_windows(batcher, permit, [p.windows for p in plans], deadline)
         results = tuple(
             answer_question.finish(plan, out, query) for plan, out in zip(plans, outputs, strict=True)
         )
@@ -136,9 +146,10 @@ class DataPlane:
         start = time.perf_counter()
         model = self.registry.get(query.model, Task.EMBED)
         batcher = model.batcher(Task.EMBED)
-        prepared = embed.prepare(query, model.tokenizer, model.config.limits)
-        tokenized = time.perf_counter()
-        outputs, items = await _run_windows(batcher, prepared.windows, deadline)
+        with model.admission.try_acquire() as permit:
+            prepared = embed.prepare(query, model.tokenizer, model.config.limits)
+            tokenized = time.perf_counter()
+            outputs, items = await _run_windows(batcher, permit, prepared.windows, deadline)
         results = tuple(
             embed.finish(out, stats, query.pooling, query.normalize)
             for out, stats in zip(outputs, prepared.stats, strict=True)
@@ -160,11 +171,11 @@ class DataPlane:
 
 
 async def _run_windows(
-    batcher: Batcher, per_input: Sequence[Sequence[ModelInput]], deadline: float | None
+    batcher: Batcher, permit: Permit, per_input: Sequence[Sequence[ModelInput]], deadline: float | None
 ) -> tuple[list[list[Any]], list[ItemResult]]:
     """Run every window of every input; return the outputs grouped per input."""
     flat = [w for windows in per_input for w in windows]
-    items = await _run(batcher, flat, [None] * len(flat), deadline)
+    items = await _run(batcher, permit, flat, [None] * len(flat), deadline)
     grouped: list[list[Any]] = []
     at = 0
     for windows in per_input:
@@ -174,19 +185,26 @@ async def _run_windows(
 
 
 async def _run(
-    batcher: Batcher, inputs: Sequence[ModelInput], heads: Sequence[Any], deadline: float | None
+    batcher: Batcher,
+    permit: Permit,
+    inputs: Sequence[ModelInput],
+    heads: Sequence[Any],
+    deadline: float | None,
 ) -> list[ItemResult]:
-    """Queue one work item per input and wait for all. On cancellation the items are
-    abandoned: the batcher skips them if still queued and drops their results otherwise."""
+    """Queue one work item per input and wait for all. The permit's queued-token check and the
+    queueing run with no await between them, so the check holds. On cancellation or failure the
+    items are abandoned: taken out of the queue if still there, their results dropped otherwise."""
     loop = asyncio.get_running_loop()
     items = [
         WorkItem(tuple(enc.ids), tuple(enc.type_ids), head, loop.create_future(), deadline)
         for enc, head in zip(inputs, heads, strict=True)
     ]
+    permit.admit_tokens(sum(it.length for it in items))
     batcher.submit(items)
     try:
         return list(await asyncio.gather(*(it.future for it in items)))
     except BaseException:
+        batcher.withdraw(items)
         for it in items:
             if it.future.done() and not it.future.cancelled():
                 it.future.exception()  # retrieved: no "never retrieved" warning

@@ -31,7 +31,14 @@ class TaskNotSupported(ServingError):
 
 
 class Overloaded(ServingError):
-    """A bounded queue is full; retry later."""
+    """A bounded queue or an admission limit is full; retry later.
+
+    `retry_after_ms`, when set, is how long the client should wait before retrying; unary calls
+    send it as the `grpc-retry-pushback-ms` trailer (see `trailers_for`)."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class Unavailable(ServingError):
@@ -40,6 +47,10 @@ class Unavailable(ServingError):
 
 class DeadlineExceeded(ServingError):
     """The request's deadline passed before its result was ready."""
+
+
+class Unauthenticated(ServingError):
+    """The call lacks the bearer token the server requires, or presents a wrong one."""
 
 
 class Internal(ServingError):
@@ -53,8 +64,20 @@ STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Internal: grpc.StatusCode.INTERNAL,
 }
+
+
+# gRPC's standard retry hint: trailing metadata, in milliseconds (gRFC A6, "Pushback").
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def trailers_for(error: ServingError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata a failed unary call carries: the retry pushback of an Overloaded."""
+    if isinstance(error, Overloaded) and error.retry_after_ms is not None:
+        return ((RETRY_PUSHBACK_KEY, str(max(0, int(error.retry_after_ms)))),)
+    return ()
 
 
 def status_for(error: ServingError) -> grpc.StatusCode:

@@ -3,20 +3,72 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from grpc_health.v1 import _async as health_async
-from grpc_health.v1 import health_pb2
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve.server.models import ModelRegistry
 
 SERVICE_NAME = "bertserve.v1.BertService"
 
 
+class DrainingHealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 Check and Watch, as grpc_health's asyncio servicer, plus `drain()`: on
+    shutdown every status turns NOT_SERVING for good, and each Watch stream, once it has sent
+    NOT_SERVING, ends (OK). The gRPC server's graceful stop waits for every open call, and a Watch
+    never ends by itself: one open Watch (a load balancer's) would hold every SIGTERM for the
+    whole grace period even with no request in flight."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+        self._changed = asyncio.Condition()
+        self._draining = False
+
+    async def set(self, service: str, status: int) -> None:
+        """Set a service's status (ignored once draining)."""
+        async with self._changed:
+            if not self._draining:
+                self._status[service] = status
+                self._changed.notify_all()
+
+    async def drain(self) -> None:
+        async with self._changed:
+            self._draining = True
+            for service in self._status:
+                self._status[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+            self._changed.notify_all()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        last: int | None = None
+        while True:
+            async with self._changed:
+                while (status := self._status.get(request.service, unknown)) == last and not self._draining:
+                    await self._changed.wait()
+                draining = self._draining
+            if status != last:  # written outside the lock: a slow watcher holds up no one
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if draining:
+                return
+
+
 class HealthReporter:
     """Keeps the overall ("") and BertService statuses in line with the replicas."""
 
     def __init__(self) -> None:
-        self.servicer = health_async.HealthServicer()
+        self.servicer = DrainingHealthServicer()
         self._registry: ModelRegistry | None = None
         self._shutting_down = False
         self._lock = asyncio.Lock()
@@ -37,8 +89,10 @@ class HealthReporter:
                 await self.servicer.set(name, status)
 
     async def shutting_down(self) -> None:
+        """NOT_SERVING for good; open Watch streams get it and end."""
         self._shutting_down = True
         await self.update()
+        await self.servicer.drain()
 
     def schedule_update(self) -> None:
         """Sync entry point for pool callbacks."""

@@ -53,6 +53,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # Padded tokens per batch (--max-batch-tokens defaults to 16384).
 BATCH_TOKENS_BUCKETS = tuple(float(2**i) for i in range(4, 17))  # 16 … 65536
 REPLICA_STATES = ("starting", "ready", "restarting", "dead")
+# Why admission turned a request away (server/scheduling/admission.py): max_inflight_requests,
+# max_queued_tokens, or a batcher's own queue bound (max_queued_requests).
+ADMISSION_REASONS = ("inflight", "queued_tokens", "queued_inputs")
 
 # The model that is answering the current request: set by the model registry when it picks
 # one, so that a request failing after that point (queue full, deadline, bad input for that
@@ -87,6 +90,7 @@ class BatcherMetrics:
         self._real = metrics.tokens.labels(model, task, "real")
         self._padded = metrics.tokens.labels(model, task, "padded")
         self._retries = metrics.batch_retries.labels(model, task)
+        self._queue_full = metrics.admission_rejections.labels(model, "queued_inputs")
         self._busy = metrics.replica_busy
 
     def batch_done(
@@ -105,14 +109,32 @@ class BatcherMetrics:
         """A batch is sent again after its replica failed."""
         self._retries.inc()
 
+    def queue_full(self) -> None:
+        """A request was turned away: this batcher's queue holds max_queued_requests inputs."""
+        self._queue_full.inc()
+
+
+class AdmissionMetrics:
+    """What one model's admission reports: its rejections by reason."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        # Every reason's series exists (at 0) from start-up on.
+        self._rejections = {r: metrics.admission_rejections.labels(model, r) for r in ADMISSION_REASONS}
+
+    def rejected(self, reason: str) -> None:
+        self._rejections[reason].inc()
+
 
 class _StateCollector(Collector):
-    """Gauges read at scrape time: queued inputs per batcher, replicas per state."""
+    """Gauges read at scrape time: queued inputs per batcher, replicas per state, admitted
+    requests and queued tokens per model, unanswered stream requests."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queues: list[tuple[str, str, Callable[[], int]]] = []
         self._replicas: list[tuple[str, Callable[[], Iterable[str]]]] = []
+        self._admission: list[tuple[str, Callable[[], int], Callable[[], int]]] = []
+        self._streams: list[Callable[[], int]] = []
 
     def add_queue(self, model: str, task: str, depth: Callable[[], int]) -> None:
         with self._lock:
@@ -121,6 +143,14 @@ class _StateCollector(Collector):
     def add_replicas(self, model: str, states: Callable[[], Iterable[str]]) -> None:
         with self._lock:
             self._replicas.append((model, states))
+
+    def add_admission(self, model: str, inflight: Callable[[], int], tokens: Callable[[], int]) -> None:
+        with self._lock:
+            self._admission.append((model, inflight, tokens))
+
+    def add_streams(self, pending: Callable[[], int]) -> None:
+        with self._lock:
+            self._streams.append(pending)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families(read=False))
@@ -132,6 +162,8 @@ class _StateCollector(Collector):
         with self._lock:
             queues = list(self._queues)
             replicas = list(self._replicas)
+            admission = list(self._admission)
+            streams = list(self._streams)
         depth = GaugeMetricFamily(
             "bertserve_queue_depth",
             "Inputs waiting in the batcher queue of a model's task.",
@@ -139,10 +171,28 @@ class _StateCollector(Collector):
         )
         per_state = GaugeMetricFamily(
             "bertserve_replicas",
-            "Replicas of a model in each state (starting, ready, restarting, dead).",
+            "Replicas of a model in each state (starting, pending, ready, draining, restarting, dead).",
             labels=("model", "state"),
         )
+        inflight = GaugeMetricFamily(
+            "bertserve_inflight_requests",
+            "Requests admitted to a model and not yet answered (unary calls and stream requests).",
+            labels=("model",),
+        )
+        queued_tokens = GaugeMetricFamily(
+            "bertserve_queued_tokens",
+            "Tokens of the inputs waiting in a model's batcher queues.",
+            labels=("model",),
+        )
+        pending = GaugeMetricFamily(
+            "bertserve_stream_pending_requests",
+            "Stream requests read by the server and not yet answered, over every open stream.",
+        )
         if read:
+            for model, read_inflight, read_tokens in admission:
+                inflight.add_metric((model,), float(read_inflight()))
+                queued_tokens.add_metric((model,), float(read_tokens()))
+            pending.add_metric((), float(sum(read() for read in streams)))
             for model, task, read_depth in queues:
                 depth.add_metric((model, task), float(read_depth()))
             for model, read_states in replicas:
@@ -153,6 +203,9 @@ class _StateCollector(Collector):
                     per_state.add_metric((model, state), float(n))
         yield depth
         yield per_state
+        yield inflight
+        yield queued_tokens
+        yield pending
 
 
 class Metrics:
@@ -206,6 +259,12 @@ class Metrics:
             ("model", "task"),
             registry=r,
         )
+        self.admission_rejections = Counter(
+            "bertserve_admission_rejections_total",
+            "Requests turned away with RESOURCE_EXHAUSTED before any work, by the limit they hit.",
+            ("model", "reason"),
+            registry=r,
+        )
         self._state = _StateCollector()
         r.register(self._state)
         self._http: tuple[WSGIServer, threading.Thread] | None = None
@@ -217,6 +276,17 @@ class Metrics:
 
     def batcher(self, model: str, task: str) -> BatcherMetrics:
         return BatcherMetrics(self, model, task)
+
+    def admission(self, model: str) -> AdmissionMetrics:
+        return AdmissionMetrics(self, model)
+
+    def watch_admission(self, model: str, inflight: Callable[[], int], tokens: Callable[[], int]) -> None:
+        """Report bertserve_inflight_requests{model} and bertserve_queued_tokens{model} at each scrape."""
+        self._state.add_admission(model, inflight, tokens)
+
+    def watch_streams(self, pending: Callable[[], int]) -> None:
+        """Add `pending()` to bertserve_stream_pending_requests at each scrape."""
+        self._state.add_streams(pending)
 
     def watch_queue(self, model: str, task: str, depth: Callable[[], int]) -> None:
         """Report `depth()` as bertserve_queue_depth{model, task} at each scrape."""

@@ -4,13 +4,17 @@ registry that finds a request's model by name or by its task's default."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bertserve.server.checkpoint import Checkpoint
 from bertserve.server.domain import RequestLimits
-from bertserve.server.errors import ModelNotFound, TaskNotSupported
+from bertserve.server.errors import InvalidInput, ModelNotFound, TaskNotSupported
+from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, note_model
+from bertserve.server.scheduling.admission import Admission, AdmissionLimits, retry_hint_ms
+from bertserve.server.scheduling.autoscaler import AutoscaleLimits, AutoscalePolicy
 from bertserve.server.scheduling.batcher import Batcher, BatchLimits, Kernel
 from bertserve.server.scheduling.router import Router
 from bertserve.server.tasks import answer_question, classify_sequence, classify_tokens, embed
@@ -18,8 +22,12 @@ from bertserve.server.tasks.fill_mask import FillMaskKernel
 from bertserve.server.tasks.next_sentence import NextSentenceKernel
 from bertserve.server.tokenization import TextTokenizer
 from bertserve.workers.heads import TASK_NAMES, names
-from bertserve.workers.pool import ReplicaPool
+from bertserve.workers.pool import MAX_REPLICAS, ReplicaPool
 from bertserve.workers.protocol import Task
+
+_log = get_logger(component="models")
+# How often an autoscaled model's queue is sampled, in seconds.
+AUTOSCALE_TICK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class ModelConfig:
     problem_type: str = ""
     demo: bool = False
     description: str = ""
+    admission_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    autoscale: AutoscaleLimits = field(default_factory=AutoscaleLimits)
 
 
 def _kernels(tokenizer: TextTokenizer) -> dict[Task, Kernel]:
@@ -84,16 +94,36 @@ class ServedModel:
             for task, kernel in _kernels(tokenizer).items()
             if task in config.tasks
         }
+        # Every request of a task that uses replicas is admitted here first (dataplane.py).
+        self.admission = Admission(
+            config.admission_limits,
+            queued_tokens=lambda: sum(b.queued_tokens for b in self.batchers.values()),
+            retry_after_ms=self.retry_after_ms,
+            metrics=None if metrics is None else metrics.admission(config.name),
+        )
         if metrics is not None:
             for task, batcher in self.batchers.items():
                 metrics.watch_queue(config.name, task.value, _depth_of(batcher))
             metrics.watch_replicas(config.name, lambda: [r.state.value for r in pool.replicas()])
+            metrics.watch_admission(
+                config.name, lambda: self.admission.inflight, lambda: self.admission.queued_tokens
+            )
         self.tasks: tuple[Task, ...] = config.tasks
         self._background: set[asyncio.Task[None]] = set()
+        self._autoscaler: asyncio.Task[None] | None = None
+        self._policy = AutoscalePolicy(config.autoscale, time.monotonic())
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def retry_after_ms(self) -> int:
+        """The retry hint of an admission rejection: the model's queues drained at its recent
+        batch time (admission.retry_hint_ms)."""
+        batchers = list(self.batchers.values())
+        times = [b.recent_batch_s for b in batchers if b.recent_batch_s is not None]
+        per_round = self.config.batch_limits.max_batch_size * max(1, self.router.ready_replicas)
+        return retry_hint_ms(max(times, default=None), sum(b.queued for b in batchers), per_round)
 
     async def start(self, timeout_s: float) -> None:
         await self.pool.start(timeout_s)
@@ -103,8 +133,47 @@ class ServedModel:
         for task, batcher in self.batchers.items():
             if task in self.tasks:
                 batcher.start()
+        if self.config.autoscale.enabled:
+            self._policy.note_scaled(time.monotonic())
+            self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale_loop())
+
+    @property
+    def queued_tokens(self) -> int:
+        return sum(b.queued_tokens for b in self.batchers.values())
+
+    async def scale(self, replicas: int, *, wait: bool = False) -> None:
+        """Operator scaling (AdminService.ScaleModel). Raises InvalidInput for a count out of range."""
+        lim = self.config.autoscale
+        low, high = (lim.floor, lim.max_replicas) if lim.enabled else (1, MAX_REPLICAS)
+        if not low <= replicas <= high:
+            where = "its min_replicas..max_replicas" if lim.enabled else "the allowed range"
+            raise InvalidInput(f"model {self.name!r}: replicas must be within {where}, {low}..{high}")
+        self._policy.note_scaled(time.monotonic())
+        await self.pool.scale_to(replicas, wait=wait)
+
+    async def _autoscale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(AUTOSCALE_TICK_S)
+            current = self.pool.target
+            wanted = self._policy.decide(
+                time.monotonic(),
+                current=current,
+                ready=self.pool.ready_count,
+                queued_tokens=self.queued_tokens,
+                idle=self.queued_tokens == 0 and self.router.has_idle_replica(),
+            )
+            if wanted is None or wanted == current:
+                continue
+            _log.info("autoscaling", model=self.name, replicas=wanted, previous=current)
+            try:
+                await self.pool.scale_to(wanted)
+            except (ValueError, RuntimeError) as exc:
+                _log.warning("autoscaling_failed", model=self.name, error=str(exc))
 
     async def stop(self) -> None:
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
+            await asyncio.gather(self._autoscaler, return_exceptions=True)
         for batcher in self.batchers.values():
             await batcher.stop()
         await self.pool.stop()
@@ -184,7 +253,10 @@ class ModelRegistry:
             return self._chosen(self.first)
         model = self._models.get(name)
         if model is None:
-            raise ModelNotFound(f"no model named {name!r} is served; ListModels shows the names")
+            # The name comes from the request: shown cut short, so that a hostile one cannot bloat
+            # the status message past gRPC's metadata limit (the client would get RESOURCE_EXHAUSTED).
+            shown = repr(name) if len(name) <= 64 else f"{name[:64]!r}... ({len(name)} characters)"
+            raise ModelNotFound(f"no model named {shown} is served; ListModels shows the names")
         return self._chosen(model)
 
     def get(self, name: str, task: Task) -> ServedModel:

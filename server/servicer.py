@@ -17,14 +17,16 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf import message_factory
 
 from bertserve.server import convert
 from bertserve.server.dataplane import DataPlane
-from bertserve.server.errors import Internal, ServingError, status_for
+from bertserve.server.errors import Internal, InvalidInput, ServingError, status_for, trailers_for
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, begin_request, current_model
 from bertserve.v1 import (
     answer_question_pb2,
+    bert_service_pb2,
     bert_service_pb2_grpc,
     classify_sequence_pb2,
     classify_tokens_pb2,
@@ -64,6 +66,59 @@ def _cancelled_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """A call cancelled by gRPC: past its deadline, or cancelled by the client."""
     remaining = context.time_remaining()
     return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request message that did not parse. `add_to_server`'s parsers return it instead of
+    raising, for which gRPC would answer UNKNOWN naming the parser's exception; the servicer
+    answers INVALID_ARGUMENT."""
+
+    message_type: str
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(f"the request is not a valid {self.message_type} message")
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise request.error()
+
+
+def _tolerant_parser(message_class: Any, full_name: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception:  # DecodeError: corrupt wire format, bad UTF-8, too deep, ...
+            return Malformed(full_name)
+
+    return parse
+
+
+def add_to_server(servicer: BertServicer, server: grpc.aio.Server) -> None:
+    """Register BertService on `server`, as the generated add_BertServiceServicer_to_server does,
+    but with request parsers that turn a malformed message into INVALID_ARGUMENT."""
+    service = bert_service_pb2.DESCRIPTOR.services_by_name["BertService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        parse = _tolerant_parser(
+            message_factory.GetMessageClass(method.input_type), method.input_type.full_name
+        )
+        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(
+                behaviour, request_deserializer=parse, response_serializer=serialize
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handler = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=parse, response_serializer=serialize
+            )
+        else:  # BertService has none; the generated registration would be needed for them
+            raise TypeError(f"{method.full_name}: only unary and bidirectional methods are handled")
+        handlers[method.name] = handler
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _error_proto(exc: ServingError) -> common_pb2.Error:
@@ -131,12 +186,18 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         self._dp = dataplane
         self._max_stream_inflight = max_stream_inflight
         self._metrics = metrics
+        # Stream requests read and not yet answered, over every open stream (each stream holds at
+        # most max_stream_inflight): bertserve_stream_pending_requests.
+        self.stream_pending = 0
+        if metrics is not None:
+            metrics.watch_streams(lambda: self.stream_pending)
 
     def _observe(self, rpc: str, model: str, code: str, start: float) -> None:
         if self._metrics is not None:
             self._metrics.observe_request(rpc, model, code, time.perf_counter() - start)
 
     async def _call(self, name: str, request: Any, deadline: float | None) -> Any:
+        _check_parsed(request)
         task = _TASKS[name]
         answer = await task.run(self._dp)(task.to_query(request), deadline)
         return task.to_response(answer)
@@ -155,7 +216,8 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
             code = status_for(exc)
             _log.info("request_failed", code=code.name, reason=exc.message)
             self._observe(rpc, current_model(), code.name, start)
-            await context.abort(code, exc.message)
+            # An Overloaded carries its retry hint as the grpc-retry-pushback-ms trailer.
+            await context.abort(code, exc.message, trailing_metadata=trailers_for(exc))
         except asyncio.CancelledError:
             _log.info("request_cancelled")
             self._observe(rpc, current_model(), _cancelled_code(context), start)
@@ -191,6 +253,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         registry = self._dp.registry
 
         async def call() -> models_pb2.ListModelsResponse:
+            _check_parsed(request)
             return models_pb2.ListModelsResponse(
                 models=[convert.model_info(m, registry.default_for(m)) for m in registry.all()]
             )
@@ -203,6 +266,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         registry = self._dp.registry
 
         async def call() -> models_pb2.GetModelInfoResponse:
+            _check_parsed(request)
             model = registry.named(request.model)
             return models_pb2.GetModelInfoResponse(
                 model=convert.model_info(model, registry.default_for(model))
@@ -227,13 +291,23 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         At most `max_stream_inflight` requests of one stream are unanswered at a time: a permit
         is held from reading a request until its response is written, so a client that sends
         faster than the server answers (or reads) is slowed by gRPC flow control, and memory
-        stays bounded.
+        stays bounded. Each request is also admitted by its model like a unary call: one past
+        the model's admission limits gets its own RESOURCE_EXHAUSTED error, and the stream goes on.
         """
         stream_id = _request_id(context)
         structlog.contextvars.bind_contextvars(stream_id=stream_id, rpc=rpc)
         permits = asyncio.Semaphore(self._max_stream_inflight)
         out: asyncio.Queue[Any] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        held = 0  # permits taken and not yet given back (this stream's part of stream_pending)
+        # A message that did not parse has no request id to answer by: the requests read before
+        # it are answered, then the stream ends with INVALID_ARGUMENT.
+        malformed: list[Malformed] = []
+
+        def hold(n: int) -> None:
+            nonlocal held
+            held += n
+            self.stream_pending += n
 
         async def answer(sreq: Any) -> None:
             with structlog.contextvars.bound_contextvars(request_id=sreq.request_id):
@@ -261,7 +335,11 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         async def reader() -> None:
             try:
                 async for sreq in requests:
+                    if isinstance(sreq, Malformed):
+                        malformed.append(sreq)
+                        break
                     await permits.acquire()
+                    hold(1)
                     task = asyncio.create_task(answer(sreq))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -274,7 +352,16 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
             while (item := await out.get()) is not _DONE:
                 yield item
                 permits.release()
+                hold(-1)
+            if malformed:
+                error = malformed[0].error()
+                _log.info("stream_request_malformed", reason=error.message)
+                self._observe(
+                    rpc, current_model(), grpc.StatusCode.INVALID_ARGUMENT.name, time.perf_counter()
+                )
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
         finally:
+            hold(-held)
             read_task.cancel()
             for task in list(tasks):
                 task.cancel()

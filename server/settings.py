@@ -18,8 +18,12 @@ ENV_PREFIX = "BERTSERVE_"
 DEFAULT_MODEL = "bert-base-cased"
 
 
-def _f(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _f(default: Any, help: str, choices: Sequence[str] | None = None, *, secret: bool = False) -> Any:
+    """A documented field. A `secret` one has no CLI flag (argv is visible to every local user),
+    only its environment variable and the configuration file, and stays out of the repr."""
+    return field(
+        default=default, repr=not secret, metadata={"help": help, "choices": choices, "secret": secret}
+    )
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,27 @@ class Settings:
         ("auto", "float32", "bfloat16", "float16"),
     )
     max_restarts: int = _f(3, "times Ray restarts a crashed replica (-1: forever)")
+    replica_pending_after_s: float = _f(
+        5.0,
+        "seconds a replica added at run time may wait to be placed before it is reported PENDING "
+        "(the Ray cluster lacks its CPUs/GPUs; it starts by itself when they appear)",
+    )
+    # Autoscaling (per model; off unless max_replicas > 0; README "Scaling out")
+    min_replicas: int = _f(0, "autoscaling: fewest replicas (0 with max_replicas 0: autoscaling off)")
+    max_replicas: int = _f(0, "autoscaling: most replicas (0: autoscaling off)")
+    autoscale_target_queued_tokens: int = _f(
+        4096, "autoscaling: queued tokens per ready replica above which the model scales up"
+    )
+    autoscale_up_window_s: float = _f(
+        2.0, "autoscaling: seconds the queue must stay above the target before scaling up"
+    )
+    autoscale_down_idle_s: float = _f(
+        60.0, "autoscaling: seconds a model must stay idle (empty queues, a replica free) before scaling down"
+    )
+    autoscale_up_cooldown_s: float = _f(5.0, "autoscaling: seconds after any scaling before scaling up again")
+    autoscale_down_cooldown_s: float = _f(
+        30.0, "autoscaling: seconds after any scaling before scaling down again"
+    )
     backend: str = _f(
         "torch", "replica backend: torch, or fake (synthetic outputs, for tests)", ("torch", "fake")
     )
@@ -61,7 +86,23 @@ class Settings:
     max_batch_tokens: int = _f(16384, "most padded tokens (batch size x longest sequence) in one batch")
     max_wait_ms: float = _f(2.0, "longest a request waits for its batch to fill while replicas are busy, ms")
     batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)")
+    min_padding_efficiency: float = _f(
+        0.7,
+        "batcher: real tokens / padded tokens a batch must keep, 0..1 (keeps short inputs out of long "
+        "batches; lower it on GPUs, where padding is cheaper)",
+    )
     max_queued_requests: int = _f(4096, "queued inputs per model; more get RESOURCE_EXHAUSTED")
+    # Admission (per model; server/scheduling/admission.py)
+    max_inflight_requests: int = _f(
+        1024,
+        "admission: requests (unary calls and stream requests) admitted to a model and not yet answered; "
+        "more get RESOURCE_EXHAUSTED at once (0: unlimited)",
+    )
+    max_queued_tokens: int = _f(
+        262_144,
+        "admission: tokens of inputs waiting in a model's batcher queues; a request that would pass it "
+        "gets RESOURCE_EXHAUSTED at once unless the queues are empty (0: unlimited)",
+    )
     # Request limits
     max_inputs_per_request: int = _f(64, "most texts or pairs in one request")
     max_text_chars: int = _f(100_000, "most characters in one text")
@@ -71,8 +112,32 @@ class Settings:
     port: int = _f(50051, "gRPC port (0: pick a free one)")
     port_file: str = _f("", "write the bound port to this file once serving (for scripts and tests)")
     grace_period_s: float = _f(10.0, "on SIGTERM/SIGINT, seconds in-flight requests get to finish")
+    max_receive_message_length: int = _f(
+        16 * 1024 * 1024, "largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED"
+    )
+    # Security (README "Secure deployment")
+    tls_cert_file: str = _f(
+        "", "PEM certificate (chain) of the server; with --tls-key-file the port serves TLS only"
+    )
+    tls_key_file: str = _f("", "PEM private key of --tls-cert-file (unencrypted)")
+    tls_client_ca_file: str = _f(
+        "", "PEM CA certificates; when set, clients must present a certificate they signed (mutual TLS)"
+    )
+    auth_token_file: str = _f(
+        "",
+        "file holding the bearer token every call must send as metadata 'authorization: Bearer "
+        "<token>' (health and reflection stay open); or set the token in BERTSERVE_AUTH_TOKEN",
+    )
+    auth_token: str = _f(
+        "", "the bearer token itself: environment or configuration file only, never a flag", secret=True
+    )
     metrics_port: int = _f(
         0, "Prometheus metrics HTTP port, GET /metrics on --host (0: off; docs/metrics.md)"
+    )
+    admin_enabled: bool = _f(
+        False,
+        "serve bertserve.v1.AdminService (ScaleModel, `bertserve scale`); it requires the bearer token "
+        "when one is set, so set one wherever clients are not all trusted",
     )
     # Ray
     ray_address: str = _f("", "Ray cluster to join (e.g. ray-head:6379); empty starts a local one")
@@ -101,10 +166,16 @@ class Settings:
             "max_inputs_per_request",
             "max_text_chars",
             "max_top_k",
+            "max_receive_message_length",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1")
+        for name in ("max_inflight_requests", "max_queued_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must not be negative (0: unlimited)")
+        if not 0.0 <= self.min_padding_efficiency <= 1.0:
+            raise ValueError("--min-padding-efficiency must be between 0 and 1")
         if self.max_wait_ms < 0:
             raise ValueError("--max-wait-ms must not be negative")
         if self.gpus_per_replica <= 0:
@@ -113,6 +184,29 @@ class Settings:
             raise ValueError("--port must be in 0..65535")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("--metrics-port must be in 0..65535 (0: off)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("--tls-cert-file and --tls-key-file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file")
+        if self.min_replicas < 0 or self.max_replicas < 0:
+            raise ValueError("--min-replicas and --max-replicas must not be negative (0: autoscaling off)")
+        if self.max_replicas and not 1 <= max(self.min_replicas, 1) <= self.max_replicas <= 256:
+            raise ValueError("autoscaling needs 1 <= --min-replicas <= --max-replicas <= 256")
+        if self.min_replicas and not self.max_replicas:
+            raise ValueError("--min-replicas needs --max-replicas (autoscaling is off while it is 0)")
+        if self.autoscale_target_queued_tokens < 1:
+            raise ValueError("--autoscale-target-queued-tokens must be at least 1")
+        for name in (
+            "replica_pending_after_s",
+            "autoscale_up_window_s",
+            "autoscale_down_idle_s",
+            "autoscale_up_cooldown_s",
+            "autoscale_down_cooldown_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must not be negative")
+        if self.auth_token and self.auth_token_file:
+            raise ValueError("set the token by --auth-token-file or BERTSERVE_AUTH_TOKEN, not both")
 
 
 def _flag(name: str) -> str:
@@ -135,6 +229,8 @@ def _parse_bool(text: str) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per Settings field; defaults stay None so the environment can fill them."""
     for f in fields(Settings):
+        if f.metadata["secret"]:
+            continue
         help_text = f"{f.metadata['help']} [env {_env(f.name)}; default {f.default!r}]"
         if f.type == "bool":
             parser.add_argument(

@@ -4,6 +4,14 @@ Runs in the front end's event loop. Ray restarts a crashed actor (`max_restarts`
 marks it RESTARTING, takes it out of routing, and probes it until it answers again (READY) or
 its restart budget is spent (DEAD). `on_change` fires on every state change, so health and
 routing follow.
+
+Scaling at run time (`scale_to`): a new replica starts in STARTING and takes traffic only once
+its `ready()` answers (warm). One that Ray cannot place (no free CPUs/GPUs) is reported PENDING
+after `pending_after_s`; Ray keeps it pending-creation (no retry loop here) and it turns READY by
+itself when resources appear. A removed replica turns DRAINING: the router gives it no new
+batch, its reserved and in-flight batches finish, and only then is the actor killed and dropped
+from the pool. Victims: replicas not taking traffic first (pending, starting, restarting), then
+the least busy, then the newest.
 """
 
 from __future__ import annotations
@@ -31,6 +39,20 @@ class ReplicaState(enum.Enum):
     READY = "ready"
     RESTARTING = "restarting"
     DEAD = "dead"
+    # Created but not placed: the Ray cluster lacks the resources for it (yet).
+    PENDING = "pending"
+    # Being removed: takes no new batches, finishes the ones it has, then is killed.
+    DRAINING = "draining"
+
+
+# Which replicas a scale-down removes first (lowest rank first).
+_REMOVAL_RANK = {
+    ReplicaState.PENDING: 0,
+    ReplicaState.STARTING: 1,
+    ReplicaState.RESTARTING: 2,
+    ReplicaState.READY: 3,
+}
+MAX_REPLICAS = 256
 
 
 @dataclass(frozen=True)
@@ -44,8 +66,9 @@ class Placement:
 class ReplicaHandle:
     """The front end's view of one replica actor."""
 
-    def __init__(self, replica_id: str, actor: Any, pool: ReplicaPool) -> None:
+    def __init__(self, replica_id: str, actor: Any, pool: ReplicaPool, index: int = 0) -> None:
         self.replica_id = replica_id
+        self.index = index  # creation order: higher is newer
         self.actor = actor
         self.state = ReplicaState.STARTING
         self.report: ReplicaReport | None = None
@@ -61,7 +84,13 @@ class ReplicaHandle:
 
     @property
     def alive(self) -> bool:
-        return self.state is not ReplicaState.DEAD
+        """May take work now or later (a draining replica never will)."""
+        return self.state not in (ReplicaState.DEAD, ReplicaState.DRAINING)
+
+    @property
+    def active(self) -> bool:
+        """Counts towards the pool's size: neither draining nor dead."""
+        return self.alive
 
     async def call(self, method: str, *args: Any) -> Any:
         """Run `method` on the replica. Raises ReplicaFailed when the actor died or is unreachable."""
@@ -84,6 +113,7 @@ class ReplicaPool:
         max_restarts: int = 3,
         probe_interval_s: float = 1.0,
         on_change: Callable[[], None] | None = None,
+        pending_after_s: float = 5.0,
     ) -> None:
         self.spec = spec
         self.placement = placement
@@ -94,6 +124,11 @@ class ReplicaPool:
         self._handles: list[ReplicaHandle] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._pending_after_s = pending_after_s
+        self._next_index = 0
+        self._scale_lock = asyncio.Lock()
+        # Set when a replica leaves STARTING/PENDING or is dropped: `scale_to(wait=True)` waits on it.
+        self._settled = asyncio.Event()
 
     def replicas(self) -> Sequence[ReplicaHandle]:
         return self._handles
@@ -101,6 +136,22 @@ class ReplicaPool:
     @property
     def ready_count(self) -> int:
         return sum(1 for h in self._handles if h.ready)
+
+    @property
+    def target(self) -> int:
+        """Replicas the pool is meant to have: every one not draining or dead."""
+        return sum(1 for h in self._handles if h.active)
+
+    def _new_handle(self, cls: Any) -> ReplicaHandle:
+        index = self._next_index
+        self._next_index += 1
+        replica_id = f"{self.spec.model_name}-{index}"
+        handle = ReplicaHandle(replica_id, self._create_actor(cls, replica_id), self, index)
+        self._handles.append(handle)
+        return handle
+
+    def _create_actor(self, cls: Any, replica_id: str) -> Any:
+        return cls.remote(self.spec, replica_id)
 
     def _actor_class(self) -> Any:
         import ray
@@ -110,15 +161,17 @@ class ReplicaPool:
             num_gpus=self.placement.num_gpus,
             max_restarts=self.max_restarts,
             max_task_retries=0,
+            # Spread replicas over the cluster's nodes (Ray's default packs the local node first):
+            # one node's failure then takes out as few replicas as possible.
+            scheduling_strategy="SPREAD",
         )
 
     async def start(self, timeout_s: float) -> None:
         """Create the replicas and wait until every one is warm. Raises ReplicaLoadError with a
         one-line cause when a replica cannot load its model or cannot be placed in time."""
         cls = self._actor_class()
-        for i in range(self._num):
-            replica_id = f"{self.spec.model_name}-{i}"
-            self._handles.append(ReplicaHandle(replica_id, cls.remote(self.spec, replica_id), self))
+        for _ in range(self._num):
+            self._new_handle(cls)
         try:
             await asyncio.wait_for(asyncio.gather(*(self._warm(h) for h in self._handles)), timeout_s)
         except TimeoutError:
@@ -154,6 +207,28 @@ class ReplicaPool:
         )
         self._on_change()
 
+    def _note_restart(self, handle: ReplicaHandle, report: ReplicaReport) -> None:
+        """A probe answered from another process than the one the pool knew: Ray restarted the
+        actor before any call failed (calls made while it restarts may wait for it instead of
+        failing). Count the restart, so that ReplicaInfo and the restart budget stay true."""
+        known = handle.report
+        if not handle.ready or known is None or (report.pid, report.node_id) == (known.pid, known.node_id):
+            return
+        handle.restarts += 1
+        if report.load_error:  # came back without its model: it will not serve
+            handle.state = ReplicaState.DEAD
+            _log.error("replica_dead", replica=handle.replica_id, error=report.load_error)
+            self._on_change()
+            return
+        _log.warning(
+            "replica_restarted",
+            replica=handle.replica_id,
+            old_pid=known.pid,
+            pid=report.pid,
+            restarts=handle.restarts,
+        )
+        self._set_ready(handle, report)
+
     def replica_failed(self, handle: ReplicaHandle, exc: BaseException) -> None:
         """A call failed: take the replica out of routing and watch it come back."""
         if handle.state is not ReplicaState.READY or self._closed:
@@ -177,18 +252,22 @@ class ReplicaPool:
 
         delay = 0.1
         deadline = time.monotonic() + 600
-        while not self._closed and time.monotonic() < deadline:
+        while not self._closed and handle.state is ReplicaState.RESTARTING and time.monotonic() < deadline:
             try:
                 report: ReplicaReport = await asyncio.wait_for(handle.actor.ready.remote(), 30)
+            except ray.exceptions.ActorDiedError:
+                # Ray's restart budget is spent (a restarting actor answers ActorUnavailableError,
+                # or queues the call): dead for good, so that requests fail fast, not in 10 min.
+                break
             except (ray.exceptions.RayActorError, TimeoutError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            if report.load_error:
+            if report.load_error or handle.state is not ReplicaState.RESTARTING:
                 break
             self._set_ready(handle, report)
             return
-        if not self._closed:
+        if not self._closed and handle.state is ReplicaState.RESTARTING:
             handle.state = ReplicaState.DEAD
             _log.error("replica_dead", replica=handle.replica_id)
             self._on_change()
@@ -202,11 +281,128 @@ class ReplicaPool:
             for handle in list(self._handles):
                 if handle.ready and handle.inflight == 0:
                     try:
-                        await asyncio.wait_for(handle.actor.ready.remote(), 5)
+                        report: ReplicaReport = await asyncio.wait_for(handle.actor.ready.remote(), 5)
                     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                         self.replica_failed(handle, exc)
                     except TimeoutError:
                         pass
+                    else:
+                        self._note_restart(handle, report)
+
+    async def scale_to(self, n: int, *, wait: bool = False) -> None:
+        """Grow or shrink the pool to `n` replicas (1..MAX_REPLICAS); no request is dropped.
+
+        New replicas take traffic once warm; removed ones drain first (module docstring). Dead
+        replicas are dropped and replaced. With `wait`, return once the new replicas are READY
+        or PENDING (or failed) and the removed ones are gone; otherwise at once.
+        """
+        if not 1 <= n <= MAX_REPLICAS:
+            raise ValueError(f"replicas must be between 1 and {MAX_REPLICAS}, got {n}")
+        if self._closed:
+            raise RuntimeError("the replica pool is stopped")
+        async with self._scale_lock:
+            changed: list[ReplicaHandle] = []
+            for handle in [h for h in self._handles if h.state is ReplicaState.DEAD]:
+                self._drop(handle)
+            active = [h for h in self._handles if h.active]
+            if n > len(active):
+                cls = self._actor_class()
+                for _ in range(n - len(active)):
+                    handle = self._new_handle(cls)
+                    changed.append(handle)
+                    self._spawn(self._warm_new(handle))
+            elif n < len(active):
+                victims = sorted(active, key=lambda h: (_REMOVAL_RANK[h.state], h.inflight, -h.index))
+                for handle in victims[: len(active) - n]:
+                    handle.state = ReplicaState.DRAINING
+                    changed.append(handle)
+                    self._spawn(self._drain(handle))
+            _log.info("pool_scaling", model=self.spec.model_name, replicas=n, changed=len(changed))
+            self._on_change()
+        if wait:
+            while any(h.state in (ReplicaState.STARTING, ReplicaState.DRAINING) for h in changed):
+                self._settled.clear()
+                if not any(h.state in (ReplicaState.STARTING, ReplicaState.DRAINING) for h in changed):
+                    break
+                await self._settled.wait()
+
+    def _settle(self) -> None:
+        self._settled.set()
+        self._on_change()
+
+    async def _warm_new(self, handle: ReplicaHandle) -> None:
+        """Wait for a new replica's warm-up; report it PENDING while Ray cannot place it."""
+        import ray.exceptions
+
+        ready = asyncio.ensure_future(handle.actor.ready.remote())
+        try:
+            while True:
+                done, _ = await asyncio.wait({ready}, timeout=self._pending_after_s)
+                if done:
+                    break
+                if handle.state not in (ReplicaState.STARTING, ReplicaState.PENDING):
+                    continue
+                unplaced = await self._unplaced(handle)
+                # Re-checked every period: a replica that was only slow to get a worker goes back
+                # to STARTING once Ray gives it one.
+                state = ReplicaState.PENDING if unplaced else ReplicaState.STARTING
+                if (
+                    handle.state in (ReplicaState.STARTING, ReplicaState.PENDING)
+                    and handle.state is not state
+                ):
+                    handle.state = state
+                    if unplaced:
+                        _log.warning(
+                            "replica_pending",
+                            replica=handle.replica_id,
+                            num_cpus=self.placement.num_cpus,
+                            num_gpus=self.placement.num_gpus,
+                            notice="the Ray cluster lacks the resources; it starts when they appear",
+                        )
+                    self._settle()
+            report: ReplicaReport = ready.result()
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            if handle.state in (ReplicaState.STARTING, ReplicaState.PENDING) and not self._closed:
+                handle.state = ReplicaState.DEAD
+                _log.error("replica_start_failed", replica=handle.replica_id, error=_one_line(exc))
+                self._settle()
+            return
+        finally:
+            if not ready.done():
+                ready.cancel()
+        if handle.state not in (ReplicaState.STARTING, ReplicaState.PENDING) or self._closed:
+            return  # removed (drained) while starting
+        if report.load_error:
+            handle.state = ReplicaState.DEAD
+            _log.error("replica_start_failed", replica=handle.replica_id, error=report.load_error)
+            self._settle()
+            return
+        self._set_ready(handle, report)
+        self._settled.set()
+
+    async def _unplaced(self, handle: ReplicaHandle) -> bool:
+        """True when Ray has not placed the actor (pending creation for lack of resources)."""
+        return await asyncio.to_thread(_actor_unplaced, handle.actor, self.placement)
+
+    async def _drain(self, handle: ReplicaHandle, poll_s: float = 0.02) -> None:
+        """Let a DRAINING replica finish its batches, then kill it and drop it."""
+        while handle.inflight > 0 and not self._closed:
+            await asyncio.sleep(poll_s)
+        self._kill(handle)
+        self._drop(handle)
+        handle.state = ReplicaState.DEAD  # out of the pool; only `scale_to(wait=True)` still looks
+        _log.info("replica_removed", replica=handle.replica_id)
+        self._settle()
+
+    def _kill(self, handle: ReplicaHandle) -> None:
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.kill(handle.actor, no_restart=True)
+
+    def _drop(self, handle: ReplicaHandle) -> None:
+        if handle in self._handles:
+            self._handles.remove(handle)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -225,7 +421,30 @@ class ReplicaPool:
             with contextlib.suppress(Exception):
                 ray.kill(handle.actor, no_restart=True)
             handle.state = ReplicaState.DEAD
+        self._settled.set()
         self._on_change()
+
+
+def _actor_unplaced(actor: Any, placement: Placement) -> bool:
+    """True when the actor waits for resources: the cluster lacks the CPUs/GPUs it asks for, and
+    the GCS has not given it a worker process yet (Pid 0; a placed actor that is still loading
+    has one). When the actor table cannot be read (a private API), the resource view decides
+    alone. Blocking: run it in a thread."""
+    import ray
+
+    free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
+    if (
+        float(free.get("CPU", 0.0)) >= placement.num_cpus
+        and float(free.get("GPU", 0.0)) >= placement.num_gpus
+    ):
+        return False
+    try:
+        from ray._private import state as ray_state
+
+        info = ray_state.actors(actor._actor_id.hex())
+    except Exception:
+        return True
+    return bool(info) and info.get("State") == "PENDING_CREATION" and not info.get("Pid")
 
 
 def _one_line(exc: BaseException) -> str:

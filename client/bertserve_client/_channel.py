@@ -31,6 +31,22 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
 
 
+def call_metadata(metadata: Sequence[tuple[str, str]], token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata sent with every call: ``metadata`` plus ``authorization: Bearer <token>``.
+
+    The token must be printable ASCII without spaces (a gRPC metadata value). Send it over TLS:
+    on a plaintext channel anyone on the path can read it.
+    """
+    if token is None:
+        return tuple(metadata)
+    token = token.strip()
+    if not token or not all(33 <= ord(c) <= 126 for c in token):
+        raise ValueError("token must be a non-empty printable ASCII string without spaces")
+    if any(key.lower() == "authorization" for key, _ in metadata):
+        raise ValueError("pass the token either as token= or as 'authorization' metadata, not both")
+    return (*metadata, ("authorization", f"Bearer {token}"))
+
+
 def sync_channel(
     target: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
 ) -> grpc.Channel:

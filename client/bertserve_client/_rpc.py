@@ -1,4 +1,4 @@
-"""How the clients invoke RPCs: deadlines, metadata, error mapping and stream plumbing.
+"""How the clients invoke RPCs: deadlines, metadata, retries, error mapping and stream plumbing.
 
 Every call of both clients goes through this module, so call policies (such as retries) belong here.
 """
@@ -6,7 +6,9 @@ Every call of both clients goes through this module, so call policies (such as r
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -16,7 +18,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -32,12 +34,84 @@ Resp = TypeVar("Resp")
 R = TypeVar("R")
 
 
+# Unary calls answered with these codes are retried (the server sheds load, or no replica can
+# take the work for now); the server's retry hint is gRPC's standard trailer.
+RETRYABLE_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+_NO_RETRY = -1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded, jittered retries of unary calls (streams are never retried).
+
+    A call answered RESOURCE_EXHAUSTED (except gRPC's own "message larger than max") or UNAVAILABLE
+    is tried again, at most ``retries`` more times. The wait before a retry is the server's
+    ``grpc-retry-pushback-ms`` trailer plus up to ``pushback_jitter`` of it when the trailer is
+    there, else exponential backoff with full jitter: uniform in
+    [0, min(max_backoff_s, initial_backoff_s * 2**attempt)]. A negative or non-numeric
+    pushback means "do not retry" (gRPC's rule). No retry starts when its wait would pass the call's
+    deadline; every attempt gets the time left of that one deadline.
+    """
+
+    retries: int = 3
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 5.0
+    pushback_jitter: float = 0.2
+    rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0 (0: no retries), got {self.retries!r}")
+
+    def delay(self, error: grpc.RpcError, attempt: int) -> float | None:
+        """Seconds to wait before retrying after ``error`` on attempt ``attempt`` (0: the first
+        call), or None: do not retry."""
+        if attempt >= self.retries or _code(error) not in RETRYABLE_CODES or _too_large(error):
+            return None
+        pushback = pushback_ms(error)
+        if pushback == _NO_RETRY:
+            return None
+        if pushback is not None:
+            return pushback / 1000.0 * (1.0 + self.pushback_jitter * self.rand())
+        return min(self.max_backoff_s, self.initial_backoff_s * 2.0**attempt) * self.rand()
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    return code() if callable(code) else None
+
+
+def _too_large(error: grpc.RpcError) -> bool:
+    """gRPC's own RESOURCE_EXHAUSTED for a message over a size limit: the same request fails again."""
+    details = getattr(error, "details", None)
+    text = details() if callable(details) else None
+    return isinstance(text, str) and "message larger than max" in text
+
+
+def pushback_ms(error: grpc.RpcError) -> int | None:
+    """The ``grpc-retry-pushback-ms`` trailer of a failed call: None when absent, -1 when negative
+    or not an integer (the server asks not to retry)."""
+    trailing = getattr(error, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key != PUSHBACK_KEY:
+            continue
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+        try:
+            ms = int(text.strip())
+        except ValueError:
+            return _NO_RETRY
+        return ms if ms >= 0 else _NO_RETRY
+    return None
+
+
 @dataclass(frozen=True)
 class CallSettings:
     """Per-client call defaults."""
 
     timeout: float | None
     metadata: tuple[tuple[str, str], ...]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def deadline(self, timeout: float | None) -> float | None:
         """The per-call ``timeout`` when given, else the client's default (None: no deadline)."""
@@ -48,17 +122,46 @@ class CallSettings:
         return self.metadata or None
 
 
+class _Attempts:
+    """The attempts of one unary call under one deadline (``timeout`` seconds from now)."""
+
+    def __init__(self, policy: RetryPolicy, timeout: float | None) -> None:
+        self._policy = policy
+        self._timeout = timeout
+        self._end = None if timeout is None else time.monotonic() + timeout
+        self.attempt = 0
+
+    def timeout(self) -> float | None:
+        """The timeout of the next attempt: what is left of the call's deadline."""
+        if self._end is None or self.attempt == 0:
+            return self._timeout
+        return max(0.0, self._end - time.monotonic())
+
+    def wait(self, error: grpc.RpcError) -> float | None:
+        """Seconds to sleep before the next attempt, or None: raise ``error``."""
+        delay = self._policy.delay(error, self.attempt)
+        if delay is None or (self._end is not None and time.monotonic() + delay >= self._end):
+            return None
+        self.attempt += 1
+        return delay
+
+
 def call_unary(
     method: grpc.UnaryUnaryMultiCallable[Req, Resp],
     request: Req,
     settings: CallSettings,
     timeout: float | None,
 ) -> Resp:
-    """Invoke a unary RPC; a non-OK status raises BertServeError."""
-    try:
-        return method(request, timeout=settings.deadline(timeout), metadata=settings.grpc_metadata)
-    except grpc.RpcError as error:
-        raise BertServeError.from_rpc_error(error) from error
+    """Invoke a unary RPC, retried per ``settings.retry``; a non-OK status raises BertServeError."""
+    attempts = _Attempts(settings.retry, settings.deadline(timeout))
+    while True:
+        try:
+            return method(request, timeout=attempts.timeout(), metadata=settings.grpc_metadata)
+        except grpc.RpcError as error:
+            delay = attempts.wait(error)
+            if delay is None:
+                raise BertServeError.from_rpc_error(error) from error
+        time.sleep(delay)
 
 
 async def call_unary_async(
@@ -67,11 +170,17 @@ async def call_unary_async(
     settings: CallSettings,
     timeout: float | None,
 ) -> Resp:
-    """Invoke a unary RPC on an asyncio channel; a non-OK status raises BertServeError."""
-    try:
-        return await method(request, timeout=settings.deadline(timeout), metadata=settings.grpc_metadata)
-    except grpc.RpcError as error:
-        raise BertServeError.from_rpc_error(error) from error
+    """Invoke a unary RPC on an asyncio channel, retried per ``settings.retry``; a non-OK status
+    raises BertServeError."""
+    attempts = _Attempts(settings.retry, settings.deadline(timeout))
+    while True:
+        try:
+            return await method(request, timeout=attempts.timeout(), metadata=settings.grpc_metadata)
+        except grpc.RpcError as error:
+            delay = attempts.wait(error)
+            if delay is None:
+                raise BertServeError.from_rpc_error(error) from error
+        await asyncio.sleep(delay)
 
 
 def call_stream(

@@ -20,7 +20,7 @@ from bertserve.v1 import (
     tokenize_pb2,
 )
 from bertserve_client import _messages, _rpc
-from bertserve_client._channel import DEFAULT_TARGET, aio_channel, open_channel
+from bertserve_client._channel import DEFAULT_TARGET, aio_channel, call_metadata, open_channel
 from bertserve_client.options import AggregationOption, PoolingOption, ScoreFunctionOption, TruncationOption
 from bertserve_client.streaming import (
     AnswerQuestionInput,
@@ -56,8 +56,10 @@ class AsyncBertClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.aio.Channel | None = None,
+        retries: int = 3,
     ) -> None:
         self._channel, self._owns_channel = open_channel(
             aio_channel,
@@ -69,7 +71,7 @@ class AsyncBertClient:
             certificate_chain=certificate_chain,
             options=options,
         )
-        self._settings = _rpc.CallSettings(timeout, tuple(metadata))
+        self._settings = _rpc.CallSettings(timeout, call_metadata(metadata, token), _rpc.RetryPolicy(retries))
         self._stub: BertServiceAsyncStub = bert_service_pb2_grpc.BertServiceStub(self._channel)
 
     @property

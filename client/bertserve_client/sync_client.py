@@ -20,7 +20,7 @@ from bertserve.v1 import (
     tokenize_pb2,
 )
 from bertserve_client import _messages, _rpc
-from bertserve_client._channel import DEFAULT_TARGET, open_channel, sync_channel
+from bertserve_client._channel import DEFAULT_TARGET, call_metadata, open_channel, sync_channel
 from bertserve_client.options import AggregationOption, PoolingOption, ScoreFunctionOption, TruncationOption
 from bertserve_client.streaming import (
     AnswerQuestionInput,
@@ -42,8 +42,13 @@ class BertClient:
     ``timeout`` is the default deadline of each call in seconds (None: no deadline); every method
     takes ``timeout=`` to override it. ``tls=True`` uses SSL credentials: ``root_certificates`` to
     trust (None: the system roots) and, for mutual TLS, ``private_key`` with ``certificate_chain``.
-    ``metadata`` is sent with every call, ``options`` are gRPC channel options. An existing
-    ``channel`` replaces target/TLS/options and is not closed by close().
+    ``metadata`` is sent with every call; ``token`` adds ``authorization: Bearer <token>`` to it, for
+    servers that require a token (send it over TLS only). ``options`` are gRPC channel options. An
+    existing ``channel`` replaces target/TLS/options and is not closed by close().
+
+    Unary calls answered ``RESOURCE_EXHAUSTED`` or ``UNAVAILABLE`` are retried up to ``retries``
+    times (0: never), waiting the server's ``grpc-retry-pushback-ms`` hint (with jitter) or a jittered
+    exponential backoff, never past the call's deadline; streams are not retried.
 
     Failed calls raise :class:`~bertserve_client.BertServeError`.
     """
@@ -58,8 +63,10 @@ class BertClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.Channel | None = None,
+        retries: int = 3,
     ) -> None:
         self._channel, self._owns_channel = open_channel(
             sync_channel,
@@ -71,7 +78,7 @@ class BertClient:
             certificate_chain=certificate_chain,
             options=options,
         )
-        self._settings = _rpc.CallSettings(timeout, tuple(metadata))
+        self._settings = _rpc.CallSettings(timeout, call_metadata(metadata, token), _rpc.RetryPolicy(retries))
         self._stub = bert_service_pb2_grpc.BertServiceStub(self._channel)
 
     @property

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, ServingError, Unavailable
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import BatcherMetrics
+from bertserve.server.scheduling.admission import retry_hint_ms
 from bertserve.server.scheduling.router import Replica, Router
 from bertserve.server.scheduling.work import ItemResult, WorkItem
 from bertserve.workers.errors import ReplicaFailed
@@ -39,6 +40,8 @@ class BatchLimits:
     max_batch_tokens: int
     max_wait_s: float
     max_queued: int
+    # Real tokens / padded tokens a batch must keep (0: any padding).
+    min_padding_efficiency: float = 0.0
 
 
 @dataclass
@@ -50,22 +53,31 @@ class BatcherStats:
     retries: int = 0
 
 
-def take_batch(queue: list[WorkItem], max_size: int, max_tokens: int) -> list[WorkItem]:
+def take_batch(
+    queue: list[WorkItem], max_size: int, max_tokens: int, min_efficiency: float = 0.0
+) -> list[WorkItem]:
     """Choose the next batch: the oldest item plus the items closest to it in length, while
-    the batch stays within max_size sequences and max_tokens padded tokens. Removes them."""
+    the batch stays within max_size sequences and max_tokens padded tokens, and its real tokens
+    stay at least min_efficiency of its padded tokens. Removes them from the queue.
+
+    The efficiency floor keeps a short input out of a long batch: on a CPU a batch costs about
+    its padded tokens, so padding a 16-token input to 256 costs more than running it apart."""
     if not queue:
         return []
     oldest = queue[0]
     chosen = [oldest]
     longest = oldest.length
+    real = oldest.length
     for item in sorted(queue[1:], key=lambda it: abs(it.length - oldest.length)):
         if len(chosen) >= max_size:
             break
         new_longest = max(longest, item.length)
-        if new_longest * (len(chosen) + 1) > max_tokens:
+        padded = new_longest * (len(chosen) + 1)
+        if padded > max_tokens or real + item.length < min_efficiency * padded:
             continue
         chosen.append(item)
         longest = new_longest
+        real += item.length
     taken = set(map(id, chosen))
     queue[:] = [it for it in queue if id(it) not in taken]
     return chosen
@@ -89,6 +101,9 @@ class Batcher:
         self._router = router
         self._limits = limits
         self._queue: list[WorkItem] = []
+        self._queued_tokens = 0  # sum of the queue's item lengths
+        # Recent batch compute time (an exponential moving average), seconds; None before any.
+        self.recent_batch_s: float | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -99,12 +114,37 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def queued_tokens(self) -> int:
+        """Tokens of the inputs waiting in the queue (admission's max_queued_tokens counts these)."""
+        return self._queued_tokens
+
+    def retry_after_ms(self) -> int:
+        """The retry hint of a rejection by this batcher (admission.retry_hint_ms)."""
+        per_round = self._limits.max_batch_size * max(1, self._router.ready_replicas)
+        return retry_hint_ms(self.recent_batch_s, len(self._queue), per_round)
+
     def submit(self, items: Sequence[WorkItem]) -> None:
         """Queue all items of one request, or none: RESOURCE_EXHAUSTED when the queue is full."""
         if len(self._queue) + len(items) > self._limits.max_queued:
-            raise Overloaded(f"the request queue is full ({self._limits.max_queued} inputs); retry later")
+            if self._metrics is not None:
+                self._metrics.queue_full()
+            raise Overloaded(
+                f"the request queue is full ({self._limits.max_queued} inputs); retry later",
+                retry_after_ms=self.retry_after_ms(),
+            )
         self._queue.extend(items)
+        self._queued_tokens += sum(it.length for it in items)
         self._changed.set()
+
+    def withdraw(self, items: Sequence[WorkItem]) -> None:
+        """Take a request's items out of the queue (it was cancelled or failed), so that they stop
+        counting as queued at once rather than when the next batch is formed."""
+        gone = {id(it) for it in items}
+        kept = [it for it in self._queue if id(it) not in gone]
+        if len(kept) != len(self._queue):
+            self._queue[:] = kept
+            self._queued_tokens = sum(it.length for it in kept)
 
     def start(self) -> None:
         if self._task is None:
@@ -183,7 +223,12 @@ class Batcher:
                 continue
             live.append(item)
         self._queue[:] = live
-        return take_batch(self._queue, self._limits.max_batch_size, self._limits.max_batch_tokens)
+        limits = self._limits
+        batch = take_batch(
+            self._queue, limits.max_batch_size, limits.max_batch_tokens, limits.min_padding_efficiency
+        )
+        self._queued_tokens = sum(it.length for it in self._queue)
+        return batch
 
     async def _execute(self, replica: Replica, batch: list[WorkItem]) -> None:
         dispatched = time.monotonic()
@@ -229,6 +274,9 @@ class Batcher:
         replica.sequences += len(batch)
         real = sum(it.length for it in batch)
         compute_us = int(getattr(output, "compute_us", 0))
+        batch_s = compute_us / 1e6 if compute_us > 0 else time.monotonic() - dispatched
+        previous = self.recent_batch_s
+        self.recent_batch_s = batch_s if previous is None else 0.7 * previous + 0.3 * batch_s
         self.stats.batches += 1
         self.stats.sequences += len(batch)
         self.stats.real_tokens += real
@@ -256,6 +304,7 @@ class Batcher:
 
     def _fail_all(self, error: ServingError) -> None:
         items, self._queue = self._queue, []
+        self._queued_tokens = 0
         _fail(items, error)
 
 

@@ -26,7 +26,8 @@ class Replica(Protocol):
 
     @property
     def alive(self) -> bool:
-        """Ready, starting or restarting: may take work again."""
+        """Ready, starting, pending or restarting: may take work (again). A draining replica
+        (being removed by a scale-down) is not: it only finishes the batches it has."""
         ...
 
     async def call(self, method: str, *args: Any) -> Any: ...
@@ -48,6 +49,10 @@ class Router:
 
     def _free(self) -> list[Replica]:
         return [r for r in self._source.replicas() if r.ready and r.inflight < self._depth]
+
+    @property
+    def ready_replicas(self) -> int:
+        return sum(1 for r in self._source.replicas() if r.ready)
 
     def has_idle_replica(self) -> bool:
         return any(r.ready and r.inflight == 0 for r in self._source.replicas())

@@ -24,6 +24,8 @@ class RunningServer:
     port: int
     log_path: Path
     args: Sequence[str] = field(default_factory=list)
+    # For a TLS server: what channel() connects with (None: plaintext).
+    credentials: grpc.ChannelCredentials | None = None
 
     @property
     def address(self) -> str:
@@ -32,8 +34,14 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def channel(self) -> grpc.Channel:
+        """A new channel to the server: TLS with `credentials` when set, else plaintext."""
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials)
+
     def health(self, service: str = "") -> int:
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=5
             )
@@ -52,9 +60,16 @@ class RunningServer:
 
 
 def start_server(
-    args: Sequence[str], *, timeout: float = 180, env: dict[str, str] | None = None
+    args: Sequence[str],
+    *,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> RunningServer:
-    """Run `bertserve serve ARGS --port 0` and wait until it reports its port and is SERVING."""
+    """Run `bertserve serve ARGS --port 0` and wait until it reports its port and is SERVING.
+
+    Pass `credentials` (e.g. `grpc.ssl_channel_credentials(ca)`) for a server started with TLS: the
+    readiness check, `health()` and `channel()` then use them."""
     workdir = Path(tempfile.mkdtemp(prefix="bertserve-test-"))
     port_file = workdir / "port"
     log_path = workdir / "server.log"
@@ -67,7 +82,7 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         if port_file.is_file() and port_file.read_text().strip():
-            server = RunningServer(process, int(port_file.read_text()), log_path, list(args))
+            server = RunningServer(process, int(port_file.read_text()), log_path, list(args), credentials)
             if server.health() == health_pb2.HealthCheckResponse.SERVING:
                 return server
         time.sleep(0.2)

@@ -304,3 +304,17 @@ def test_a_batch_filling_for_a_busy_replica_goes_to_one_that_turned_idle() -> No
         await batcher.stop()
 
     _run(main())
+
+
+def test_take_batch_keeps_short_inputs_out_of_a_long_batch_below_the_padding_floor() -> None:
+    async def main() -> None:
+        queue = [_item(200), _item(190), _item(20), _item(16), _item(180)]
+        batch = take_batch(queue, max_size=8, max_tokens=10_000, min_efficiency=0.8)
+        assert [it.length for it in batch] == [200, 190, 180]
+        assert [it.length for it in queue] == [20, 16]
+        assert [it.length for it in take_batch(queue, 8, 10_000, 0.8)] == [20, 16]
+        # Without a floor the short ones would have been padded to 200.
+        queue = [_item(200), _item(20)]
+        assert [it.length for it in take_batch(queue, 8, 10_000, 0.0)] == [200, 20]
+
+    _run(main())

@@ -38,6 +38,10 @@ DOCUMENTED = {
     "bertserve_replica_busy_seconds_total": ("counter", ("model", "replica")),
     "bertserve_batch_retries_total": ("counter", ("model", "task")),
     "bertserve_replicas": ("gauge", ("model", "state")),
+    "bertserve_admission_rejections_total": ("counter", ("model", "reason")),
+    "bertserve_inflight_requests": ("gauge", ("model",)),
+    "bertserve_queued_tokens": ("gauge", ("model",)),
+    "bertserve_stream_pending_requests": ("gauge", ()),
 }
 
 
@@ -287,6 +291,9 @@ def test_exposition_has_every_documented_metric_with_its_labels() -> None:
         metrics.observe_request("FillMask", "bert", "OK", 0.02)
         metrics.watch_queue("bert", "fill_mask", lambda: 0)
         metrics.watch_replicas("bert", lambda: ["ready"])
+        metrics.admission("bert").rejected("inflight")
+        metrics.watch_admission("bert", lambda: 3, lambda: 120)
+        metrics.watch_streams(lambda: 7)
         return metrics
 
     text = _run(main()).exposition()

@@ -6,7 +6,9 @@ be made to take a set time so tests can hold replicas busy.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +30,21 @@ FAKE_VOCAB_SIZE = 1000
 FAKE_MAX_POSITIONS = 512
 FAKE_HIDDEN = 8
 FAKE_LABELS = 4
+
+
+def _num_labels(checkpoint: str) -> int:
+    """The label count of a local checkpoint's config.json (id2label, else num_labels), else
+    FAKE_LABELS (a Hub id, or no config)."""
+    if not checkpoint:
+        return FAKE_LABELS
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return FAKE_LABELS
+    labels = config.get("id2label") or {}
+    count = len(labels) if isinstance(labels, dict) else 0
+    num = config.get("num_labels")
+    return count or (num if isinstance(num, int) and num > 0 else FAKE_LABELS)
 
 
 def _us(start: float) -> int:
@@ -52,6 +69,8 @@ class FakeBackend:
         self.hidden_size = FAKE_HIDDEN
         self.architecture = "fake"
         self._delay_s = spec.fake_delay_ms / 1000.0
+        # As many labels as the checkpoint's head has (the front end decodes with its id2label).
+        self.num_labels = _num_labels(spec.checkpoint)
 
     def _work(self) -> float:
         start = time.perf_counter()
@@ -84,13 +103,13 @@ class FakeBackend:
     def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput:
         start = self._work()
         lengths = self._lengths(batch)[:, None]
-        logits = (lengths / (1.0 + np.arange(FAKE_LABELS)[None, :])).astype(np.float32)
+        logits = (lengths / (1.0 + np.arange(self.num_labels)[None, :])).astype(np.float32)
         return LogitsOutput(logits, _us(start))
 
     def classify_tokens(self, batch: EncodedBatch) -> TokenLogitsOutput:
         start = self._work()
         ids = batch.input_ids.astype(np.float32)[..., None]
-        logits = np.cos(ids * (1.0 + np.arange(FAKE_LABELS))).astype(np.float32)
+        logits = np.cos(ids * (1.0 + np.arange(self.num_labels))).astype(np.float32)
         return TokenLogitsOutput(logits, _us(start))
 
     def answer_question(self, batch: EncodedBatch) -> SpanLogitsOutput:

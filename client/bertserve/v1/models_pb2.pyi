@@ -61,6 +61,14 @@ class _ReplicaStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplicaS
     """Crashed; Ray is restarting it."""
     REPLICA_STATE_DEAD: _ReplicaState.ValueType  # 4
     """Gone for good (restart budget spent)."""
+    REPLICA_STATE_PENDING: _ReplicaState.ValueType  # 5
+    """Created but not placed: the Ray cluster lacks the CPUs or GPUs it asks for. It starts by
+    itself when resources appear (a node joins, another replica goes away).
+    """
+    REPLICA_STATE_DRAINING: _ReplicaState.ValueType  # 6
+    """Being removed by a scale-down: takes no new batches, finishes its queued and in-flight
+    ones, then stops.
+    """
 
 class ReplicaState(_ReplicaState, metaclass=_ReplicaStateEnumTypeWrapper): ...
 
@@ -73,6 +81,14 @@ REPLICA_STATE_RESTARTING: ReplicaState.ValueType  # 3
 """Crashed; Ray is restarting it."""
 REPLICA_STATE_DEAD: ReplicaState.ValueType  # 4
 """Gone for good (restart budget spent)."""
+REPLICA_STATE_PENDING: ReplicaState.ValueType  # 5
+"""Created but not placed: the Ray cluster lacks the CPUs or GPUs it asks for. It starts by
+itself when resources appear (a node joins, another replica goes away).
+"""
+REPLICA_STATE_DRAINING: ReplicaState.ValueType  # 6
+"""Being removed by a scale-down: takes no new batches, finishes its queued and in-flight
+ones, then stops.
+"""
 Global___ReplicaState: _TypeAlias = ReplicaState  # noqa: Y015
 
 @_typing.final
@@ -88,6 +104,7 @@ class Limits(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     MAX_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
+    MIN_PADDING_EFFICIENCY_FIELD_NUMBER: _builtins.int
     max_sequence_length: _builtins.int
     """Longest input in tokens, special tokens included."""
     max_inputs_per_request: _builtins.int
@@ -102,6 +119,8 @@ class Limits(_message.Message):
     """Batcher: most padded tokens (batch size x longest sequence) in one batch."""
     max_wait_ms: _builtins.float
     """Batcher: longest a request waits for a batch to fill, in milliseconds."""
+    min_padding_efficiency: _builtins.float
+    """Batcher: real tokens / padded tokens a batch keeps at least (0..1)."""
     def __init__(
         self,
         *,
@@ -112,10 +131,11 @@ class Limits(_message.Message):
         max_batch_size: _builtins.int = ...,
         max_batch_tokens: _builtins.int = ...,
         max_wait_ms: _builtins.float = ...,
+        min_padding_efficiency: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_size", b"max_batch_size", "max_batch_tokens", b"max_batch_tokens", "max_inputs_per_request", b"max_inputs_per_request", "max_sequence_length", b"max_sequence_length", "max_text_chars", b"max_text_chars", "max_top_k", b"max_top_k", "max_wait_ms", b"max_wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_size", b"max_batch_size", "max_batch_tokens", b"max_batch_tokens", "max_inputs_per_request", b"max_inputs_per_request", "max_sequence_length", b"max_sequence_length", "max_text_chars", b"max_text_chars", "max_top_k", b"max_top_k", "max_wait_ms", b"max_wait_ms", "min_padding_efficiency", b"min_padding_efficiency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

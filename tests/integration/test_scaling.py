@@ -1,0 +1,271 @@
+"""Scaling at run time: `bertserve scale` and AdminService.ScaleModel grow and shrink a model
+under continuous load without a failed request; replicas Ray cannot place are PENDING; an
+autoscaled model follows a burst up and idleness down. Fake backend: no torch in replicas."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from bertserve.v1 import admin_pb2, admin_pb2_grpc, models_pb2
+from bertserve_client import BertClient, BertServeError
+from tests.support.server import BERTSERVE, RunningServer, start_server
+
+pytestmark = pytest.mark.integration
+
+MODEL = "m"
+TEXT = "Paris is the [MASK] of France."
+READY = models_pb2.REPLICA_STATE_READY
+PENDING = models_pb2.REPLICA_STATE_PENDING
+TOKEN = "scale-test-token-5f4e3d2c1b"
+
+
+def fake_args(checkpoint: Path, *extra: str) -> list[str]:
+    return [
+        "--model",
+        str(checkpoint),
+        "--model-name",
+        MODEL,
+        "--backend",
+        "fake",
+        "--fake-delay-ms",
+        "5",
+        "--threads-per-replica",
+        "1",
+        *extra,
+    ]
+
+
+def stop(server: RunningServer) -> None:
+    code = server.stop()
+    assert code == 0, f"server exited with {code}:\n{server.log()[-3000:]}"
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Load:
+    """Threads sending FillMask back to back (no client retries) until the block ends."""
+
+    def __init__(self, address: str, threads: int = 3, token: str | None = None) -> None:
+        self.ok = 0
+        self.failures: list[str] = []
+        self._address = address
+        self._token = token
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with BertClient(self._address, timeout=60, retries=0, token=self._token) as client:
+            while not self._stop.is_set():
+                try:
+                    client.fill_mask(TEXT, model=MODEL)
+                except BertServeError as exc:
+                    with self._lock:
+                        self.failures.append(f"{exc.code.name}: {exc}")
+                    continue
+                with self._lock:
+                    self.ok += 1
+
+    def wait_for_more(self, n: int = 20, timeout: float = 30) -> None:
+        target = self.ok + n
+        wait_until(lambda: self.ok >= target, timeout, f"{n} more answered requests")
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+def scale_cli(server: RunningServer, replicas: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [*BERTSERVE, "scale", MODEL, str(replicas), "--address", server.address, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+
+
+def states(info: models_pb2.ModelInfo) -> list[int]:
+    return sorted(r.state for r in info.replicas)
+
+
+@pytest.fixture(scope="module")
+def admin_server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
+    running = start_server(
+        fake_args(tiny_checkpoint, "--replicas", "1", "--ray-num-cpus", "3", "--admin-enabled")
+    )
+    yield running
+    stop(running)
+
+
+def test_scale_1_3_1_under_load_through_cli_and_rpc_fails_no_request(admin_server: RunningServer) -> None:
+    with (
+        Load(admin_server.address) as load,
+        BertClient(admin_server.address, timeout=30) as client,
+        admin_server.channel() as channel,
+    ):
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        load.wait_for_more()
+
+        done = scale_cli(admin_server, 3)
+        assert done.returncode == 0, done.stderr
+        assert f"{MODEL}: " in done.stdout and "of 3 replicas" in done.stdout
+        # READY once warm (a replica still waiting for the CPUs of a just-removed one may be
+        # reported PENDING for a moment: that is what it is).
+        wait_until(lambda: states(client.model_info(MODEL)) == [READY] * 3, 60, "3 ready replicas")
+        load.wait_for_more()
+        wait_until(
+            lambda: sum(r.batches > 0 for r in client.model_info(MODEL).replicas) == 3,
+            30,
+            "every replica to take batches",
+        )
+
+        reply = admin.ScaleModel(admin_pb2.ScaleModelRequest(model=MODEL, replicas=1, wait=True), timeout=120)
+        assert (reply.model.ready_replicas, reply.model.total_replicas) == (1, 1)
+        assert states(client.model_info(MODEL)) == [READY]
+        load.wait_for_more()
+
+        reply = admin.ScaleModel(admin_pb2.ScaleModelRequest(model=MODEL, replicas=3, wait=True), timeout=120)
+        assert reply.model.total_replicas == 3
+        wait_until(lambda: states(client.model_info(MODEL)) == [READY] * 3, 60, "3 ready replicas")
+        load.wait_for_more()
+        done = scale_cli(admin_server, 1)
+        assert done.returncode == 0, done.stderr
+        assert f"{MODEL}: 1 ready of 1 replicas" in done.stdout
+        load.wait_for_more()
+    assert load.failures == []
+    assert load.ok > 100
+    assert admin_server.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_scale_errors_are_one_line_and_non_zero(admin_server: RunningServer) -> None:
+    done = scale_cli(admin_server, 0)
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
+    done = subprocess.run(
+        [*BERTSERVE, "scale", "nope", "2", "--address", admin_server.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bertserve scale: {admin_server.address}: NOT_FOUND")
+    with admin_server.channel() as channel, pytest.raises(grpc.RpcError) as info:
+        admin_pb2_grpc.AdminServiceStub(channel).ScaleModel(
+            admin_pb2.ScaleModelRequest(model=MODEL, replicas=100_000), timeout=30
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_admin_service_is_unimplemented_by_default(tiny_checkpoint: Path) -> None:
+    running = start_server(fake_args(tiny_checkpoint, "--replicas", "1", "--ray-num-cpus", "1"))
+    try:
+        with running.channel() as channel, pytest.raises(grpc.RpcError) as info:
+            admin_pb2_grpc.AdminServiceStub(channel).ScaleModel(
+                admin_pb2.ScaleModelRequest(model=MODEL, replicas=2), timeout=30
+            )
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        done = scale_cli(running, 2)
+        assert done.returncode == 1
+        assert len(done.stderr.strip().splitlines()) == 1 and "UNIMPLEMENTED" in done.stderr
+    finally:
+        stop(running)
+
+
+def test_unplaceable_replica_is_pending_and_token_protects_admin(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    running = start_server(
+        fake_args(
+            tiny_checkpoint,
+            "--replicas",
+            "1",
+            "--ray-num-cpus",
+            "2",
+            "--admin-enabled",
+            "--replica-pending-after-s",
+            "1",
+            "--auth-token-file",
+            str(token_file),
+        )
+    )
+    try:
+        with running.channel() as channel, pytest.raises(grpc.RpcError) as info:
+            admin_pb2_grpc.AdminServiceStub(channel).ScaleModel(
+                admin_pb2.ScaleModelRequest(model=MODEL, replicas=2), timeout=30
+            )
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        done = scale_cli(running, 3, "--token-file", str(token_file))
+        assert done.returncode == 0, done.stderr
+        assert "of 3 replicas" in done.stdout and "PENDING" in done.stdout
+        with BertClient(running.address, timeout=30, token=TOKEN) as client:
+            wait_until(
+                lambda: states(client.model_info(MODEL)) == [READY, READY, PENDING], 60, "2 ready, 1 pending"
+            )
+            assert running.health() == health_pb2.HealthCheckResponse.SERVING
+            assert len(client.fill_mask(TEXT, model=MODEL).results) == 1
+            time.sleep(2)  # still pending, not retried into a failure
+            assert states(client.model_info(MODEL)) == [READY, READY, PENDING]
+
+            done = scale_cli(running, 2, "--token-file", str(token_file))
+            assert done.returncode == 0, done.stderr
+            assert states(client.model_info(MODEL)) == [READY, READY]  # the pending one went first
+    finally:
+        stop(running)
+
+
+def test_autoscaling_follows_a_burst_up_and_idleness_down(tiny_checkpoint: Path) -> None:
+    running = start_server(
+        [
+            *fake_args(tiny_checkpoint, "--replicas", "1", "--ray-num-cpus", "3"),
+            "--fake-delay-ms",
+            "40",
+            "--max-batch-size",
+            "2",
+            "--min-replicas",
+            "1",
+            "--max-replicas",
+            "3",
+            "--autoscale-target-queued-tokens",
+            "20",
+            "--autoscale-up-window-s",
+            "0.3",
+            "--autoscale-up-cooldown-s",
+            "0.5",
+            "--autoscale-down-idle-s",
+            "1.5",
+            "--autoscale-down-cooldown-s",
+            "0.5",
+        ]
+    )
+    try:
+        with BertClient(running.address, timeout=30) as client:
+            assert client.model_info(MODEL).total_replicas == 1
+            with Load(running.address, threads=16) as load:
+                wait_until(lambda: client.model_info(MODEL).ready_replicas == 3, 90, "3 ready replicas")
+            assert load.failures == []
+            wait_until(lambda: client.model_info(MODEL).total_replicas == 1, 90, "a scale-down to 1")
+            assert states(client.model_info(MODEL)) == [READY]
+            assert running.health() == health_pb2.HealthCheckResponse.SERVING
+        assert '"event": "autoscaling"' in running.log()
+    finally:
+        stop(running)
