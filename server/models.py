@@ -97,7 +97,7 @@ class ServedModel:
         # Every request of a task that uses replicas is admitted here first (dataplane.py).
         self.admission = Admission(
             config.admission_limits,
-            queued_tokens=lambda: sum(b.queued_tokens for b in self.batchers.values()),
+            queued_tokens=lambda: self.queued_tokens,
             retry_after_ms=self.retry_after_ms,
             metrics=None if metrics is None else metrics.admission(config.name),
         )
@@ -155,12 +155,13 @@ class ServedModel:
         while True:
             await asyncio.sleep(AUTOSCALE_TICK_S)
             current = self.pool.target
+            queued = self.queued_tokens
             wanted = self._policy.decide(
                 time.monotonic(),
                 current=current,
                 ready=self.pool.ready_count,
-                queued_tokens=self.queued_tokens,
-                idle=self.queued_tokens == 0 and self.router.has_idle_replica(),
+                queued_tokens=queued,
+                idle=queued == 0 and self.router.has_idle_replica(),
             )
             if wanted is None or wanted == current:
                 continue

@@ -87,11 +87,6 @@ class ReplicaHandle:
         """May take work now or later (a draining replica never will)."""
         return self.state not in (ReplicaState.DEAD, ReplicaState.DRAINING)
 
-    @property
-    def active(self) -> bool:
-        """Counts towards the pool's size: neither draining nor dead."""
-        return self.alive
-
     async def call(self, method: str, *args: Any) -> Any:
         """Run `method` on the replica. Raises ReplicaFailed when the actor died or is unreachable."""
         import ray.exceptions
@@ -140,7 +135,7 @@ class ReplicaPool:
     @property
     def target(self) -> int:
         """Replicas the pool is meant to have: every one not draining or dead."""
-        return sum(1 for h in self._handles if h.active)
+        return sum(1 for h in self._handles if h.alive)
 
     def _new_handle(self, cls: Any) -> ReplicaHandle:
         index = self._next_index
@@ -304,7 +299,7 @@ class ReplicaPool:
             changed: list[ReplicaHandle] = []
             for handle in [h for h in self._handles if h.state is ReplicaState.DEAD]:
                 self._drop(handle)
-            active = [h for h in self._handles if h.active]
+            active = [h for h in self._handles if h.alive]
             if n > len(active):
                 cls = self._actor_class()
                 for _ in range(n - len(active)):
