@@ -279,6 +279,7 @@ def _served_model(
         backend=s.backend,
         fake_delay_ms=s.fake_delay_ms,
         tasks=tuple(t for t in entry.tasks if t is not Task.TOKENIZE),
+        compile=s.compile,
     )
     model: ServedModel | None = None
 
@@ -294,6 +295,7 @@ def _served_model(
         max_restarts=s.max_restarts,
         on_change=changed,
         pending_after_s=s.replica_pending_after_s,
+        direct_channel=s.direct_channel,
     )
     tokenizer = TextTokenizer(config.checkpoint.files_dir, config.limits.max_sequence_length)
     model = ServedModel(config, tokenizer, pool, metrics)

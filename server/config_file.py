@@ -44,6 +44,7 @@ MODEL_FIELDS = (
     "gpus_per_replica",
     "threads_per_replica",
     "dtype",
+    "compile",
     "max_restarts",
     "replica_pending_after_s",
     "min_replicas",

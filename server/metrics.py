@@ -92,12 +92,22 @@ class BatcherMetrics:
         self._retries = metrics.batch_retries.labels(model, task)
         self._queue_full = metrics.admission_rejections.labels(model, "queued_inputs")
         self._busy = metrics.replica_busy
+        self._batches = metrics.replica_batches
 
     def batch_done(
-        self, *, size: int, real_tokens: int, padded_tokens: int, replica: str, compute_s: float
+        self,
+        *,
+        size: int,
+        real_tokens: int,
+        padded_tokens: int,
+        replica: str,
+        compute_s: float,
+        transport: str = "ray",
     ) -> None:
         """A batch came back: `size` sequences, `real_tokens` input tokens, `padded_tokens`
-        (size x longest) tokens computed, `compute_s` seconds of model time on `replica`."""
+        (size x longest) tokens computed, `compute_s` seconds of model time on `replica`, which
+        it reached by `transport` ("channel" or "ray")."""
+        self._batches.labels(self.model, replica, transport).inc()
         self._size.observe(size)
         self._tokens.observe(padded_tokens)
         self._real.inc(real_tokens)
@@ -251,6 +261,13 @@ class Metrics:
             "bertserve_replica_busy_seconds_total",
             "Model compute time a replica reported for its batches, seconds.",
             ("model", "replica"),
+            registry=r,
+        )
+        self.replica_batches = Counter(
+            "bertserve_replica_batches_total",
+            "Batches a replica computed, by how they reached it: transport=channel (the same-node "
+            "Unix socket) or ray (a Ray actor call).",
+            ("model", "replica", "transport"),
             registry=r,
         )
         self.batch_retries = Counter(

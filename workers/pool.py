@@ -26,7 +26,8 @@ from typing import Any
 
 import structlog
 
-from bertserve.workers.errors import ReplicaFailed, ReplicaLoadError
+from bertserve.workers.channel import ChannelClient, ChannelClosed
+from bertserve.workers.errors import ReplicaFailed, ReplicaLoadError, first_line
 from bertserve.workers.protocol import ReplicaReport
 from bertserve.workers.replica import Replica
 from bertserve.workers.spec import ReplicaSpec
@@ -77,6 +78,10 @@ class ReplicaHandle:
         self.sequences = 0
         self.restarts = 0
         self._pool = pool
+        # The direct channel (workers/channel.py): opened on the first batch after each READY.
+        self._channel: ChannelClient | None = None
+        self._channel_tried = False
+        self._channel_lock = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -87,15 +92,67 @@ class ReplicaHandle:
         """May take work now or later (a draining replica never will)."""
         return self.state not in (ReplicaState.DEAD, ReplicaState.DRAINING)
 
+    @property
+    def transport(self) -> str:
+        """How batches reach this replica now: "channel" (same-node Unix socket) or "ray"."""
+        return "channel" if self._channel is not None and not self._channel.closed else "ray"
+
     async def call(self, method: str, *args: Any) -> Any:
-        """Run `method` on the replica. Raises ReplicaFailed when the actor died or is unreachable."""
+        """Run `method` on the replica: over the direct channel when the replica shares the front
+        end's node, else as a Ray actor call. Raises ReplicaFailed when the replica died or is
+        unreachable."""
         import ray.exceptions
 
+        channel = await self._direct_channel()
+        if channel is not None:
+            try:
+                return await channel.call(method, *args)
+            except ChannelClosed as exc:
+                self._pool.replica_failed(self, exc)
+                raise ReplicaFailed(f"replica {self.replica_id} failed: {type(exc).__name__}") from None
         try:
             return await getattr(self.actor, method).remote(*args)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             self._pool.replica_failed(self, exc)
             raise ReplicaFailed(f"replica {self.replica_id} failed: {type(exc).__name__}") from None
+
+    async def _direct_channel(self) -> ChannelClient | None:
+        """The open channel, opening it on first use when the replica runs on this node."""
+        channel = self._channel
+        if channel is not None and not channel.closed:
+            return channel
+        if self._channel_tried or not self._pool.direct_channel:
+            return None
+        async with self._channel_lock:
+            if not self._channel_tried:
+                self._channel_tried = True
+                self._channel = await self._open_channel()
+        return self._channel if self._channel is not None and not self._channel.closed else None
+
+    async def _open_channel(self) -> ChannelClient | None:
+        report = self.report
+        if report is None or not report.node_id or report.node_id != self._pool.local_node_id():
+            return None  # another node (or unknown): Ray actor calls
+        try:
+            address: str = await asyncio.wait_for(self.actor.open_channel.remote(), 10)
+            channel = await ChannelClient.connect(address)
+        except Exception as exc:
+            _log.warning(
+                "replica_channel_unavailable",
+                replica=self.replica_id,
+                error=f"{type(exc).__name__}: {first_line(exc)}",
+                notice="batches take Ray actor calls",
+            )
+            return None
+        _log.info("replica_channel_open", replica=self.replica_id)
+        return channel
+
+    def reset_channel(self) -> None:
+        """Close the channel; the next batch opens a new one (after a restart: a new process)."""
+        channel, self._channel = self._channel, None
+        self._channel_tried = False
+        if channel is not None:
+            channel.close()
 
 
 class ReplicaPool:
@@ -109,8 +166,12 @@ class ReplicaPool:
         probe_interval_s: float = 1.0,
         on_change: Callable[[], None] | None = None,
         pending_after_s: float = 5.0,
+        direct_channel: bool = False,
     ) -> None:
         self.spec = spec
+        # Same-node replicas take batches over a Unix socket (workers/channel.py).
+        self.direct_channel = direct_channel
+        self._local_node_id: str | None = None
         self.placement = placement
         self.max_restarts = max_restarts
         self._num = num_replicas
@@ -127,6 +188,19 @@ class ReplicaPool:
 
     def replicas(self) -> Sequence[ReplicaHandle]:
         return self._handles
+
+    def local_node_id(self) -> str:
+        """The Ray node this front end runs on ("" outside Ray)."""
+        if self._local_node_id is None:
+            try:
+                import ray
+
+                self._local_node_id = (
+                    str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
+                )
+            except Exception:
+                self._local_node_id = ""
+        return self._local_node_id
 
     @property
     def ready_count(self) -> int:
@@ -190,6 +264,7 @@ class ReplicaPool:
         self._set_ready(handle, report)
 
     def _set_ready(self, handle: ReplicaHandle, report: ReplicaReport) -> None:
+        handle.reset_channel()
         handle.report = report
         handle.state = ReplicaState.READY
         _log.info(
@@ -390,6 +465,7 @@ class ReplicaPool:
         self._settle()
 
     def _kill(self, handle: ReplicaHandle) -> None:
+        handle.reset_channel()
         with contextlib.suppress(Exception):
             import ray
 
@@ -413,6 +489,7 @@ class ReplicaPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for handle in self._handles:
+            handle.reset_channel()
             with contextlib.suppress(Exception):
                 ray.kill(handle.actor, no_restart=True)
             handle.state = ReplicaState.DEAD

@@ -7,8 +7,11 @@ The class is plain Python so tests can run it in-process; workers/pool.py wraps 
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 from bertserve.workers.backends import Backend, create_backend
+from bertserve.workers.channel import ChannelServer
 from bertserve.workers.errors import first_line
 from bertserve.workers.protocol import (
     EmbeddingOutput,
@@ -23,6 +26,11 @@ from bertserve.workers.protocol import (
 )
 from bertserve.workers.spec import ReplicaSpec
 
+# What a batch may call, over a Ray actor call or the direct channel (workers/channel.py).
+COMPUTE_METHODS = frozenset(
+    {"fill_mask", "next_sentence", "classify_sequence", "classify_tokens", "answer_question", "embed"}
+)
+
 
 class Replica:
     """One model replica. Loads its backend once, in the constructor."""
@@ -32,6 +40,9 @@ class Replica:
         self._replica_id = replica_id
         self._backend: Backend | None = None
         self._load_error = ""
+        # Batches may arrive both as Ray calls and on the channel: one runs at a time.
+        self._compute = threading.Lock()
+        self._channel: ChannelServer | None = None
         try:
             self._backend = create_backend(spec)
         except Exception as exc:
@@ -67,28 +78,46 @@ class Replica:
             hidden_size=b.hidden_size,
         )
 
+    def open_channel(self) -> str:
+        """Start the direct channel (workers/channel.py) and return its address. Only a front end
+        on this replica's node can use it."""
+        if self._channel is None:
+            self._channel = ChannelServer(self._dispatch)
+        return self._channel.start()
+
+    def _dispatch(self, method: str, args: tuple[Any, ...]) -> Any:
+        if method not in COMPUTE_METHODS:
+            raise ValueError(f"unknown replica method {method!r}")
+        return getattr(self, method)(*args)
+
     def _loaded(self) -> Backend:
         if self._backend is None:
             raise RuntimeError(f"replica has no model: {self._load_error}")
         return self._backend
 
     def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput:
-        return self._loaded().fill_mask(batch, args)
+        with self._compute:
+            return self._loaded().fill_mask(batch, args)
 
     def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
-        return self._loaded().next_sentence(batch)
+        with self._compute:
+            return self._loaded().next_sentence(batch)
 
     def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput:
-        return self._loaded().classify_sequence(batch)
+        with self._compute:
+            return self._loaded().classify_sequence(batch)
 
     def classify_tokens(self, batch: EncodedBatch) -> TokenLogitsOutput:
-        return self._loaded().classify_tokens(batch)
+        with self._compute:
+            return self._loaded().classify_tokens(batch)
 
     def answer_question(self, batch: EncodedBatch) -> SpanLogitsOutput:
-        return self._loaded().answer_question(batch)
+        with self._compute:
+            return self._loaded().answer_question(batch)
 
     def embed(self, batch: EncodedBatch) -> EmbeddingOutput:
-        return self._loaded().embed(batch)
+        with self._compute:
+            return self._loaded().embed(batch)
 
     def pid(self) -> int:
         """For fault-injection tests: the process to kill."""

@@ -19,6 +19,7 @@ class ReplicaSpec:
     backend: "torch" (the real model) or "fake" (tests: no weights, deterministic outputs).
     fake_delay_ms: per-batch compute time of the fake backend, in milliseconds.
     tasks: tasks the configuration asks of this model; loading fails when the head cannot serve one.
+    compile: torch.compile the encoder at load time (the warm-up batch compiles it).
     """
 
     model_name: str
@@ -30,3 +31,4 @@ class ReplicaSpec:
     backend: str = "torch"
     fake_delay_ms: float = 0.0
     tasks: tuple[Task, ...] = ()
+    compile: bool = False

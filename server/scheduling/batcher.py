@@ -288,6 +288,7 @@ class Batcher:
                 padded_tokens=padded,
                 replica=replica.replica_id,
                 compute_s=compute_us / 1e6,
+                transport=replica.transport,
             )
         outputs = self._kernel.split(output, batch)
         for item, out in zip(batch, outputs, strict=True):

@@ -25,6 +25,11 @@ class Replica(Protocol):
     def ready(self) -> bool: ...
 
     @property
+    def transport(self) -> str:
+        """How batches reach the replica: "channel" (same-node socket) or "ray" (actor call)."""
+        ...
+
+    @property
     def alive(self) -> bool:
         """Ready, starting, pending or restarting: may take work (again). A draining replica
         (being removed by a scale-down) is not: it only finishes the batches it has."""

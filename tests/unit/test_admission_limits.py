@@ -68,6 +68,7 @@ class GatedReplica:
     def __init__(self, backend: FakeBackend) -> None:
         self.replica_id = "bert-0"
         self.inflight = 0
+        self.transport = "test"
         self.batches = 0
         self.sequences = 0
         self.report = None

@@ -32,6 +32,7 @@ class FakeReplica:
     def __init__(self, replica_id: str, *, fail: bool = False) -> None:
         self.replica_id = replica_id
         self.inflight = 0
+        self.transport = "test"
         self.batches = 0
         self.sequences = 0
         self.fail = fail

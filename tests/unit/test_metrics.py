@@ -70,6 +70,7 @@ class FakeReplica:
     def __init__(self, replica_id: str, *, compute_us: int = 2500, fail: bool = False) -> None:
         self.replica_id = replica_id
         self.inflight = 0
+        self.transport = "test"
         self.batches = 0
         self.sequences = 0
         self.compute_us = compute_us

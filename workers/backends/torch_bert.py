@@ -10,6 +10,7 @@ on the device, and only [masks, k] arrays travel back.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import Any
 
@@ -32,6 +33,8 @@ from bertserve.workers.protocol import (
 from bertserve.workers.spec import ReplicaSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -103,7 +106,27 @@ class TorchBertBackend:
         self.vocab_size = int(model.config.vocab_size)
         self.max_position_embeddings = int(model.config.max_position_embeddings)
         self.hidden_size = int(model.config.hidden_size)
-        self.warm_up()
+        self.compiled = False
+        if not spec.compile:
+            self.warm_up()
+            return
+        # torch.compile is lazy: the warm-up batch compiles, so that is where it fails.
+        start = time.perf_counter()
+        try:
+            _compile_encoder(self.model)
+            self.warm_up()
+        except Exception as exc:
+            raise ModelLoadError(
+                f"torch.compile of model {spec.model_name!r} failed: {type(exc).__name__}: {first_line(exc)}"
+            ) from None
+        self.compiled = True
+        log.info(
+            "model %s: encoder compiled with torch.compile (dtype %s, %s) in %.1f s",
+            spec.model_name,
+            self.dtype,
+            self.device,
+            time.perf_counter() - start,
+        )
 
     def _choose_cpu_dtype(self, warnings: list[str]) -> None:
         """dtype auto on CPU: bfloat16 when the CPU has bf16 instructions and a probe batch's
@@ -213,6 +236,74 @@ class TorchBertBackend:
             mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
             out = EmbeddingOutput(cls=hidden[:, 0].cpu().numpy(), mean=mean.cpu().numpy(), compute_us=0)
         return EmbeddingOutput(out.cls, out.mean, _elapsed_us(start))
+
+
+class _CompiledEncoder(torch.nn.Module):
+    """Stands in for the model's encoder (BertModel): every call, from the task methods or
+    from a head's own forward, goes through one torch.compile'd function of the three input
+    tensors, so one compiled graph serves them all.
+
+    dynamic=True keeps the sequence length symbolic; the batch dimension is marked unbacked on
+    every call, or dynamo would specialise batch size 1 apart from the rest and compile twice.
+    Calls with any other non-default argument (position_ids, inputs_embeds, ...) run eagerly.
+    """
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = encoder
+
+        def encode(
+            input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> Any:
+            return encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                return_dict=True,
+            )
+
+        # isolate_recompiles: `encode` is one code object for every model in the process; each
+        # model's graph must not count as a recompile of another's. (torch 2.13's overloads of
+        # torch.compile lack the argument its implementation takes, hence the Any.)
+        compile_: Any = torch.compile
+        self._encode = compile_(encode, dynamic=True, isolate_recompiles=True)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        extra = {k: v for k, v in kwargs.items() if k != "return_dict" and v is not None and v is not False}
+        if input_ids is None or extra:
+            return self._orig_mod(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        for tensor in (input_ids, attention_mask, token_type_ids):
+            torch._dynamo.decorators.mark_unbacked(tensor, 0)
+        return self._encode(input_ids, attention_mask, token_type_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the encoder (config, embeddings, ...) stay reachable through the stand-in.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["_orig_mod"], name)
+
+
+def _compile_encoder(model: Any) -> None:
+    """Replace the model's encoder (model.bert, i.e. model.base_model) by a compiled stand-in;
+    the heads' own forwards and model.base_model then go through it."""
+    prefix = model.base_model_prefix
+    encoder = getattr(model, prefix, None)
+    if not isinstance(encoder, torch.nn.Module) or encoder is model:
+        raise ModelLoadError(f"the model has no {prefix!r} encoder to compile")
+    setattr(model, prefix, _CompiledEncoder(encoder))
 
 
 BF16_MIN_AGREEMENT = 0.95
