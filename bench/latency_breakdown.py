@@ -1,10 +1,14 @@
-"""Where one request's time goes: client latency against the server's own Timing fields.
+"""Where one request's time goes: client latency against the server's own Timing fields, for
+each way a batch can reach a replica, and the bare forward pass of the same inputs, in one run.
 
     python -m bench.latency_breakdown [--replicas 2 --threads 1 --dtype bfloat16 --requests 64]
 
-Starts `bertserve serve` on the bert-base-shaped checkpoint, sends short FillMask requests one
-at a time with BertClient and prints medians: client, server total, replica compute (inference),
-queue and tokenization, in milliseconds.
+For each transport (a Ray actor call per batch: `--no-direct-channel`; the same-node Unix socket:
+the default) it starts `bertserve serve` on the bert-base-shaped checkpoint, sends the
+single-client run's short FillMask inputs one at a time with BertClient and prints medians in
+milliseconds: client, server total, replica compute (inference), queue and tokenization, and the
+bare in-process forward pass of the same inputs (replica's thread count), measured in blocks
+interleaved with the requests (bench/bare.py: the machine's speed drifts over minutes).
 """
 
 from __future__ import annotations
@@ -12,36 +16,45 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
+from bench.bare import BareForwardProcess
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port
 from bench.targets import BertserveProcess
-from bench.workloads import fill_mask_items
+from bench.workloads import single_client_items
 from bertserve_client import BertClient
 
+TRANSPORTS = {"ray": ["--no-direct-channel"], "channel": ["--direct-channel"]}
+BLOCK = 12  # requests per block; a block of bare forward passes of the same inputs goes first
+FIELDS = ("client_ms", "server_total_ms", "inference_ms", "queue_ms", "tokenization_ms")
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--replicas", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--requests", type=int, default=64)
-    ns = parser.parse_args()
-    checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
+
+def measure(
+    checkpoint: str, ns: argparse.Namespace, extra: list[str], bare: BareForwardProcess
+) -> dict[str, float]:
     server = BertserveProcess(
-        checkpoint, None, dtype=ns.dtype, replicas=ns.replicas, threads=ns.threads, metrics_port=_free_port()
+        checkpoint,
+        None,
+        dtype=ns.dtype,
+        replicas=ns.replicas,
+        threads=ns.threads,
+        metrics_port=_free_port(),
+        extra=extra,
     )
     rows: list[tuple[float, ...]] = []
+    bare_ms: list[float] = []
     try:
         server.start()
-        items = fill_mask_items("short", ns.requests, seed=5)
+        items = single_client_items()
         with BertClient(server.address, timeout=60) as client:
             for item in items[:10]:
                 client.fill_mask(item.text)
-            for item in items:
+            for i in range(ns.requests):
+                item = items[i % len(items)]
+                if i % BLOCK == 0:
+                    bare_ms += bare.measure(BLOCK)
                 start = time.perf_counter()
                 t = client.fill_mask(item.text).timing
                 rows.append(
@@ -55,8 +68,31 @@ def main() -> None:
                 )
     finally:
         server.stop()
-    names = ("client_ms", "server_total_ms", "inference_ms", "queue_ms", "tokenization_ms")
-    print(json.dumps({n: round(statistics.median(r[i] for r in rows), 2) for i, n in enumerate(names)}))
+    result = {n: round(statistics.median(r[i] for r in rows), 2) for i, n in enumerate(FIELDS)}
+    result["server_overhead_ms"] = round(result["server_total_ms"] - result["inference_ms"], 2)
+    result["grpc_and_client_ms"] = round(result["client_ms"] - result["server_total_ms"], 2)
+    result["bare_forward_ms"] = round(statistics.median(bare_ms), 2)
+    result["client_over_bare_ms"] = round(result["client_ms"] - result["bare_forward_ms"], 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--requests", type=int, default=96, help="per transport")
+    parser.add_argument("--transports", default="ray,channel", help="comma-separated: ray, channel")
+    ns = parser.parse_args()
+    checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
+    results: dict[str, object] = {}
+    with BareForwardProcess(checkpoint, ns.dtype, ns.threads) as bare:
+        for name in ns.transports.split(","):
+            results[name] = measure(checkpoint, ns, TRANSPORTS[name], bare)
+            print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

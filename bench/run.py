@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, workloads
-from bench.loadgen import RunResult, closed_loop, open_loop
+from bench.bare import BareForwardProcess
+from bench.loadgen import RunResult, closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.targets import BertserveProcess, GrpcSenders
-from bench.workloads import classify_items, fill_mask_items, pair_items
+from bench.workloads import classify_items, fill_mask_items, pair_items, single_client_items
 
 # bf16 is the default on a machine that has it only if it agrees with fp32 this well.
 BF16_MIN_TOP1_AGREEMENT = 0.95
@@ -45,12 +47,26 @@ class Plan:
     stream_concurrency: list[int]
     baseline_concurrency: list[int]
     extra_tasks_concurrency: int = 16
+    # The single-client latency run: blocks of requests, each after a block of bare forward passes.
+    single_client_blocks: int = 8
+    single_client_block: int = 12
     notes: list[str] = field(default_factory=list)
 
     @classmethod
     def make(cls, quick: bool, smoke: bool = False) -> Plan:
         if smoke:  # the test suite's check that every part of the benchmark runs (not a measurement)
-            return cls(True, 1.0, 0.3, [1, 8], ["mixed"], [8], [1, 8], extra_tasks_concurrency=4)
+            return cls(
+                True,
+                1.0,
+                0.3,
+                [1, 8],
+                ["mixed"],
+                [8],
+                [1, 8],
+                extra_tasks_concurrency=4,
+                single_client_blocks=2,
+                single_client_block=4,
+            )
         if quick:
             return cls(True, 5.0, 1.0, [1, 16, 64], ["mixed"], [64], [1, 64])
         return cls(
@@ -137,25 +153,33 @@ def _metric_delta(before: dict[str, float], after: dict[str, float], model: str)
     }
 
 
-def bare_forward_ms(checkpoint: str, dtype: str, threads: int, out: Path, device: str = "cpu") -> float:
-    """The bare in-process forward pass of the short input, with a replica's thread count."""
-    path = out / "bare.json"
-    cmd = [sys.executable, "-m", "bench.baselines.pipeline", "--checkpoint", checkpoint, "--out", str(path)]
-    cmd += ["--threads", str(threads), "--bare-only", dtype, "--device", device]
-    subprocess.run(cmd, check=True, stdout=sys.stderr)
-    return float(json.loads(path.read_text())["bare_forward_ms"])
+async def single_client_point(
+    send: Any, bare: BareForwardProcess, plan: Plan
+) -> tuple[RunResult, dict[str, Any]]:
+    """The single-client latency run, interleaved with the bare forward pass of the same inputs
+    (bench/bare.py), and what the report needs of the comparison."""
+    result, bare_ms = await interleaved_single_client(
+        send, single_client_items(), bare.measure, plan.single_client_blocks, plan.single_client_block
+    )
+    return result, {
+        "bare_forward_ms": round(statistics.median(bare_ms), 2),
+        "bare_forward_samples": len(bare_ms),
+        "interleaved_blocks": plan.single_client_blocks,
+    }
 
 
 async def _measure_bertserve(
-    server: BertserveProcess, plan: Plan, replicas: int, bare: Any
+    server: BertserveProcess, plan: Plan, replicas: int, bare: BareForwardProcess
 ) -> list[dict[str, Any]]:
     senders = GrpcSenders(server.address)
     points: list[dict[str, Any]] = []
 
     async def point(workload: str, api: str, run: Any, model: str = "bert") -> RunResult:
+        """`run` gives a RunResult, or (RunResult, fields to add to the point)."""
         before, started = server.scrape(), time.perf_counter()
-        result: RunResult = await run
-        extra = _metric_delta(before, server.scrape(), model)
+        outcome = await run
+        result, more = outcome if isinstance(outcome, tuple) else (outcome, {})
+        extra = {**_metric_delta(before, server.scrape(), model), **more}
         # Busy fraction: replica compute seconds over the replicas' wall time between the scrapes.
         wall = time.perf_counter() - started
         replica_count = replicas if model == "bert" else 1
@@ -166,13 +190,9 @@ async def _measure_bertserve(
 
     try:
         fm = senders.fill_mask(model="bert")
-        short = fill_mask_items("short", 256, seed=5)
-        # The machine's speed drifts over minutes: measure the bare forward pass just before and
-        # just after the single-client run, with the replica's threads, and compare to their mean.
-        before = await asyncio.to_thread(bare)
-        await point("short", "unary", closed_loop(fm, short, 1, plan.seconds, plan.warmup))
-        after = await asyncio.to_thread(bare)
-        points[-1]["bare_forward_ms"] = round((before + after) / 2, 2)
+        # The machine's speed drifts over minutes: the bare forward pass of the same inputs is
+        # measured in blocks interleaved with the single client's (bench/bare.py).
+        await point("short", "unary", single_client_point(fm, bare, plan))
         saturated = 0.0
         for workload in plan.workloads:
             items = fill_mask_items(workload, 1024, seed=7)
@@ -214,7 +234,7 @@ async def _measure_ray_serve(address: str, metadata: Any, plan: Plan) -> list[di
     points: list[dict[str, Any]] = []
     try:
         fm = senders.fill_mask()
-        short = fill_mask_items("short", 256, seed=5)
+        short = single_client_items()
         runs = [("short", 1, short)] + [
             ("mixed", c, fill_mask_items("mixed", 1024, seed=7)) for c in plan.baseline_concurrency
         ]
@@ -307,11 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         server.start()
-
-        def bare() -> float:
-            return bare_forward_ms(checkpoint, dtype, threads, out, ns.device)
-
-        results["points"] += asyncio.run(_measure_bertserve(server, plan, ns.replicas, bare))
+        with BareForwardProcess(checkpoint, dtype, threads, ns.device) as bare:
+            results["points"] += asyncio.run(_measure_bertserve(server, plan, ns.replicas, bare))
     finally:
         results["bertserve_exit_code"] = server.stop()
 

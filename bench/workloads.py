@@ -49,6 +49,12 @@ def fill_mask_items(kind: str, n: int, seed: int = 0) -> list[Item]:
     return items
 
 
+def single_client_items() -> list[Item]:
+    """The short inputs of the single-client latency runs, and of the bare forward pass they are
+    compared with (the same inputs: latency differs a little between input lengths)."""
+    return fill_mask_items("short", 256, seed=5)
+
+
 def pair_items(n: int, seed: int = 0, each: int = 16) -> list[Item]:
     """NextSentence pairs, each side `each` words (2 * each + 3 tokens)."""
     rng = random.Random(seed)

@@ -7,10 +7,11 @@ Run as its own process so its torch threads and memory do not mix with the load 
 Measures, with the same thread count as the server:
 - throughput (sequences/s) of `pipeline(texts, batch_size=b)` per dtype and batch size, per
   workload (inputs batched in arrival order, padded to the longest, as the pipeline does);
-- with --bare-only DTYPE, only the bare in-process forward pass of one short input (encoder +
-  masked-LM head at the mask position: exactly what a replica computes), p50 over repeated
-  runs: the floor for the server's single-client latency (bench/run.py measures it right
-  before and after that run, with the replica's thread count);
+- with --bare-serve DTYPE, the same bare forward pass, timed on request (see bench/bare.py);
+- with --bare-only DTYPE, only the bare in-process forward pass of the single-client run's short
+  inputs, one at a time (encoder + masked-LM head at the mask position: exactly what a replica
+  computes), p50: the floor for the server's single-client latency (bench/run.py measures it
+  right before and after that run, with the replica's thread count);
 - the bf16 accuracy check against fp32: top-1 agreement and the largest score difference of the
   top-5 candidates over the mixed workload.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,32 +54,58 @@ def throughput(pipe: Any, items: list[Item], batch_size: int, seconds: float) ->
     return done / (time.perf_counter() - start)
 
 
-def bare_forward_ms(checkpoint: str, dtype: str, text: str, repeats: int) -> float:
-    """p50 of encoder + MLM head at the mask, one input, in-process (no tokenization)."""
-    import torch
-    from transformers import AutoTokenizer, BertForPreTraining
+class BareForward:
+    """Encoder + MLM head at the mask, one input at a time, in-process (no tokenization): what a
+    replica computes for a single short request, without a server around it."""
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = (
-        BertForPreTraining.from_pretrained(
-            checkpoint, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+    def __init__(self, checkpoint: str, dtype: str, texts: list[str]) -> None:
+        import torch
+        from transformers import AutoTokenizer, BertForPreTraining
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.model = (
+            BertForPreTraining.from_pretrained(
+                checkpoint, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+            )
+            .eval()
+            .to(DEVICE)
         )
-        .eval()
-        .to(DEVICE)
-    )
-    inputs = tokenizer(text, return_tensors="pt").to(DEVICE)
-    position = int((inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0])
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            hidden = model.bert(**inputs).last_hidden_state
-            model.cls.predictions(hidden[:, position]).float().softmax(-1).topk(5)
-            if DEVICE == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        self.encoded = []
+        for text in texts:
+            inputs = tokenizer(text, return_tensors="pt").to(DEVICE)
+            position = int((inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0])
+            self.encoded.append((inputs, position))
+        self.cursor = 0
+        self.run(3)  # warm up
+        self.cursor = 0
+
+    def run(self, n: int) -> list[float]:
+        """The next `n` inputs (cycling through the texts), each timed alone: milliseconds."""
+        import torch
+
+        times = []
+        with torch.inference_mode():
+            for _ in range(n):
+                inputs, position = self.encoded[self.cursor % len(self.encoded)]
+                self.cursor += 1
+                start = time.perf_counter()
+                hidden = self.model.bert(**inputs).last_hidden_state
+                self.model.cls.predictions(hidden[:, position]).float().softmax(-1).topk(5)
+                if DEVICE == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - start) * 1000)
+        return times
+
+
+def serve_bare(checkpoint: str, dtype: str) -> None:
+    """--bare-serve: load once, then for each line N on stdin time the next N single-client
+    inputs and print their milliseconds as a JSON list (bench/bare.py drives this)."""
+    bare = BareForward(checkpoint, dtype, [it.text for it in workloads.single_client_items()])
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        print(json.dumps(bare.run(int(line))), flush=True)
 
 
 def accuracy(ref_pipe: Any, low_pipe: Any, items: list[Item]) -> dict[str, Any]:
@@ -105,6 +133,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--bare-only", default="", help="only the bare forward pass, in this dtype")
+    parser.add_argument(
+        "--bare-serve", default="", help="time bare forward passes on request (stdin), in this dtype"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=0.0, help="per point (default 4 quick, 12 full)")
     parser.add_argument("--max-length", type=int, default=512, help="the model's longest input, tokens")
@@ -115,9 +146,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(ns.threads)
+    if ns.bare_serve:
+        serve_bare(ns.checkpoint, ns.bare_serve)
+        return
     if ns.bare_only:
-        short = fill_mask_items("short", 1, seed=2)[0].text
-        ms = bare_forward_ms(ns.checkpoint, ns.bare_only, short, 30)
+        # The single-client run's inputs (the first 64 of them, twice), one at a time.
+        texts = [it.text for it in workloads.single_client_items()[:64]]
+        ms = statistics.median(BareForward(ns.checkpoint, ns.bare_only, texts).run(128))
         ns.out.write_text(json.dumps({"dtype": ns.bare_only, "threads": ns.threads, "bare_forward_ms": ms}))
         return
     seconds = ns.seconds or (4.0 if ns.quick else 12.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import report
-from bench.loadgen import closed_loop, open_loop
+from bench.loadgen import closed_loop, interleaved_single_client, open_loop
 from bench.workloads import LENGTHS, fill_mask_items, padding_efficiency
 
 
@@ -49,6 +49,26 @@ def test_closed_loop_keeps_each_client_to_one_request_and_counts_the_window() ->
     assert most == 4
     assert 100 <= result.requests <= 220 and result.errors == 0
     assert 9 <= result.percentile_ms(50) <= 40 and result.requests_per_s == result.requests / 0.5
+
+
+def test_the_single_client_run_alternates_with_the_bare_forward_pass_over_the_same_inputs() -> None:
+    events: list[tuple[str, object]] = []
+
+    async def send(item: int) -> None:
+        events.append(("send", item))
+
+    def reference(n: int) -> list[float]:
+        events.append(("bare", n))
+        return [1.0] * n
+
+    result, bare_ms = asyncio.run(interleaved_single_client(send, list(range(10)), reference, 3, 2, warmup=1))
+    assert events == [
+        ("send", 0),  # warm-up
+        ("bare", 2), ("send", 0), ("send", 1),
+        ("bare", 2), ("send", 2), ("send", 3),
+        ("bare", 2), ("send", 4), ("send", 5),
+    ]  # fmt: skip
+    assert result.requests == 6 and len(result.latencies_s) == 6 and bare_ms == [1.0] * 6
 
 
 def test_open_loop_sends_at_the_rate_whatever_the_server_does_and_counts_errors() -> None:
