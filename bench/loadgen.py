@@ -73,29 +73,32 @@ async def _timed(
 
 
 async def interleaved_single_client(
-    send: Send,
+    senders: dict[str, Send],
     items: Sequence[Any],
     reference: Callable[[int], list[float]],
     blocks: int,
     per_block: int,
     warmup: int = 5,
-) -> tuple[RunResult, list[float]]:
-    """One client, sending `items` in order, in `blocks` blocks of `per_block` requests; before
-    each block, `reference(per_block)` times the same inputs some other way (bench/bare.py: the
-    bare forward pass) and returns milliseconds. Both sides thus span the same minutes, so the
-    machine's speed drift affects both alike. Returns the client's result and the reference
-    times (ms)."""
-    for item in items[:warmup]:
-        await send(item)
-    result = RunResult("closed", 1, 0.0)
+) -> tuple[dict[str, RunResult], list[float]]:
+    """One client at a time, sending `items` in order, in `blocks` blocks of `per_block` requests
+    per sender; before each block, `reference(per_block)` times the same inputs some other way
+    (bench/bare.py: the bare forward pass) and returns milliseconds. Every side thus spans the
+    same minutes, so the machine's speed drift affects all alike. Returns each sender's result
+    and the reference times (ms)."""
+    for send in senders.values():
+        for item in items[:warmup]:
+            await send(item)
+    results = {name: RunResult("closed", 1, 0.0) for name in senders}
     reference_ms: list[float] = []
     for b in range(blocks):
         reference_ms += await asyncio.to_thread(reference, per_block)
-        block_start = time.perf_counter()
-        for i in range(per_block):
-            await _timed(send, items[(b * per_block + i) % len(items)], result, 1, lambda: True)
-        result.duration_s += time.perf_counter() - block_start
-    return result, reference_ms
+        for name, send in senders.items():
+            result = results[name]
+            block_start = time.perf_counter()
+            for i in range(per_block):
+                await _timed(send, items[(b * per_block + i) % len(items)], result, 1, lambda: True)
+            result.duration_s += time.perf_counter() - block_start
+    return results, reference_ms
 
 
 async def closed_loop(

@@ -29,7 +29,7 @@ from bench import report, workloads
 from bench.bare import BareForwardProcess
 from bench.loadgen import RunResult, closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
-from bench.targets import BertserveProcess, GrpcSenders
+from bench.targets import BertserveProcess, GrpcSenders, blocking_fill_mask
 from bench.workloads import classify_items, fill_mask_items, pair_items, single_client_items
 
 # bf16 is the default on a machine that has it only if it agrees with fp32 this well.
@@ -154,17 +154,26 @@ def _metric_delta(before: dict[str, float], after: dict[str, float], model: str)
 
 
 async def single_client_point(
-    send: Any, bare: BareForwardProcess, plan: Plan
+    send: Any, sync_send: Any, bare: BareForwardProcess, plan: Plan
 ) -> tuple[RunResult, dict[str, Any]]:
-    """The single-client latency run, interleaved with the bare forward pass of the same inputs
+    """The single-client latency run, with the asyncio stub (the point's figures) and with the
+    blocking stub (`sync_*`), interleaved with the bare forward pass of the same inputs
     (bench/bare.py), and what the report needs of the comparison."""
-    result, bare_ms = await interleaved_single_client(
-        send, single_client_items(), bare.measure, plan.single_client_blocks, plan.single_client_block
+    results, bare_ms = await interleaved_single_client(
+        {"aio": send, "sync": sync_send},
+        single_client_items(),
+        bare.measure,
+        plan.single_client_blocks,
+        plan.single_client_block,
     )
-    return result, {
+    sync = results["sync"]
+    return results["aio"], {
         "bare_forward_ms": round(statistics.median(bare_ms), 2),
         "bare_forward_samples": len(bare_ms),
         "interleaved_blocks": plan.single_client_blocks,
+        "sync_p50_ms": round(sync.percentile_ms(50), 2),
+        "sync_p90_ms": round(sync.percentile_ms(90), 2),
+        "sync_errors": sync.errors,
     }
 
 
@@ -192,7 +201,11 @@ async def _measure_bertserve(
         fm = senders.fill_mask(model="bert")
         # The machine's speed drifts over minutes: the bare forward pass of the same inputs is
         # measured in blocks interleaved with the single client's (bench/bare.py).
-        await point("short", "unary", single_client_point(fm, bare, plan))
+        sync_fm, sync_close = blocking_fill_mask(server.address, model="bert")
+        try:
+            await point("short", "unary", single_client_point(fm, sync_fm, bare, plan))
+        finally:
+            sync_close()
         saturated = 0.0
         for workload in plan.workloads:
             items = fill_mask_items(workload, 1024, seed=7)

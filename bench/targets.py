@@ -126,6 +126,18 @@ def _serving(address: str) -> bool:
         return False
 
 
+def blocking_fill_mask(address: str, model: str = "", top_k: int = 5) -> tuple[Send, Any]:
+    """A FillMask sender over the blocking (sync) generated stub, for the single-client run: it
+    blocks the event loop while it waits, which a lone client can afford. Returns (send, close)."""
+    channel = grpc.insecure_channel(address)
+    stub = bert_service_pb2_grpc.BertServiceStub(channel)
+
+    async def send(item: Item) -> None:
+        stub.FillMask(fill_mask_pb2.FillMaskRequest(texts=[item.text], top_k=top_k, model=model), timeout=120)
+
+    return send, channel.close
+
+
 class GrpcSenders:
     """Request senders over the bertserve.v1 contract (unary, and one bidirectional stream per
     concurrent client), sharing a few HTTP/2 channels."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,21 +55,25 @@ def test_closed_loop_keeps_each_client_to_one_request_and_counts_the_window() ->
 def test_the_single_client_run_alternates_with_the_bare_forward_pass_over_the_same_inputs() -> None:
     events: list[tuple[str, object]] = []
 
-    async def send(item: int) -> None:
-        events.append(("send", item))
+    def sender(name: str) -> Any:
+        async def send(item: int) -> None:
+            events.append((name, item))
+
+        return send
 
     def reference(n: int) -> list[float]:
         events.append(("bare", n))
         return [1.0] * n
 
-    result, bare_ms = asyncio.run(interleaved_single_client(send, list(range(10)), reference, 3, 2, warmup=1))
+    senders = {"a": sender("a"), "b": sender("b")}
+    run = interleaved_single_client(senders, list(range(10)), reference, 2, 2, warmup=1)
+    results, bare_ms = asyncio.run(run)
     assert events == [
-        ("send", 0),  # warm-up
-        ("bare", 2), ("send", 0), ("send", 1),
-        ("bare", 2), ("send", 2), ("send", 3),
-        ("bare", 2), ("send", 4), ("send", 5),
+        ("a", 0), ("b", 0),  # warm-up
+        ("bare", 2), ("a", 0), ("a", 1), ("b", 0), ("b", 1),
+        ("bare", 2), ("a", 2), ("a", 3), ("b", 2), ("b", 3),
     ]  # fmt: skip
-    assert result.requests == 6 and len(result.latencies_s) == 6 and bare_ms == [1.0] * 6
+    assert [r.requests for r in results.values()] == [4, 4] and bare_ms == [1.0] * 4
 
 
 def test_open_loop_sends_at_the_rate_whatever_the_server_does_and_counts_errors() -> None:
