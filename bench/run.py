@@ -68,7 +68,17 @@ class Plan:
                 single_client_block=4,
             )
         if quick:
-            return cls(True, 5.0, 1.0, [1, 16, 64], ["mixed"], [64], [1, 64])
+            return cls(
+                True,
+                5.0,
+                1.0,
+                [1, 16, 64],
+                ["mixed"],
+                [64],
+                [1, 64],
+                single_client_blocks=6,
+                single_client_block=10,
+            )
         return cls(
             False,
             15.0,
