@@ -99,9 +99,10 @@ class Settings:
     max_wait_ms: float = _f(2.0, "longest a request waits for its batch to fill while replicas are busy, ms")
     batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)")
     min_padding_efficiency: float = _f(
-        0.7,
+        0.9,
         "batcher: real tokens / padded tokens a batch must keep, 0..1 (keeps short inputs out of long "
-        "batches; lower it on GPUs, where padding is cheaper)",
+        "batches: on CPU a batch costs about its padded tokens; lower it on GPUs, where padding is "
+        "cheaper)",
     )
     max_queued_requests: int = _f(4096, "queued inputs per model; more get RESOURCE_EXHAUSTED")
     # Admission (per model; server/scheduling/admission.py)

@@ -4,7 +4,7 @@ A batch is sent as soon as a replica is idle (no added latency at low load). Whi
 replica is busy, the batch for a replica's queued slot keeps filling until it is full, its
 oldest input has waited `max_wait_s`, or a replica goes idle. Batches group inputs of similar
 length (around the oldest waiting input, so nothing starves) under `max_batch_tokens` padded
-tokens. One Ray call per batch.
+tokens. One replica call per batch (workers/pool.py: the direct channel or a Ray actor call).
 """
 
 from __future__ import annotations
