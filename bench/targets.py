@@ -25,6 +25,7 @@ from bertserve.v1 import (
     bert_service_pb2_grpc,
     classify_sequence_pb2,
     fill_mask_pb2,
+    models_pb2,
     next_sentence_pb2,
 )
 
@@ -104,6 +105,15 @@ class BertserveProcess:
                     key = f"{sample.labels['model']}:{key}"
                 out[key] = out.get(key, 0.0) + float(sample.value)
         return out
+
+    def replica_dtypes(self, model: str) -> list[tuple[str, str]]:
+        """Each replica's (dtype, how it was chosen), from GetModelInfo: with dtype auto the
+        replicas decide on their own CPU (workers/backends/torch_bert.py)."""
+        with grpc.insecure_channel(self.address) as channel:
+            info = bert_service_pb2_grpc.BertServiceStub(channel).GetModelInfo(
+                models_pb2.GetModelInfoRequest(model=model), timeout=30
+            )
+        return [(r.dtype, r.dtype_choice) for r in info.model.replicas]
 
     def stop(self) -> int:
         if self.process is None:

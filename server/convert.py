@@ -346,6 +346,8 @@ def model_info(model: ServedModel, default_for: Sequence[Task]) -> models_pb2.Mo
                 sequences=r.sequences,
                 pid=r.report.pid if r.report else 0,
                 restarts=r.restarts,
+                dtype=r.report.dtype if r.report else "",
+                dtype_choice=r.report.dtype_choice if r.report else "",
             )
             for r in model.pool.replicas()
         ],

@@ -272,6 +272,7 @@ class ReplicaPool:
             replica=handle.replica_id,
             device=report.device,
             dtype=report.dtype,
+            dtype_choice=report.dtype_choice,
             node=report.node_id,
             pid=report.pid,
         )

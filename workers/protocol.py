@@ -132,5 +132,7 @@ class ReplicaReport:
     warnings: tuple[str, ...] = ()
     architecture: str = ""
     hidden_size: int = 0
+    # How the replica chose its dtype (dtype auto: the probes' figures).
+    dtype_choice: str = ""
     # Set when the model could not be loaded; the replica then serves nothing.
     load_error: str = ""

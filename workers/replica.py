@@ -76,6 +76,7 @@ class Replica:
             warnings=b.warnings,
             architecture=b.architecture,
             hidden_size=b.hidden_size,
+            dtype_choice=b.dtype_choice,
         )
 
     def open_channel(self) -> str:

@@ -72,3 +72,4 @@ def test_model_info_describes_the_checkpoint(server: RunningServer, tiny_checkpo
     assert info.limits.max_top_k == 100 and info.limits.max_batch_size == 32
     assert {r.state for r in info.replicas} == {models_pb2.REPLICA_STATE_READY}
     assert all(r.device == "cpu" and r.node_id for r in info.replicas)
+    assert all(r.dtype == "float32" and r.dtype_choice == "configured" for r in info.replicas)

@@ -99,23 +99,55 @@ def test_replica_refuses_a_task_its_head_weights_cannot_serve(tmp_path: Path) ->
     assert plain.warnings and "ClassifyTokens is not served" in plain.warnings[0]
 
 
-def test_dtype_auto_on_cpu_picks_bfloat16_only_where_the_cpu_has_it_and_the_probe_agrees(
+def test_dtype_auto_on_cpu_picks_bfloat16_only_where_the_cpu_has_it_the_probe_agrees_and_it_is_faster(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bertserve.workers.backends import torch_bert
 
     spec = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), dtype="auto")
     monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.015))
     report = Replica(spec, "tiny-0").ready()
     assert report.load_error == "" and report.dtype == "bfloat16"
-    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: False)
+    assert report.dtype_choice.startswith("bfloat16: agrees with float32 and is 2.00x faster")
+    # AVX-512 BF16 without AMX can be slower than float32 (an Intel host measured 0.68x on
+    # bert-base): then float32 is served, and the report says why.
+    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.045))
+    slower = Replica(spec, "tiny-0").ready()
+    assert slower.dtype == "float32" and not slower.warnings
+    assert "bfloat16 is not faster on this CPU (0.67x" in slower.dtype_choice
+    # Faster, but by less than BF16_MIN_SPEEDUP: not worth bfloat16's rounding.
+    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.029))
     assert Replica(spec, "tiny-0").ready().dtype == "float32"
-    # A probe that disagrees keeps float32 and says why.
+    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: False)
+    without = Replica(spec, "tiny-0").ready()
+    assert without.dtype == "float32" and "no bf16 instructions" in without.dtype_choice
+    # A probe that disagrees keeps float32 and says why (the timing is not even taken).
     monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(torch_bert, "_probe", lambda ref, low: (0.5, 0.3))
+    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: pytest.fail("timed"))
     disagreeing = Replica(spec, "tiny-0").ready()
     assert disagreeing.dtype == "float32"
     assert any("bfloat16 disagreed with float32" in w for w in disagreeing.warnings)
+    explicit = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), dtype="bfloat16")
+    assert Replica(explicit, "tiny-0").ready().dtype_choice == "configured"
+
+
+def test_encoder_timing_probe_times_both_models(tiny_checkpoint: Path) -> None:
+    import copy
+
+    import torch
+    from transformers import BertForPreTraining
+
+    from bertserve.workers.backends.torch_bert import _time_encoders
+
+    model = BertForPreTraining.from_pretrained(str(tiny_checkpoint)).eval()
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    calls: list[int] = []
+    model.base_model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(1), with_kwargs=True)
+    fp32_s, bf16_s = _time_encoders(model, low, rounds=3)
+    assert 0 < fp32_s < 5 and 0 < bf16_s < 5
+    assert len(calls) == 4  # one untimed pass, then 3 timed rounds, of the float32 encoder
 
 
 def test_bf16_probe_measures_agreement_between_two_models(tiny_checkpoint: Path) -> None:

@@ -29,6 +29,8 @@ class Backend(Protocol):
     hidden_size: int
     architecture: str
     warnings: tuple[str, ...]
+    # How dtype was chosen (dtype auto: what the probes measured); "" when not reported.
+    dtype_choice: str
 
     def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput: ...
 

@@ -55,6 +55,7 @@ class FakeBackend:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.device = "cpu"
         self.dtype = spec.dtype
+        self.dtype_choice = "fake backend"
         self.tasks: tuple[Task, ...] = (
             Task.FILL_MASK,
             Task.NEXT_SENTENCE,

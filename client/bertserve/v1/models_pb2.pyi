@@ -153,6 +153,8 @@ class ReplicaInfo(_message.Message):
     SEQUENCES_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    DTYPE_CHOICE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     state: Global___ReplicaState.ValueType
     device: _builtins.str
@@ -166,6 +168,12 @@ class ReplicaInfo(_message.Message):
     """Operating-system process id of the replica on its node."""
     restarts: _builtins.int
     """Times the replica crashed and was restarted by Ray."""
+    dtype: _builtins.str
+    """Weights and compute dtype. Replicas resolve dtype auto on their own CPU, so they may differ."""
+    dtype_choice: _builtins.str
+    """How the replica chose its dtype: "configured", or for auto what its accuracy and speed
+    probes measured (e.g. "float32: bfloat16 is not faster on this CPU (0.68x; ...)").
+    """
     def __init__(
         self,
         *,
@@ -177,10 +185,12 @@ class ReplicaInfo(_message.Message):
         sequences: _builtins.int = ...,
         pid: _builtins.int = ...,
         restarts: _builtins.int = ...,
+        dtype: _builtins.str = ...,
+        dtype_choice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "device", b"device", "node_id", b"node_id", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "device", b"device", "dtype", b"dtype", "dtype_choice", b"dtype_choice", "node_id", b"node_id", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
