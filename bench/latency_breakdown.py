@@ -8,7 +8,8 @@ the default) it starts `bertserve serve` on the bert-base-shaped checkpoint, sen
 single-client run's short FillMask inputs one at a time with BertClient and prints medians in
 milliseconds: client, server total, replica compute (inference), queue and tokenization, and the
 bare in-process forward pass of the same inputs (replica's thread count), measured in blocks
-interleaved with the requests (bench/bare.py: the machine's speed drifts over minutes).
+interleaved with the requests (bench/bare.py: the machine's speed drifts over minutes). Last, the
+floor of the gRPC hop alone: a do-nothing round trip after the same idle time (bench/grpc_floor.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 import sys
 import time
 
+from bench import grpc_floor
 from bench.bare import BareForwardProcess
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port
@@ -87,12 +89,15 @@ def main() -> None:
     parser.add_argument("--transports", default="ray,channel", help="comma-separated: ray, channel")
     ns = parser.parse_args()
     checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
-    results: dict[str, object] = {}
+    results: dict[str, dict[str, float]] = {}
     with BareForwardProcess(checkpoint, ns.dtype, ns.threads) as bare:
         for name in ns.transports.split(","):
             results[name] = measure(checkpoint, ns, TRANSPORTS[name], bare)
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
-    print(json.dumps(results))
+    # The transport's own floor: a do-nothing gRPC round trip after the same idle time.
+    gap = round(statistics.median(r["bare_forward_ms"] for r in results.values()), 1)
+    floor = grpc_floor.measure([gap], 60)[f"{gap:g}"]
+    print(json.dumps({**results, "grpc_echo_floor_ms": floor, "grpc_echo_gap_ms": gap}))
 
 
 if __name__ == "__main__":

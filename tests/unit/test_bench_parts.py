@@ -169,3 +169,12 @@ def test_headline_ratios_come_from_the_same_run(tmp_path: Path) -> None:
     markdown = (tmp_path / "results.md").read_text()
     assert "| vs_pipeline | 1.5 |" in markdown and "python -m bench --quick" in markdown
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grpc_floor_times_a_do_nothing_round_trip_per_gap() -> None:
+    from bench import grpc_floor
+
+    out = grpc_floor.measure([0, 3], calls=5, warmup=2)
+    assert set(out) == {"0", "3"}
+    # A round trip on loopback takes some time, and far less than a second.
+    assert all(0 < ms < 1000 for ms in out.values())
