@@ -66,7 +66,7 @@ class Plan:
         if quick:
             return cls(
                 True,
-                5.0,
+                4.0,
                 1.0,
                 # One client is measured on short inputs (both targets), so mixed starts at 16 to
                 # stay under 3 minutes on a slow 2-core host.
@@ -320,13 +320,25 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "smoke" if ns.smoke else "quick" if ns.quick else "full",
         "checkpoint": checkpoint if ns.checkpoint else "random bert-base-cased shape (bench/model.py)",
         "points": [],
+        "phase_s": {},
     }
+    last = [time.time()]
+
+    def phase(name: str) -> None:
+        """Record how long the phase that just ended took, and say so (progress on long runs)."""
+        now = time.time()
+        results["phase_s"][name] = round(now - last[0], 1)
+        last[0] = now
+        print(f"bench: {name} took {results['phase_s'][name]} s", file=sys.stderr, flush=True)
+
+    phase("models")
     pipeline: dict[str, Any] = {}
     if "pipeline" not in skip:
         pipeline = run_pipeline_baseline(
             checkpoint, total_threads, ns.quick or ns.smoke, out, ns.device, ns.smoke
         )
         results["pipeline"] = pipeline
+        phase("pipeline")
     metrics_port = _free_port()
     server = BertserveProcess(
         checkpoint,
@@ -351,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             "threads_per_replica": threads,
         }
         print(json.dumps(results["bertserve_config"]), file=sys.stderr, flush=True)
+        phase("bertserve_start")
         with BareForwardProcess(checkpoint, dtype, threads, ns.device) as bare:
             results["points"] += asyncio.run(_measure_bertserve(server, plan, ns.replicas, bare))
+        phase("bertserve_points")
     finally:
         results["bertserve_exit_code"] = server.stop()
 
@@ -370,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             address = baseline.start()
+            phase("ray_serve_start")
             results["points"] += asyncio.run(_measure_ray_serve(address, baseline.metadata, plan))
+            phase("ray_serve_points")
         finally:
             baseline.stop()
     results["elapsed_s"] = round(time.time() - started, 1)

@@ -137,7 +137,7 @@ def main() -> None:
         "--bare-serve", default="", help="time bare forward passes on request (stdin), in this dtype"
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--seconds", type=float, default=0.0, help="per point (default 4 quick, 12 full)")
+    parser.add_argument("--seconds", type=float, default=0.0, help="per point (default 3 quick, 12 full)")
     parser.add_argument("--max-length", type=int, default=512, help="the model's longest input, tokens")
     ns = parser.parse_args()
     global DEVICE
@@ -155,7 +155,7 @@ def main() -> None:
         ms = statistics.median(BareForward(ns.checkpoint, ns.bare_only, texts).run(128))
         ns.out.write_text(json.dumps({"dtype": ns.bare_only, "threads": ns.threads, "bare_forward_ms": ms}))
         return
-    seconds = ns.seconds or (4.0 if ns.quick else 12.0)
+    seconds = ns.seconds or (3.0 if ns.quick else 12.0)
     batch_sizes = [1, 8] if ns.quick else [1, 2, 4, 8, 16, 32]
     kinds = ["mixed"] if ns.quick else ["short", "medium", "long", "mixed"]
     result: dict[str, Any] = {"threads": ns.threads, "seconds_per_point": seconds, "points": []}
