@@ -142,11 +142,12 @@ class TorchBertBackend:
         low = copy.deepcopy(self.model).to(torch.bfloat16)
         agreement, diff = _probe(self.model, low)
         if agreement < BF16_MIN_AGREEMENT or diff > BF16_MAX_PROB_DIFF:
-            self.dtype_choice = (
-                f"float32: bfloat16 disagreed with float32 on the probe batch (top-1 agreement "
+            reason = (
+                f"bfloat16 disagreed with float32 on the probe batch (top-1 agreement "
                 f"{agreement:.3f}, largest probability difference {diff:.3g})"
             )
-            warnings.append(f"dtype auto: {self.dtype_choice[9:]}; serving float32")
+            self.dtype_choice = f"float32: {reason}"
+            warnings.append(f"dtype auto: {reason}; serving float32")
             return
         fp32_s, bf16_s = _time_encoders(self.model, low)
         speedup = fp32_s / bf16_s
