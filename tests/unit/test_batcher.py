@@ -179,6 +179,39 @@ def test_router_keeps_at_most_depth_batches_per_replica_and_spreads_load() -> No
     _run(main())
 
 
+def test_router_keeps_a_lone_client_on_the_replica_that_finished_last() -> None:
+    async def main() -> None:
+        a, b, c = FakeReplica("a"), FakeReplica("b"), FakeReplica("c")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b, c)), _limits(max_wait_s=0))
+        batcher.start()
+        for i in range(5):  # one request at a time: all on one warm replica, not round robin
+            item = _item(2, tag=i)
+            batcher.submit([item])
+            await item.future
+        assert (len(a.calls), len(b.calls), len(c.calls)) == (5, 0, 0)
+        # While `a` is busy the next request goes to an idle replica, and once both are done the
+        # one that finished last is preferred.
+        gate = asyncio.Event()
+        a.gate = gate
+        held = _item(2, tag=10)
+        batcher.submit([held])
+        await asyncio.sleep(0.01)
+        other = _item(2, tag=11)
+        batcher.submit([other])
+        await other.future
+        assert len(b.calls) == 1 and len(c.calls) == 0
+        gate.set()
+        await held.future
+        a.gate = None
+        last = _item(2, tag=12)
+        batcher.submit([last])
+        await last.future
+        assert len(a.calls) == 7 and len(b.calls) == 1
+        await batcher.stop()
+
+    _run(main())
+
+
 def test_full_queue_rejects_the_whole_request_with_overloaded() -> None:
     async def main() -> None:
         replica = FakeReplica("r0")
