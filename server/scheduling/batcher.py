@@ -233,29 +233,8 @@ class Batcher:
     async def _execute(self, replica: Replica, batch: list[WorkItem]) -> None:
         dispatched = time.monotonic()
         args = self._kernel.collate(batch)
-        padded = max(it.length for it in batch) * len(batch)
-        tried: set[str] = set()
-        attempts = 1
         try:
-            while True:
-                tried.add(replica.replica_id)
-                try:
-                    output = await replica.call(self._kernel.method, *args)
-                    break
-                except ReplicaFailed as exc:
-                    self._log.warning(
-                        "batch_failed", replica=replica.replica_id, batch_size=len(batch), error=str(exc)
-                    )
-                    await self._router.release(replica)
-                    replica = None  # type: ignore[assignment]
-                    # Inference is idempotent: retry once (elsewhere when another replica is alive).
-                    if attempts >= 2:
-                        raise Unavailable("the replica computing this request failed") from None
-                    attempts += 1
-                    self.stats.retries += 1
-                    if self._metrics is not None:
-                        self._metrics.retry()
-                    replica = await self._router.acquire(exclude=frozenset(tried))
+            output, replica = await self._compute(replica, batch, args)
         except ServingError as exc:
             _fail(batch, exc)
             return
@@ -266,14 +245,61 @@ class Batcher:
             self._log.exception("batch_error", batch_size=len(batch))
             _fail(batch, Internal("internal error while computing the batch"))
             return
+        compute_us = int(getattr(output, "compute_us", 0))
+        try:
+            try:
+                outputs = self._kernel.split(output, batch)
+            except Exception:
+                self._log.exception("batch_split_error", batch_size=len(batch))
+                _fail(batch, Internal("internal error while reading the batch's results"))
+                return
+            for item, out in zip(batch, outputs, strict=True):
+                if not item.future.done():
+                    queue_us = int((dispatched - item.enqueued_at) * 1e6)
+                    item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
         finally:
-            if replica is not None:
+            await self._router.release(replica)
+            self.wake()
+        # The callers take their results in the next event-loop turn: they answer their clients
+        # before the bookkeeping.
+        await asyncio.sleep(0)
+        self._account(replica, batch, compute_us, dispatched)
+
+    async def _compute(
+        self, replica: Replica, batch: list[WorkItem], args: tuple[Any, ...]
+    ) -> tuple[Any, Replica]:
+        """Run the batch on `replica`; when the replica fails, once more (elsewhere when another
+        replica is alive: inference is idempotent). Returns the output and the replica that
+        computed it, still reserved; whatever it raises, it has released what it reserved."""
+        tried: set[str] = set()
+        attempts = 1
+        while True:
+            tried.add(replica.replica_id)
+            try:
+                return await replica.call(self._kernel.method, *args), replica
+            except ReplicaFailed as exc:
+                self._log.warning(
+                    "batch_failed", replica=replica.replica_id, batch_size=len(batch), error=str(exc)
+                )
+                await self._router.release(replica)
+            except BaseException:
                 await self._router.release(replica)
                 self.wake()
+                raise
+            if attempts >= 2:
+                raise Unavailable("the replica computing this request failed")
+            attempts += 1
+            self.stats.retries += 1
+            if self._metrics is not None:
+                self._metrics.retry()
+            replica = await self._router.acquire(exclude=frozenset(tried))
+
+    def _account(self, replica: Replica, batch: list[WorkItem], compute_us: int, dispatched: float) -> None:
+        """Counters, the recent batch time, metrics and the log line of a computed batch."""
+        padded = max(it.length for it in batch) * len(batch)
+        real = sum(it.length for it in batch)
         replica.batches += 1
         replica.sequences += len(batch)
-        real = sum(it.length for it in batch)
-        compute_us = int(getattr(output, "compute_us", 0))
         batch_s = compute_us / 1e6 if compute_us > 0 else time.monotonic() - dispatched
         previous = self.recent_batch_s
         self.recent_batch_s = batch_s if previous is None else 0.7 * previous + 0.3 * batch_s
@@ -290,11 +316,6 @@ class Batcher:
                 compute_s=compute_us / 1e6,
                 transport=replica.transport,
             )
-        outputs = self._kernel.split(output, batch)
-        for item, out in zip(batch, outputs, strict=True):
-            if not item.future.done():
-                queue_us = int((dispatched - item.enqueued_at) * 1e6)
-                item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
         self._log.debug(
             "batch_done",
             replica=replica.replica_id,

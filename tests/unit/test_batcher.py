@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bertserve.server.errors import DeadlineExceeded, Overloaded, Unavailable
+from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, Unavailable
 from bertserve.server.scheduling.batcher import Batcher, BatchLimits, take_batch
 from bertserve.server.scheduling.router import Router
 from bertserve.server.scheduling.work import ItemResult, WorkItem
@@ -207,6 +207,27 @@ def test_router_keeps_a_lone_client_on_the_replica_that_finished_last() -> None:
         batcher.submit([last])
         await last.future
         assert len(a.calls) == 7 and len(b.calls) == 1
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_results_that_cannot_be_split_fail_the_batch_and_free_the_replica() -> None:
+    class BrokenSplit(EchoKernel):
+        def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
+            raise ValueError("a task's split has a bug")
+
+    async def main() -> None:
+        replica = FakeReplica("r0")
+        batcher = Batcher("t", BrokenSplit(), Router(Pool(replica)), _limits(max_wait_s=0))
+        batcher.start()
+        items = [_item(2, tag=1), _item(2, tag=2)]
+        batcher.submit(items)
+        for item in items:  # answered with an error, not left waiting forever
+            with pytest.raises(Internal, match="results"):
+                await item.future
+        await asyncio.sleep(0)
+        assert replica.inflight == 0 and batcher.stats.batches == 0
         await batcher.stop()
 
     _run(main())
