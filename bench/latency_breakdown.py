@@ -8,8 +8,11 @@ the default) it starts `bertserve serve` on the bert-base-shaped checkpoint, sen
 single-client run's short FillMask inputs one at a time with BertClient and prints medians in
 milliseconds: client, server total, replica compute (inference), queue and tokenization, and the
 bare in-process forward pass of the same inputs (replica's thread count), measured in blocks
-interleaved with the requests (bench/bare.py: the machine's speed drifts over minutes). Last, the
-floor of the gRPC hop alone: a do-nothing round trip after the same idle time (bench/grpc_floor.py).
+interleaved with the requests (bench/bare.py: the machine's speed drifts over minutes). Last, two
+floors: the gRPC hop alone, a do-nothing round trip after the same idle time (bench/grpc_floor.py),
+and the two hops of any server built this way, client -> gRPC front end -> model process running
+the same forward pass, with no bertserve code (bench/stack_floor.py), to set beside bertserve's
+client time minus its replica's inference time (`client_over_inference_ms`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import statistics
 import sys
 import time
 
-from bench import grpc_floor
+from bench import grpc_floor, stack_floor
 from bench.bare import BareForwardProcess
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port
@@ -75,6 +78,7 @@ def measure(
     result["grpc_and_client_ms"] = round(result["client_ms"] - result["server_total_ms"], 2)
     result["bare_forward_ms"] = round(statistics.median(bare_ms), 2)
     result["client_over_bare_ms"] = round(result["client_ms"] - result["bare_forward_ms"], 2)
+    result["client_over_inference_ms"] = round(result["client_ms"] - result["inference_ms"], 2)
     return result
 
 
@@ -97,7 +101,8 @@ def main() -> None:
     # The transport's own floor: a do-nothing gRPC round trip after the same idle time.
     gap = round(statistics.median(r["bare_forward_ms"] for r in results.values()), 1)
     floor = grpc_floor.measure([gap], 60)[f"{gap:g}"]
-    print(json.dumps({**results, "grpc_echo_floor_ms": floor, "grpc_echo_gap_ms": gap}))
+    stack = stack_floor.measure(checkpoint, ns.dtype, ns.threads, 60)
+    print(json.dumps({**results, "grpc_echo_floor_ms": floor, "grpc_echo_gap_ms": gap, "stack_floor": stack}))
 
 
 if __name__ == "__main__":

@@ -178,3 +178,13 @@ def test_grpc_floor_times_a_do_nothing_round_trip_per_gap() -> None:
     assert set(out) == {"0", "3"}
     # A round trip on loopback takes some time, and far less than a second.
     assert all(0 < ms < 1000 for ms in out.values())
+
+
+def test_stack_floor_times_two_hops_around_a_real_forward_pass(tiny_checkpoint: Path) -> None:
+    from bench import stack_floor
+
+    out = stack_floor.measure(str(tiny_checkpoint), "float32", 1, calls=4, warmup=1)
+    assert set(out) == {"round_trip_ms", "compute_ms", "floor_ms"}
+    # The worker really computed (a forward pass takes time) and the hops cost something on top.
+    assert out["compute_ms"] > 0 and 0 < out["floor_ms"] < 1000
+    assert out["round_trip_ms"] >= out["floor_ms"]
