@@ -9,6 +9,14 @@ and stay up; the load then alternates between them in blocks of `--seconds`, A B
 Only the server under load computes; the other's replicas are idle. Prints one JSON line:
 sequences/s and padding efficiency per configuration, and B/A as the median of the per-round
 ratios.
+
+    python -m bench.ab --a "FLAGS" --b "FLAGS" --single-client 120 [--dtype float32]
+
+measures single-client latency instead: short FillMask requests one at a time, in blocks of
+`--block` back to back (as one client sends them), A and B taking turns (A B, B A, ...), each
+block after a block of bare forward passes of the same inputs (bench/bare.py); prints each
+configuration's p50, the bare p50, and B - A as the median of the per-round differences of
+block medians.
 """
 
 from __future__ import annotations
@@ -18,13 +26,15 @@ import asyncio
 import json
 import statistics
 import sys
+import time
 from typing import Any
 
+from bench.bare import BareForwardProcess
 from bench.loadgen import closed_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port, _metric_delta
 from bench.targets import BertserveProcess, GrpcSenders
-from bench.workloads import fill_mask_items
+from bench.workloads import fill_mask_items, single_client_items
 
 
 async def _block(server: BertserveProcess, clients: int, seconds: float) -> dict[str, Any]:
@@ -39,6 +49,41 @@ async def _block(server: BertserveProcess, clients: int, seconds: float) -> dict
     return {"seq_s": result.sequences_per_s, "errors": result.errors, **delta}
 
 
+async def _single_client(
+    servers: dict[str, BertserveProcess], requests: int, block: int, bare: BareForwardProcess
+) -> dict[str, Any]:
+    senders = {name: GrpcSenders(server.address) for name, server in servers.items()}
+    try:
+        send = {name: s.fill_mask(model="bert") for name, s in senders.items()}
+        items = single_client_items()
+        for name in send:
+            for item in items[:5]:
+                await send[name](item)
+        ms: dict[str, list[list[float]]] = {name: [] for name in send}
+        bare_ms: list[float] = []
+        for r in range(max(1, requests // block)):
+            for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                bare_ms += await asyncio.to_thread(bare.measure, block)
+                times = []
+                for i in range(block):
+                    start = time.perf_counter()
+                    await send[name](items[(r * block + i) % len(items)])
+                    times.append((time.perf_counter() - start) * 1000)
+                ms[name].append(times)
+    finally:
+        for s in senders.values():
+            await s.close()
+    bare_p50 = statistics.median(bare_ms)
+    out: dict[str, Any] = {"requests": requests, "block": block, "bare_p50_ms": round(bare_p50, 2)}
+    for name, blocks in ms.items():
+        p50 = statistics.median(t for times in blocks for t in times)
+        out[f"{name}_p50_ms"] = round(p50, 2)
+        out[f"{name}_over_bare_ms"] = round(p50 - bare_p50, 2)
+    diffs = [statistics.median(b) - statistics.median(a) for a, b in zip(ms["a"], ms["b"], strict=True)]
+    out["b_minus_a_ms"] = round(statistics.median(diffs), 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,6 +96,10 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument(
+        "--single-client", type=int, default=0, help="single-client latency: requests per configuration"
+    )
+    parser.add_argument("--block", type=int, default=12, help="single-client requests per block")
     ns = parser.parse_args()
     checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
     servers = {
@@ -69,6 +118,11 @@ def main() -> None:
     try:
         for server in servers.values():
             server.start()
+        if ns.single_client:
+            with BareForwardProcess(checkpoint, ns.dtype, ns.threads) as bare:
+                result = asyncio.run(_single_client(servers, ns.single_client, ns.block, bare))
+            print(json.dumps({"a": ns.a, "b": ns.b, **result}))
+            return
         for r in range(ns.rounds):
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
                 blocks[name].append(asyncio.run(_block(servers[name], ns.clients, ns.seconds)))

@@ -190,6 +190,7 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> 
             min_padding_efficiency=s.min_padding_efficiency,
         ),
         batches_per_replica=s.batches_per_replica,
+        replica_choice=s.replica_choice,
         admission_limits=AdmissionLimits(
             max_inflight=s.max_inflight_requests, max_queued_tokens=s.max_queued_tokens
         ),

@@ -52,6 +52,7 @@ class ModelConfig:
     demo: bool = False
     description: str = ""
     admission_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    replica_choice: str = "warm"  # Settings.replica_choice
     autoscale: AutoscaleLimits = field(default_factory=AutoscaleLimits)
 
 
@@ -82,7 +83,9 @@ class ServedModel:
         self.config = config
         self.tokenizer = tokenizer
         self.pool = pool
-        self.router = Router(pool, depth=config.batches_per_replica)
+        self.router = Router(
+            pool, depth=config.batches_per_replica, prefer_warm=config.replica_choice == "warm"
+        )
         self.batchers = {
             task: Batcher(
                 f"{config.name}:{task.value}",

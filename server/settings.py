@@ -99,6 +99,13 @@ class Settings:
     max_batch_tokens: int = _f(16384, "most padded tokens (batch size x longest sequence) in one batch")
     max_wait_ms: float = _f(2.0, "longest a request waits for its batch to fill while replicas are busy, ms")
     batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)")
+    replica_choice: str = _f(
+        "warm",
+        "router: which of several equally loaded replicas takes the next batch: warm (the one that "
+        "finished a batch last, so a lone client stays on one warm replica) or spread (the one with "
+        "the fewest batches, so work alternates)",
+        ("warm", "spread"),
+    )
     min_padding_efficiency: float = _f(
         0.9,
         "batcher: real tokens / padded tokens a batch must keep, 0..1 (keeps short inputs out of long "

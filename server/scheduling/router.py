@@ -5,9 +5,9 @@ between batches; the router never queues more than that on a replica.
 
 Among equally loaded replicas the one that finished a batch most recently goes first (then the
 one with fewest batches): at low load the work stays on a warm replica instead of alternating
-between replicas that have each sat idle. On the 2-core development VM a single client's
-requests were 1.6 ms faster that way than alternating over two replicas (docs/benchmarks.md,
-"Where a request's time goes"); under load every replica is busy and this never decides.
+between replicas that have each sat idle (Settings.replica_choice "warm", the default; "spread"
+takes the one with fewest batches). Under load every replica is busy and this never decides; for
+a single client it is faster (docs/benchmarks.md, "Where a request's time goes").
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ class ReplicaSource(Protocol):
 
 
 class Router:
-    def __init__(self, source: ReplicaSource, depth: int = 2) -> None:
+    def __init__(self, source: ReplicaSource, depth: int = 2, prefer_warm: bool = True) -> None:
         self._source = source
         self._depth = depth
+        self._prefer_warm = prefer_warm
         self._changed = asyncio.Condition()
         # Release order: replica id -> number of its latest release (higher: more recent).
         self._released: dict[str, int] = {}
@@ -83,14 +84,16 @@ class Router:
                     self._free() if not self._others_alive(exclude) else []
                 )
                 if free:
-                    chosen = min(
-                        free, key=lambda r: (r.inflight, -self._released.get(r.replica_id, 0), r.batches)
-                    )
+                    chosen = min(free, key=self._order)
                     chosen.inflight += 1
                     return chosen
                 if not any(r.alive for r in self._source.replicas()):
                     raise Unavailable("no replica of this model is available")
                 await self._changed.wait()
+
+    def _order(self, replica: Replica) -> tuple[int, int, int]:
+        warm = self._released.get(replica.replica_id, 0) if self._prefer_warm else 0
+        return (replica.inflight, -warm, replica.batches)
 
     def _others_alive(self, exclude: frozenset[str]) -> bool:
         return any(r.alive and r.replica_id not in exclude for r in self._source.replicas())

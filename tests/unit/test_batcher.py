@@ -179,6 +179,23 @@ def test_router_keeps_at_most_depth_batches_per_replica_and_spreads_load() -> No
     _run(main())
 
 
+def test_router_spreads_a_lone_client_over_replicas_when_asked() -> None:
+    async def main() -> None:
+        a, b = FakeReplica("a"), FakeReplica("b")
+        router = Router(Pool(a, b), prefer_warm=False)  # replica_choice: spread
+        batcher = Batcher("t", EchoKernel(), router, _limits(max_wait_s=0))
+        batcher.start()
+        for i in range(4):
+            item = _item(2, tag=i)
+            batcher.submit([item])
+            await item.future
+            await asyncio.sleep(0)  # the batch's count is kept after its caller is answered
+        assert (len(a.calls), len(b.calls)) == (2, 2)
+        await batcher.stop()
+
+    _run(main())
+
+
 def test_router_keeps_a_lone_client_on_the_replica_that_finished_last() -> None:
     async def main() -> None:
         a, b, c = FakeReplica("a"), FakeReplica("b"), FakeReplica("c")

@@ -102,6 +102,7 @@ def test_without_models_the_flags_describe_the_one_model(tmp_path: Path) -> None
         ("models:\n  - {name: a, checkpoint: x, replicas: two}\n", "models[0]: replicas must be a int"),
         ("models:\n  - {name: a, checkpoint: x, replicas: 0}\n", "models[0]: --replicas must be at least 1"),
         ("models:\n  - {name: a, checkpoint: x, device: tpu}\n", "device must be one of auto, cpu, cuda"),
+        ("models:\n  - {name: a, checkpoint: x, replica_choice: hot}\n", "must be one of warm, spread"),
         ("models:\n  - {name: a, checkpoint: x, tasks: [ner]}\n", "models[0].tasks must be a list of tasks"),
         ("models:\n  - {name: a, checkpoint: x}\n  - {name: a, checkpoint: y}\n", "a appear more than once"),
         (

@@ -58,6 +58,7 @@ def test_every_settings_field_has_a_flag_and_documented_help() -> None:
         ({"BERTSERVE_DEVICE": "tpu"}, "BERTSERVE_DEVICE must be one of auto, cpu, cuda"),
         ({"BERTSERVE_MAX_BATCH_SIZE": "0"}, "--max-batch-size must be at least 1"),
         ({"BERTSERVE_DEMO": "perhaps"}, "BERTSERVE_DEMO=.perhaps. is not a valid bool"),
+        ({"BERTSERVE_REPLICA_CHOICE": "random"}, "BERTSERVE_REPLICA_CHOICE must be one of warm, spread"),
     ],
 )
 def test_bad_environment_values_are_rejected(env: dict[str, str], message: str) -> None:
