@@ -49,12 +49,17 @@ async def _block(server: BertserveProcess, clients: int, seconds: float) -> dict
     return {"seq_s": result.sequences_per_s, "errors": result.errors, **delta}
 
 
-async def _single_client(
-    servers: dict[str, BertserveProcess], requests: int, block: int, bare: BareForwardProcess
+async def single_client(
+    servers: dict[str, BertserveProcess],
+    requests: int,
+    block: int,
+    bare: BareForwardProcess,
+    model: str = "bert",
 ) -> dict[str, Any]:
+    """The --single-client measurement (servers "a" and "b" already started)."""
     senders = {name: GrpcSenders(server.address) for name, server in servers.items()}
     try:
-        send = {name: s.fill_mask(model="bert") for name, s in senders.items()}
+        send = {name: s.fill_mask(model=model) for name, s in senders.items()}
         items = single_client_items()
         for name in send:
             for item in items[:5]:
@@ -120,7 +125,7 @@ def main() -> None:
             server.start()
         if ns.single_client:
             with BareForwardProcess(checkpoint, ns.dtype, ns.threads) as bare:
-                result = asyncio.run(_single_client(servers, ns.single_client, ns.block, bare))
+                result = asyncio.run(single_client(servers, ns.single_client, ns.block, bare))
             print(json.dumps({"a": ns.a, "b": ns.b, **result}))
             return
         for r in range(ns.rounds):
