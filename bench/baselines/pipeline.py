@@ -48,7 +48,9 @@ def throughput(pipe: Any, items: list[Item], batch_size: int, seconds: float) ->
     done = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        chunk = [texts[(done + j) % len(texts)] for j in range(batch_size * 4)]
+        # One batch per pass: a batch of 8 mixed inputs takes seconds here, so a longer chunk
+        # would run far past the point's time (quick mode's 3 s points took 12 s).
+        chunk = [texts[(done + j) % len(texts)] for j in range(max(batch_size, 2))]
         pipe(chunk, batch_size=batch_size)
         done += len(chunk)
     return done / (time.perf_counter() - start)
