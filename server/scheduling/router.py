@@ -3,11 +3,12 @@
 A replica with `depth` slots runs one batch and has the next already queued, so it never idles
 between batches; the router never queues more than that on a replica.
 
-Among equally loaded replicas the one that finished a batch most recently goes first (then the
-one with fewest batches): at low load the work stays on a warm replica instead of alternating
-between replicas that have each sat idle (Settings.replica_choice "warm", the default; "spread"
-takes the one with fewest batches). Under load every replica is busy and this never decides; for
-a single client it is faster (docs/benchmarks.md, "Where a request's time goes").
+Among idle replicas the one that finished a batch most recently goes first, so at low load the
+work stays on a warm replica instead of alternating between replicas that have each sat idle
+(Settings.replica_choice "warm", the default; for a single client it is faster, docs/benchmarks.md,
+"Where a request's time goes"). Among equally busy replicas the one whose last batch ended
+longest ago goes first: its running batch started first, so it frees up first. "spread" takes
+the replica with the fewest batches instead.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class Router:
                 await self._changed.wait()
 
     def _order(self, replica: Replica) -> tuple[int, int, int]:
-        warm = self._released.get(replica.replica_id, 0) if self._prefer_warm else 0
-        return (replica.inflight, -warm, replica.batches)
+        released = self._released.get(replica.replica_id, 0) if self._prefer_warm else 0
+        return (replica.inflight, -released if replica.inflight == 0 else released, replica.batches)
 
     def _others_alive(self, exclude: frozenset[str]) -> bool:
         return any(r.alive and r.replica_id not in exclude for r in self._source.replicas())

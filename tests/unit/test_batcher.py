@@ -390,3 +390,22 @@ def test_take_batch_keeps_short_inputs_out_of_a_long_batch_below_the_padding_flo
         assert [it.length for it in take_batch(queue, 8, 10_000, 0.0)] == [200, 20]
 
     _run(main())
+
+
+def test_among_equally_busy_replicas_the_one_running_longest_takes_the_next_batch() -> None:
+    async def main() -> None:
+        a, b = FakeReplica("a"), FakeReplica("b")
+        router = Router(Pool(a, b), depth=2)
+        first = await router.acquire()  # idle replicas, none used yet: a (fewest batches, by id order)
+        second = await router.acquire()  # b is idle: least loaded
+        assert (first.replica_id, second.replica_id) == ("a", "b")
+        # b finished its batch after a started: both run one batch now, a's started earlier.
+        await router.release(b)
+        assert (await router.acquire()).replica_id == "b"  # idle b is preferred (warm)
+        await router.release(a)
+        assert (await router.acquire()).replica_id == "a"  # a is idle again: the warm one
+        # Both busy with one batch each; b's batch started before a's (b was taken first):
+        # the next batch queues behind b, which frees up first.
+        assert (await router.acquire()).replica_id == "b"
+
+    _run(main())
