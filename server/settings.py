@@ -101,9 +101,9 @@ class Settings:
     batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)")
     replica_choice: str = _f(
         "warm",
-        "router: which of several equally loaded replicas takes the next batch: warm (the one that "
-        "finished a batch last, so a lone client stays on one warm replica) or spread (the one with "
-        "the fewest batches, so work alternates)",
+        "router: which of several equally loaded replicas takes the next batch: warm (of idle ones, "
+        "the one that finished a batch last, so a lone client stays on one warm replica; of busy ones, "
+        "the one whose batch started first) or spread (the one with the fewest batches)",
         ("warm", "spread"),
     )
     min_padding_efficiency: float = _f(
