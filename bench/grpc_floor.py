@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import grpc
 
@@ -26,20 +27,25 @@ SERVICE, METHOD = "bench.Echo", "Echo"
 PAYLOAD = b"x" * 200
 
 
-async def _serve() -> None:
+async def serve_unary(service: str, method: str, behaviour: Any) -> None:
+    """A grpc.aio server on a free loopback port with one bytes-in, bytes-out unary method:
+    prints the port on stdout, then serves until killed (also bench/stack_floor.py)."""
     server = grpc.aio.server()
-
-    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return request
-
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(echo)}
+        service, {method: grpc.unary_unary_rpc_method_handler(behaviour)}
     )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)
     await server.wait_for_termination()
+
+
+async def _serve() -> None:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    await serve_unary(SERVICE, METHOD, echo)
 
 
 def measure(gaps_ms: list[float], calls: int, warmup: int = 10) -> dict[str, float]:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import grpc
 
+from bench.grpc_floor import serve_unary
+
 SERVICE, METHOD = "bench.Floor", "Forward"
 _DOUBLE = struct.Struct("<d")
 _INDEX = struct.Struct("<Q")
@@ -68,15 +70,7 @@ async def _serve(path: str) -> None:
             await writer.drain()
             return await reader.readexactly(_DOUBLE.size)
 
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(forward)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
+    await serve_unary(SERVICE, METHOD, forward)
 
 
 def measure(checkpoint: str, dtype: str, threads: int, calls: int, warmup: int = 5) -> dict[str, float]:
