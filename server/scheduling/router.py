@@ -6,9 +6,8 @@ between batches; the router never queues more than that on a replica.
 Among idle replicas the one that finished a batch most recently goes first, so at low load the
 work stays on a warm replica instead of alternating between replicas that have each sat idle
 (Settings.replica_choice "warm", the default; for a single client it is faster, docs/benchmarks.md,
-"Where a request's time goes"). Among equally busy replicas the one whose last batch ended
-longest ago goes first: its running batch started first, so it frees up first. "spread" takes
-the replica with the fewest batches instead.
+"Where a request's time goes"). Among equally busy replicas the one whose running batch started
+first goes first: it frees up first. "spread" takes the replica with the fewest batches instead.
 """
 
 from __future__ import annotations
@@ -55,9 +54,12 @@ class Router:
         self._depth = depth
         self._prefer_warm = prefer_warm
         self._changed = asyncio.Condition()
-        # Release order: replica id -> number of its latest release (higher: more recent).
+        # Event order (a counter, higher: more recent), per replica id: its latest release, and
+        # when its running batch started (on reaching an idle replica, or when its queued batch
+        # began as the previous one was released).
+        self._clock = 0
         self._released: dict[str, int] = {}
-        self._releases = 0
+        self._started: dict[str, int] = {}
 
     @property
     def depth(self) -> int:
@@ -87,25 +89,36 @@ class Router:
                 if free:
                     chosen = min(free, key=self._order)
                     chosen.inflight += 1
+                    if chosen.inflight == 1:
+                        self._started[chosen.replica_id] = self._tick()
                     return chosen
                 if not any(r.alive for r in self._source.replicas()):
                     raise Unavailable("no replica of this model is available")
                 await self._changed.wait()
 
     def _order(self, replica: Replica) -> tuple[int, int, int]:
-        released = self._released.get(replica.replica_id, 0) if self._prefer_warm else 0
-        return (replica.inflight, -released if replica.inflight == 0 else released, replica.batches)
+        if not self._prefer_warm:
+            return (replica.inflight, 0, replica.batches)
+        if replica.inflight == 0:  # idle: the one that finished last (warm) first
+            return (0, -self._released.get(replica.replica_id, 0), replica.batches)
+        return (replica.inflight, self._started.get(replica.replica_id, 0), replica.batches)
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
 
     def _others_alive(self, exclude: frozenset[str]) -> bool:
         return any(r.alive and r.replica_id not in exclude for r in self._source.replicas())
 
     async def release(self, replica: Replica) -> None:
         replica.inflight -= 1
-        self._releases += 1
-        self._released[replica.replica_id] = self._releases
+        self._released[replica.replica_id] = now = self._tick()
+        if replica.inflight > 0:  # its queued batch runs now
+            self._started[replica.replica_id] = now
         if len(self._released) > 2 * len(self._source.replicas()) + 8:  # ids of removed replicas
             current = {r.replica_id for r in self._source.replicas()}
             self._released = {k: v for k, v in self._released.items() if k in current}
+            self._started = {k: v for k, v in self._started.items() if k in current}
         await self.notify()
 
     async def notify(self) -> None:

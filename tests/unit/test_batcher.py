@@ -409,3 +409,20 @@ def test_among_equally_busy_replicas_the_one_running_longest_takes_the_next_batc
         assert (await router.acquire()).replica_id == "b"
 
     _run(main())
+
+
+def test_a_busy_replica_counts_from_when_its_running_batch_started_not_its_last_release() -> None:
+    async def main() -> None:
+        a, b = FakeReplica("a"), FakeReplica("b")
+        router = Router(Pool(a, b), depth=2)
+        for _ in range(4):  # a and b each run one batch and hold one queued
+            await router.acquire()
+        assert (a.inflight, b.inflight) == (2, 2)
+        await router.release(a)
+        await router.release(a)  # a is idle from here
+        await router.release(b)  # b's queued batch starts now
+        assert (await router.acquire()).replica_id == "a"  # idle first; a's batch starts after b's
+        # Both run one batch; a was released before b, but b's batch started first.
+        assert (await router.acquire()).replica_id == "b"
+
+    _run(main())
