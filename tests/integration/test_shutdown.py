@@ -42,7 +42,7 @@ TEXT = "Paris is the [MASK] of France."
 BATCH_S = 0.1
 
 
-def _start(checkpoint: Path, grace_s: float, metrics_port: int) -> RunningServer:
+def _start(checkpoint: Path, grace_s: float, metrics_port: int, batch_s: float = BATCH_S) -> RunningServer:
     return start_server(
         fake_server_args(
             checkpoint,
@@ -55,7 +55,7 @@ def _start(checkpoint: Path, grace_s: float, metrics_port: int) -> RunningServer
             "--metrics-port",
             str(metrics_port),
             replicas=2,
-            delay_ms=BATCH_S * 1000,
+            delay_ms=batch_s * 1000,
         )
     )
 
@@ -110,7 +110,9 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_releases_the_replic
     tiny_checkpoint: Path,
 ) -> None:
     metrics_port = free_port()
-    server = _start(tiny_checkpoint, grace_s=20, metrics_port=metrics_port)
+    # Batches of 0.5 s: all 100 requests must arrive before the first batches are answered for
+    # 100 to be in flight at once, and on a loaded 2-core CI machine 0.1 s was sometimes too short.
+    server = _start(tiny_checkpoint, grace_s=20, metrics_port=metrics_port, batch_s=0.5)
     channel = server.channel()
     stub = bert_service_pb2_grpc.BertServiceStub(channel)
     pids = replica_pids(channel)
@@ -119,7 +121,7 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_releases_the_replic
     pool = ThreadPoolExecutor(max_workers=44)
     try:
         watch.wait_for(SERVING)
-        # 100 requests in flight: 4 streams of 15 and 40 unary calls, about 1.3 s of work.
+        # 100 requests in flight: 4 streams of 15 and 40 unary calls, about 6 s of work.
         streams: list[Future[tuple[str, list[str], float]]] = [
             pool.submit(_stream, stub, f"s{s}", 15) for s in range(4)
         ]
