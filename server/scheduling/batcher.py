@@ -260,9 +260,6 @@ class Batcher:
         finally:
             await self._router.release(replica)
             self.wake()
-        # The callers take their results in the next event-loop turn: they answer their clients
-        # before the bookkeeping.
-        await asyncio.sleep(0)
         self._account(replica, batch, compute_us, dispatched)
 
     async def _compute(
