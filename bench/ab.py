@@ -26,11 +26,10 @@ import asyncio
 import json
 import statistics
 import sys
-import time
 from typing import Any
 
 from bench.bare import BareForwardProcess
-from bench.loadgen import closed_loop
+from bench.loadgen import closed_loop, interleaved_single_client
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port, _metric_delta
 from bench.targets import BertserveProcess, GrpcSenders
@@ -67,14 +66,17 @@ async def single_client(
         ms: dict[str, list[list[float]]] = {name: [] for name in send}
         bare_ms: list[float] = []
         for r in range(max(1, requests // block)):
+            at = r * block % len(items)
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
-                bare_ms += await asyncio.to_thread(bare.measure, block)
-                times = []
-                for i in range(block):
-                    start = time.perf_counter()
-                    await send[name](items[(r * block + i) % len(items)])
-                    times.append((time.perf_counter() - start) * 1000)
-                ms[name].append(times)
+                # One block of one configuration, after a block of the bare pass (bench.loadgen).
+                results, reference_ms = await interleaved_single_client(
+                    {name: send[name]}, items[at:] + items[:at], bare.measure, 1, block, warmup=0
+                )
+                result = results[name]
+                if result.errors:
+                    raise RuntimeError(f"configuration {name}: {result.first_error}")
+                bare_ms += reference_ms
+                ms[name].append([s * 1000 for s in result.latencies_s])
     finally:
         for s in senders.values():
             await s.close()

@@ -98,7 +98,8 @@ def main() -> None:
         for name in ns.transports.split(","):
             results[name] = measure(checkpoint, ns, TRANSPORTS[name], bare)
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
-    # The transport's own floor: a do-nothing gRPC round trip after the same idle time.
+    # The floors: a do-nothing gRPC round trip after the same idle time, and the two hops of a
+    # server built like bertserve around the same forward pass (no bertserve code).
     gap = round(statistics.median(r["bare_forward_ms"] for r in results.values()), 1)
     floor = grpc_floor.measure([gap], 60)[f"{gap:g}"]
     stack = stack_floor.measure(checkpoint, ns.dtype, ns.threads, 60)
