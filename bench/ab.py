@@ -32,6 +32,7 @@ from bench.bare import BareForwardProcess
 from bench.loadgen import closed_loop, interleaved_single_client
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port, _metric_delta
+from bench.stats import block_bootstrap_interval
 from bench.targets import BertserveProcess, GrpcSenders
 from bench.workloads import fill_mask_items, single_client_items
 
@@ -64,7 +65,7 @@ async def single_client(
             for item in items[:5]:
                 await send[name](item)
         ms: dict[str, list[list[float]]] = {name: [] for name in send}
-        bare_ms: list[float] = []
+        bare_blocks: dict[str, list[list[float]]] = {name: [] for name in send}
         for r in range(max(1, requests // block)):
             at = r * block % len(items)
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
@@ -75,17 +76,20 @@ async def single_client(
                 result = results[name]
                 if result.errors:
                     raise RuntimeError(f"configuration {name}: {result.first_error}")
-                bare_ms += reference_ms
+                bare_blocks[name].append(reference_ms)
                 ms[name].append([s * 1000 for s in result.latencies_s])
     finally:
         for s in senders.values():
             await s.close()
-    bare_p50 = statistics.median(bare_ms)
+    bare_p50 = statistics.median(t for blocks in bare_blocks.values() for times in blocks for t in times)
     out: dict[str, Any] = {"requests": requests, "block": block, "bare_p50_ms": round(bare_p50, 2)}
     for name, blocks in ms.items():
         p50 = statistics.median(t for times in blocks for t in times)
         out[f"{name}_p50_ms"] = round(p50, 2)
         out[f"{name}_over_bare_ms"] = round(p50 - bare_p50, 2)
+        # Against the bare blocks run just before this configuration's own blocks (bench/stats.py).
+        low, high = block_bootstrap_interval(blocks, bare_blocks[name])
+        out[f"{name}_over_bare_ci90_ms"] = [round(low, 2), round(high, 2)]
     diffs = [statistics.median(b) - statistics.median(a) for a, b in zip(ms["a"], ms["b"], strict=True)]
     out["b_minus_a_ms"] = round(statistics.median(diffs), 2)
     return out

@@ -23,6 +23,14 @@ class RunResult:
     errors: int = 0
     latencies_s: list[float] = field(default_factory=list)
     first_error: str = ""
+    # Where each block of an interleaved run starts in latencies_s (interleaved_single_client).
+    block_starts: list[int] = field(default_factory=list)
+
+    def blocks_ms(self) -> list[list[float]]:
+        """The latencies of each block, in milliseconds (one block if the run had none)."""
+        starts = self.block_starts or [0]
+        ends = [*starts[1:], len(self.latencies_s)]
+        return [[s * 1000 for s in self.latencies_s[a:b]] for a, b in zip(starts, ends, strict=True)]
 
     @property
     def requests_per_s(self) -> float:
@@ -83,17 +91,21 @@ async def interleaved_single_client(
     """One client at a time, sending `items` in order, in `blocks` blocks of `per_block` requests
     per sender; before each block, `reference(per_block)` times the same inputs some other way
     (bench/bare.py: the bare forward pass) and returns milliseconds. Every side thus spans the
-    same minutes, so the machine's speed drift affects all alike. Returns each sender's result
-    and the reference times (ms)."""
+    same minutes, so the machine's speed drift affects all alike, and the senders take turns at
+    going first after the reference (block b starts with sender b mod n), so none always meets
+    the server just after its idle spell. Returns each sender's result (with `block_starts`) and
+    the reference times (ms), `per_block` of them per block."""
     for send in senders.values():
         for item in items[:warmup]:
             await send(item)
     results = {name: RunResult("closed", 1, 0.0) for name in senders}
     reference_ms: list[float] = []
+    names = list(senders)
     for b in range(blocks):
         reference_ms += await asyncio.to_thread(reference, per_block)
-        for name, send in senders.items():
-            result = results[name]
+        for name in names[b % len(names) :] + names[: b % len(names)]:
+            send, result = senders[name], results[name]
+            result.block_starts.append(len(result.latencies_s))
             block_start = time.perf_counter()
             for i in range(per_block):
                 await _timed(send, items[(b * per_block + i) % len(items)], result, 1, lambda: True)

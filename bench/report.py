@@ -41,9 +41,13 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         out["single_client_short_p50_ms"] = single["p50_ms"]
         out["bare_forward_p50_ms"] = bare
         out["latency_overhead_ms"] = round(single["p50_ms"] - bare, 2)
+        if single.get("overhead_ci90_ms"):
+            out["latency_overhead_ci90_ms"] = single["overhead_ci90_ms"]
         if single.get("sync_p50_ms"):
             out["single_client_short_p50_sync_stub_ms"] = single["sync_p50_ms"]
             out["latency_overhead_sync_stub_ms"] = round(single["sync_p50_ms"] - bare, 2)
+            if single.get("sync_overhead_ci90_ms"):
+                out["latency_overhead_sync_stub_ci90_ms"] = single["sync_overhead_ci90_ms"]
     by_dtype = {d: _best(pipe_points, workload="mixed", dtype=d) for d in ("float32", "bfloat16")}
     if by_dtype["float32"] and by_dtype["bfloat16"]:
         out["pipeline_bf16_vs_fp32"] = round(

@@ -29,6 +29,7 @@ from bench import report, workloads
 from bench.bare import BareForwardProcess
 from bench.loadgen import RunResult, closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
+from bench.stats import block_bootstrap_interval
 from bench.targets import BertserveProcess, GrpcSenders, blocking_fill_mask
 from bench.workloads import classify_items, fill_mask_items, pair_items, single_client_items
 
@@ -177,13 +178,25 @@ async def single_client_point(
         plan.single_client_block,
     )
     sync = results["sync"]
+    per_block = plan.single_client_block
+    bare_blocks = [bare_ms[at : at + per_block] for at in range(0, len(bare_ms), per_block)]
+
+    def interval(result: RunResult) -> list[float] | None:
+        # 90 % block bootstrap interval of the overhead over the bare pass (bench/stats.py).
+        if result.errors:  # blocks no longer line up with the bare ones: no interval
+            return None
+        low, high = block_bootstrap_interval(result.blocks_ms(), bare_blocks)
+        return [round(low, 2), round(high, 2)]
+
     return results["aio"], {
         "bare_forward_ms": round(statistics.median(bare_ms), 2),
         "bare_forward_samples": len(bare_ms),
         "interleaved_blocks": plan.single_client_blocks,
+        "overhead_ci90_ms": interval(results["aio"]),
         "sync_p50_ms": round(sync.percentile_ms(50), 2),
         "sync_p90_ms": round(sync.percentile_ms(90), 2),
         "sync_errors": sync.errors,
+        "sync_overhead_ci90_ms": interval(sync),
     }
 
 

@@ -28,4 +28,6 @@ def test_single_client_ab_alternates_blocks_after_the_reference(server: RunningS
     for name in ("a", "b"):
         assert out[f"{name}_p50_ms"] > 0
         assert out[f"{name}_over_bare_ms"] == round(out[f"{name}_p50_ms"] - 1.0, 2)
+        low, high = out[f"{name}_over_bare_ci90_ms"]
+        assert low <= high and low > -1.0
     assert isinstance(out["b_minus_a_ms"], float)

@@ -71,9 +71,27 @@ def test_the_single_client_run_alternates_with_the_bare_forward_pass_over_the_sa
     assert events == [
         ("a", 0), ("b", 0),  # warm-up
         ("bare", 2), ("a", 0), ("a", 1), ("b", 0), ("b", 1),
-        ("bare", 2), ("a", 2), ("a", 3), ("b", 2), ("b", 3),
+        ("bare", 2), ("b", 2), ("b", 3), ("a", 2), ("a", 3),  # the other sender goes first
     ]  # fmt: skip
     assert [r.requests for r in results.values()] == [4, 4] and bare_ms == [1.0] * 4
+    assert [len(block) for block in results["a"].blocks_ms()] == [2, 2]
+
+
+def test_block_bootstrap_interval_holds_a_constant_difference_exactly_and_widens_with_noise() -> None:
+    from bench.stats import block_bootstrap_interval, difference_of_medians
+
+    bare = [[70.0, 71.0, 72.0], [80.0, 81.0, 82.0], [75.0, 76.0, 77.0]]
+    server = [[t + 3.0 for t in block] for block in bare]
+    assert difference_of_medians(server, bare) == 3.0
+    assert block_bootstrap_interval(server, bare) == (3.0, 3.0)  # drift between blocks cancels
+    noisy = [[t + 3.0 + d for t in block] for block, d in zip(bare, (-2.0, 0.0, 2.0), strict=True)]
+    low, high = block_bootstrap_interval(noisy, bare, resamples=500)
+    assert low < 3.0 < high
+    assert block_bootstrap_interval(noisy, bare, resamples=500) == (low, high)  # seeded
+    with pytest.raises(ValueError):
+        block_bootstrap_interval(server[:2], bare)
+    with pytest.raises(ValueError):
+        block_bootstrap_interval([[], [1.0], [1.0]], bare)
 
 
 def test_open_loop_sends_at_the_rate_whatever_the_server_does_and_counts_errors() -> None:
@@ -126,6 +144,7 @@ def _results() -> dict[str, object]:
                 "p90_ms": 61.0,
                 "p99_ms": 62.0,
                 "bare_forward_ms": 57.5,
+                "overhead_ci90_ms": [1.9, 3.4],
             },
             {
                 **point,
@@ -166,6 +185,7 @@ def test_headline_ratios_come_from_the_same_run(tmp_path: Path) -> None:
     assert h["vs_pipeline"] == 1.5 and h["pipeline_best_setting"] == "bfloat16 batch 1"
     assert h["vs_ray_serve"] == 2.5 and h["latency_overhead_ms"] == 2.5
     assert h["pipeline_bf16_vs_fp32"] == 2.0
+    assert h["latency_overhead_ci90_ms"] == [1.9, 3.4]
     markdown = (tmp_path / "results.md").read_text()
     assert "| vs_pipeline | 1.5 |" in markdown and "python -m bench --quick" in markdown
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
