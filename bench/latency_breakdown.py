@@ -27,6 +27,7 @@ from bench import grpc_floor, stack_floor
 from bench.bare import BareForwardProcess
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port
+from bench.stats import block_bootstrap_interval
 from bench.targets import BertserveProcess
 from bench.workloads import single_client_items
 from bertserve_client import BertClient
@@ -50,6 +51,8 @@ def measure(
     )
     rows: list[tuple[float, ...]] = []
     bare_ms: list[float] = []
+    client_blocks: list[list[float]] = []
+    bare_blocks: list[list[float]] = []
     try:
         server.start()
         items = single_client_items()
@@ -59,12 +62,16 @@ def measure(
             for i in range(ns.requests):
                 item = items[i % len(items)]
                 if i % BLOCK == 0:
-                    bare_ms += bare.measure(BLOCK)
+                    bare_blocks.append(bare.measure(BLOCK))
+                    bare_ms += bare_blocks[-1]
+                    client_blocks.append([])
                 start = time.perf_counter()
                 t = client.fill_mask(item.text).timing
+                elapsed_ms = (time.perf_counter() - start) * 1e3
+                client_blocks[-1].append(elapsed_ms)
                 rows.append(
                     (
-                        (time.perf_counter() - start) * 1e3,
+                        elapsed_ms,
                         t.total_us / 1e3,
                         t.inference_us / 1e3,
                         t.queue_us / 1e3,
@@ -78,6 +85,8 @@ def measure(
     result["grpc_and_client_ms"] = round(result["client_ms"] - result["server_total_ms"], 2)
     result["bare_forward_ms"] = round(statistics.median(bare_ms), 2)
     result["client_over_bare_ms"] = round(result["client_ms"] - result["bare_forward_ms"], 2)
+    low, high = block_bootstrap_interval(client_blocks, bare_blocks)
+    result["client_over_bare_ci90_ms"] = [round(low, 2), round(high, 2)]
     result["client_over_inference_ms"] = round(result["client_ms"] - result["inference_ms"], 2)
     return result
 
