@@ -188,6 +188,7 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> 
             max_wait_s=s.max_wait_ms / 1000.0,
             max_queued=s.max_queued_requests,
             min_padding_efficiency=s.min_padding_efficiency,
+            fill_queued=s.fill_queued_batches,
         ),
         batches_per_replica=s.batches_per_replica,
         replica_choice=s.replica_choice,

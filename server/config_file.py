@@ -61,6 +61,7 @@ MODEL_FIELDS = (
     "max_wait_ms",
     "min_padding_efficiency",
     "batches_per_replica",
+    "fill_queued_batches",
     "replica_choice",
     "max_queued_requests",
     "max_inflight_requests",

@@ -97,8 +97,18 @@ class Settings:
     # Batching
     max_batch_size: int = _f(32, "most sequences in one batch")
     max_batch_tokens: int = _f(16384, "most padded tokens (batch size x longest sequence) in one batch")
-    max_wait_ms: float = _f(2.0, "longest a request waits for its batch to fill while replicas are busy, ms")
+    max_wait_ms: float = _f(
+        2.0,
+        "while replicas are busy, a batch is sent once its oldest request has waited this long, ms "
+        "(with fill_queued_batches, possibly later: not before the replica could start it)",
+    )
     batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)")
+    fill_queued_batches: bool = _f(
+        True,
+        "the batch queued behind a busy replica's running batch keeps filling until shortly before "
+        "that batch is expected to end (from recent compute time per padded token), so requests "
+        "arriving meanwhile join it; off: it is sent once max_wait_ms has passed",
+    )
     replica_choice: str = _f(
         "warm",
         "router: which of several equally loaded replicas takes the next batch: warm (of idle ones, "

@@ -2,7 +2,12 @@
 
 A batch is sent as soon as a replica is idle (no added latency at low load). While every
 replica is busy, the batch for a replica's queued slot keeps filling until it is full, its
-oldest input has waited `max_wait_s`, or a replica goes idle. Batches group inputs of similar
+oldest input has waited `max_wait_s`, or a replica goes idle. With `fill_queued` it keeps filling
+longer: until shortly before the replica's running batch is expected to end (a line fitted to
+recent batches' compute time against their padded tokens, scheduling/estimate.py). Its inputs
+could not start sooner anyway, and
+those that arrive meanwhile join it instead of waiting a whole batch more; it is still sent
+before the replica needs it, so the replica does not wait between batches. Batches group inputs of similar
 length (around the oldest waiting input, so nothing starves) under `max_batch_tokens` padded
 tokens. One replica call per batch (workers/pool.py: the direct channel or a Ray actor call).
 """
@@ -19,7 +24,8 @@ from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, Serv
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import BatcherMetrics
 from bertserve.server.scheduling.admission import retry_hint_ms
-from bertserve.server.scheduling.router import Replica, Router
+from bertserve.server.scheduling.estimate import BatchTimeModel
+from bertserve.server.scheduling.router import BatchNote, Replica, Router
 from bertserve.server.scheduling.work import ItemResult, WorkItem
 from bertserve.workers.errors import ReplicaFailed
 
@@ -42,6 +48,15 @@ class BatchLimits:
     max_queued: int
     # Real tokens / padded tokens a batch must keep (0: any padding).
     min_padding_efficiency: float = 0.0
+    # Keep filling a busy replica's queued batch until its running batch is about to end
+    # (Settings.fill_queued_batches).
+    fill_queued: bool = False
+
+
+# A queued batch is sent this long before the running batch's expected end: the larger of a
+# fixed margin and a fraction of the estimate (estimates from time per token are rough).
+SEND_AHEAD_S = 0.005
+SEND_AHEAD_FRACTION = 0.2
 
 
 @dataclass
@@ -104,6 +119,8 @@ class Batcher:
         self._queued_tokens = 0  # sum of the queue's item lengths
         # Recent batch compute time (an exponential moving average), seconds; None before any.
         self.recent_batch_s: float | None = None
+        # Compute time against padded tokens of recent batches (for fill_queued).
+        self.batch_time = BatchTimeModel()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -193,10 +210,16 @@ class Batcher:
             await self._changed.wait()
 
     async def _fill(self, replica: Replica) -> None:
-        """Let the batch for a busy replica's queued slot fill, up to max_wait."""
+        """Let the batch for a busy replica's queued slot fill: up to max_wait, or with
+        fill_queued until shortly before the running batch is expected to end."""
         while self._queue:
-            oldest_wait = time.monotonic() - self._queue[0].enqueued_at
-            remaining = self._limits.max_wait_s - oldest_wait
+            now = time.monotonic()
+            until = self._queue[0].enqueued_at + self._limits.max_wait_s
+            if self._limits.fill_queued and (running := self._router.running_batch(replica)):
+                since, expected_s = running
+                ahead = max(SEND_AHEAD_S, SEND_AHEAD_FRACTION * expected_s)
+                until = max(until, since + expected_s - ahead)
+            remaining = until - now
             if remaining <= 0 or self._full() or self._router.has_idle_replica() or replica.inflight <= 1:
                 return
             self._changed.clear()
@@ -234,7 +257,7 @@ class Batcher:
         dispatched = time.monotonic()
         args = self._kernel.collate(batch)
         try:
-            output, replica = await self._compute(replica, batch, args)
+            output, replica, note = await self._compute(replica, batch, args)
         except ServingError as exc:
             _fail(batch, exc)
             return
@@ -258,29 +281,32 @@ class Batcher:
                     queue_us = int((dispatched - item.enqueued_at) * 1e6)
                     item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
         finally:
-            await self._router.release(replica)
+            await self._router.release(replica, note)
             self.wake()
         self._account(replica, batch, compute_us, dispatched)
 
     async def _compute(
         self, replica: Replica, batch: list[WorkItem], args: tuple[Any, ...]
-    ) -> tuple[Any, Replica]:
+    ) -> tuple[Any, Replica, BatchNote]:
         """Run the batch on `replica`; when the replica fails, once more (elsewhere when another
-        replica is alive: inference is idempotent). Returns the output and the replica that
-        computed it, still reserved; whatever it raises, it has released what it reserved."""
+        replica is alive: inference is idempotent). Returns the output, the replica that
+        computed it, still reserved, and the router's note of the batch (for the release);
+        whatever it raises, it has released what it reserved."""
         tried: set[str] = set()
         attempts = 1
+        expected_s = self.batch_time.estimate(max(it.length for it in batch) * len(batch))
         while True:
             tried.add(replica.replica_id)
+            note = self._router.note_batch(replica, expected_s)
             try:
-                return await replica.call(self._kernel.method, *args), replica
+                return await replica.call(self._kernel.method, *args), replica, note
             except ReplicaFailed as exc:
                 self._log.warning(
                     "batch_failed", replica=replica.replica_id, batch_size=len(batch), error=str(exc)
                 )
-                await self._router.release(replica)
+                await self._router.release(replica, note)
             except BaseException:
-                await self._router.release(replica)
+                await self._router.release(replica, note)
                 self.wake()
                 raise
             if attempts >= 2:
@@ -300,6 +326,8 @@ class Batcher:
         batch_s = compute_us / 1e6 if compute_us > 0 else time.monotonic() - dispatched
         previous = self.recent_batch_s
         self.recent_batch_s = batch_s if previous is None else 0.7 * previous + 0.3 * batch_s
+        if compute_us > 0:  # the replica's own time: without the trip there and back
+            self.batch_time.add(padded, batch_s)
         self.stats.batches += 1
         self.stats.sequences += len(batch)
         self.stats.real_tokens += real

@@ -8,11 +8,17 @@ work stays on a warm replica instead of alternating between replicas that have e
 (Settings.replica_choice "warm", the default; for a single client it is faster, docs/benchmarks.md,
 "Where a request's time goes"). Among equally busy replicas the one whose running batch started
 first goes first: it frees up first. "spread" takes the replica with the fewest batches instead.
+
+The router also keeps, per replica, the batches sent to it in order with the compute time the
+sending batcher expects of each (`note_batch`), and since when the first of them has been running,
+so that a batcher can tell when a busy replica's running batch should end (`running_batch`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -60,6 +66,10 @@ class Router:
         self._clock = 0
         self._released: dict[str, int] = {}
         self._started: dict[str, int] = {}
+        # Per replica id: the batches sent to it, oldest (running) first, as tokens holding the
+        # expected compute seconds (None: no estimate); and when the oldest began running.
+        self._sent: dict[str, deque[BatchNote]] = {}
+        self._running_since: dict[str, float] = {}
 
     @property
     def depth(self) -> int:
@@ -110,18 +120,55 @@ class Router:
     def _others_alive(self, exclude: frozenset[str]) -> bool:
         return any(r.alive and r.replica_id not in exclude for r in self._source.replicas())
 
-    async def release(self, replica: Replica) -> None:
+    def note_batch(self, replica: Replica, expected_s: float | None) -> BatchNote:
+        """Record a batch sent to `replica` (on a slot reserved by `acquire`), expected to compute
+        for `expected_s` seconds; pass the note back to `release` when the batch is done."""
+        note = BatchNote(expected_s)
+        sent = self._sent.setdefault(replica.replica_id, deque())
+        if not sent:
+            self._running_since[replica.replica_id] = time.monotonic()
+        sent.append(note)
+        return note
+
+    def running_batch(self, replica: Replica) -> tuple[float, float] | None:
+        """(since when, expected seconds) of the batch `replica` is running, when it has one
+        with an estimate; batches reach a replica in the order they were sent, and it runs them
+        one at a time."""
+        sent = self._sent.get(replica.replica_id)
+        if not sent or sent[0].expected_s is None:
+            return None
+        return self._running_since[replica.replica_id], sent[0].expected_s
+
+    async def release(self, replica: Replica, note: BatchNote | None = None) -> None:
+        """Free the slot `acquire` reserved; `note` (from `note_batch`) when a batch ran in it."""
         replica.inflight -= 1
         self._released[replica.replica_id] = now = self._tick()
         if replica.inflight > 0:  # its queued batch runs now
             self._started[replica.replica_id] = now
+        sent = self._sent.get(replica.replica_id)
+        if note is not None and sent is not None and note in sent:
+            was_running = sent[0] is note
+            sent.remove(note)
+            if was_running and sent:  # the next batch sent to it runs now
+                self._running_since[replica.replica_id] = time.monotonic()
         if len(self._released) > 2 * len(self._source.replicas()) + 8:  # ids of removed replicas
             current = {r.replica_id for r in self._source.replicas()}
             self._released = {k: v for k, v in self._released.items() if k in current}
             self._started = {k: v for k, v in self._started.items() if k in current}
+            self._sent = {k: v for k, v in self._sent.items() if k in current}
+            self._running_since = {k: v for k, v in self._running_since.items() if k in current}
         await self.notify()
 
     async def notify(self) -> None:
         """Wake waiters: a slot freed or a replica changed state."""
         async with self._changed:
             self._changed.notify_all()
+
+
+class BatchNote:
+    """A batch sent to a replica (Router.note_batch): compared by identity."""
+
+    __slots__ = ("expected_s",)
+
+    def __init__(self, expected_s: float | None) -> None:
+        self.expected_s = expected_s

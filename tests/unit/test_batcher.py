@@ -425,3 +425,93 @@ def test_a_busy_replica_counts_from_when_its_running_batch_started_not_its_last_
         assert (await router.acquire()).replica_id == "b"
 
     _run(main())
+
+
+class _Timed(list[Any]):
+    """A replica's output that reports its compute time, as real outputs do."""
+
+    compute_us = 0
+
+
+class TimedReplica(FakeReplica):
+    """Reports `compute_us` for every batch, so the batcher learns a time per padded token."""
+
+    def __init__(self, replica_id: str, compute_us: int) -> None:
+        super().__init__(replica_id)
+        self.compute_us = compute_us
+
+    async def call(self, method: str, batch: list[tuple[int, ...]]) -> Any:
+        out = _Timed(await super().call(method, batch))
+        out.compute_us = self.compute_us
+        return out
+
+
+async def _queued_batch_behind_a_running_one(fill_queued: bool) -> tuple[TimedReplica, int, int]:
+    """The batcher learns 0.4 s for 4 tokens from a first batch; batch 2 (4 tokens: expected 0.4 s)
+    then runs while input A arrives, and B 0.15 s later (both past max_wait, 0.01 s). Returns the
+    replica and how many calls it had 0.27 s and 0.47 s into batch 2 (still running then)."""
+    replica = TimedReplica("r0", compute_us=400_000)  # 4 tokens in 0.4 s
+    router = Router(Pool(replica), depth=2)
+    batcher = Batcher("t", EchoKernel(), router, _limits(max_wait_s=0.01, fill_queued=fill_queued))
+    batcher.start()
+    learn = _item(4, tag=9)
+    batcher.submit([learn])
+    await learn.future
+    assert batcher.batch_time.estimate(4) == pytest.approx(0.4)
+    replica.gate = asyncio.Event()
+    running = _item(4, tag=0)
+    batcher.submit([running])
+    await asyncio.sleep(0.02)
+    a = _item(4, tag=1)
+    batcher.submit([a])
+    await asyncio.sleep(0.15)
+    b = _item(4, tag=2)
+    batcher.submit([b])
+    await asyncio.sleep(0.1)  # 0.27 s into the running batch: due to end at 0.4
+    calls_at_027 = len(replica.calls)
+    await asyncio.sleep(0.2)  # 0.47 s: the running batch is late (the gate is still shut)
+    calls_at_047 = len(replica.calls)
+    replica.gate.set()
+    await asyncio.gather(running.future, a.future, b.future)
+    await batcher.stop()
+    return replica, calls_at_027, calls_at_047
+
+
+def test_a_queued_batch_keeps_filling_until_the_running_batch_is_due_to_end() -> None:
+    replica, calls_at_027, calls_at_047 = _run(_queued_batch_behind_a_running_one(fill_queued=True))
+    # Sent ahead of the running batch's expected end (0.4 s - 0.08 s), before it finished, with
+    # both inputs that arrived while it ran.
+    assert calls_at_027 == 2 and calls_at_047 == 3
+    assert [[ids[0] for ids in call] for call in replica.calls] == [[9], [0], [1, 2]]
+
+
+def test_without_fill_queued_the_queued_batch_leaves_after_max_wait() -> None:
+    replica, calls_at_027, _ = _run(_queued_batch_behind_a_running_one(fill_queued=False))
+    assert calls_at_027 == 3  # A went alone after max_wait; B waits for a free slot
+    assert [[ids[0] for ids in call] for call in replica.calls] == [[9], [0], [1], [2]]
+
+
+def test_router_tracks_which_sent_batch_a_replica_is_running() -> None:
+    async def main() -> None:
+        replica = FakeReplica("r0")
+        router = Router(Pool(replica), depth=2)
+        assert router.running_batch(replica) is None
+        await router.acquire()
+        first = router.note_batch(replica, 0.5)
+        since, expected = router.running_batch(replica) or (0.0, 0.0)
+        assert expected == 0.5 and since <= time.monotonic()
+        await router.acquire()
+        second = router.note_batch(replica, 0.25)
+        assert router.running_batch(replica) == (since, 0.5)  # still the first
+        await asyncio.sleep(0.01)
+        await router.release(replica, first)
+        since2, expected2 = router.running_batch(replica) or (0.0, 0.0)
+        assert expected2 == 0.25 and since2 > since  # the second runs from now
+        await router.acquire()
+        router.note_batch(replica, None)  # a batch without an estimate, queued
+        await router.release(replica)  # a slot released without a batch changes nothing
+        assert router.running_batch(replica) == (since2, 0.25)
+        await router.release(replica, second)
+        assert router.running_batch(replica) is None  # running, but with no estimate
+
+    _run(main())
