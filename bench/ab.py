@@ -8,7 +8,9 @@ and stay up; the load then alternates between them in blocks of `--seconds`, A B
 (this machine's speed drifts by up to 1.5x within minutes, so only interleaved blocks compare).
 Only the server under load computes; the other's replicas are idle. Prints one JSON line:
 sequences/s and padding efficiency per configuration, and B/A as the median of the per-round
-ratios.
+ratios. With `--rate R` the load is an open loop instead (R requests/s whatever the server does,
+bench/loadgen.open_loop), and the line also gives each configuration's p50 and p90 latency
+(medians over its rounds).
 
     python -m bench.ab --a "FLAGS" --b "FLAGS" --single-client 120 [--dtype float32]
 
@@ -29,7 +31,7 @@ import sys
 from typing import Any
 
 from bench.bare import BareForwardProcess
-from bench.loadgen import closed_loop, interleaved_single_client
+from bench.loadgen import closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port, _metric_delta
 from bench.stats import block_bootstrap_interval
@@ -37,16 +39,26 @@ from bench.targets import BertserveProcess, GrpcSenders
 from bench.workloads import fill_mask_items, single_client_items
 
 
-async def _block(server: BertserveProcess, clients: int, seconds: float) -> dict[str, Any]:
+async def _block(server: BertserveProcess, clients: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
     senders = GrpcSenders(server.address)
     try:
         items = fill_mask_items("mixed", 1024, seed=7)
+        send = senders.fill_mask(model="bert")
         before = server.scrape()
-        result = await closed_loop(senders.fill_mask(model="bert"), items, clients, seconds, 1.0)
+        if rate:
+            result = await open_loop(send, items, rate, seconds, 1.0)
+        else:
+            result = await closed_loop(send, items, clients, seconds, 1.0)
         delta = _metric_delta(before, server.scrape(), "bert")
     finally:
         await senders.close()
-    return {"seq_s": result.sequences_per_s, "errors": result.errors, **delta}
+    return {
+        "seq_s": result.sequences_per_s,
+        "errors": result.errors,
+        "p50_ms": round(result.percentile_ms(50), 1),
+        "p90_ms": round(result.percentile_ms(90), 1),
+        **delta,
+    }
 
 
 async def single_client(
@@ -102,6 +114,7 @@ def main() -> None:
     parser.add_argument("--a", default="", help="extra `bertserve serve` flags of configuration A")
     parser.add_argument("--b", default="", help="extra `bertserve serve` flags of configuration B")
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop at this many requests/s instead")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--replicas", type=int, default=2)
@@ -136,19 +149,21 @@ def main() -> None:
             return
         for r in range(ns.rounds):
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
-                blocks[name].append(asyncio.run(_block(servers[name], ns.clients, ns.seconds)))
+                blocks[name].append(asyncio.run(_block(servers[name], ns.clients, ns.seconds, ns.rate)))
                 print(json.dumps({name: blocks[name][-1]}), file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             server.stop()
     ratios = [b["seq_s"] / a["seq_s"] for a, b in zip(blocks["a"], blocks["b"], strict=True) if a["seq_s"]]
-    summary: dict[str, Any] = {"a": ns.a, "b": ns.b, "clients": ns.clients}
+    summary: dict[str, Any] = {"a": ns.a, "b": ns.b, "clients": ns.clients, "rate": ns.rate}
     for name, runs in blocks.items():
         summary[f"{name}_seq_s"] = round(statistics.median(b["seq_s"] for b in runs), 2)
         summary[f"{name}_padding_efficiency"] = round(
             statistics.median(b["padding_efficiency"] for b in runs), 3
         )
         summary[f"{name}_mean_batch"] = round(statistics.median(b["mean_batch_size"] for b in runs), 2)
+        summary[f"{name}_p50_ms"] = round(statistics.median(b["p50_ms"] for b in runs), 1)
+        summary[f"{name}_p90_ms"] = round(statistics.median(b["p90_ms"] for b in runs), 1)
         summary[f"{name}_errors"] = sum(b["errors"] for b in runs)
     summary["b_over_a"] = round(statistics.median(ratios), 3) if ratios else None
     print(json.dumps(summary))
