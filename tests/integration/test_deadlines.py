@@ -3,8 +3,10 @@ replica, or discarded when it already has; its admission permit is freed at once
 requests of its batch are unaffected.
 
 One replica whose fake batches take DELAY_S, at most 3 sequences a batch (a batch that is not
-full waits at most 100 ms for more) and 2 batches in flight (one running, one queued at the
-replica): a third batch waits in the front end's queue. The tests synchronise on the server's
+full waits at most 100 ms for more: `--no-fill-queued-batches`, so the queued batch does not wait
+for the running one to near its end, which the timings below assume; the batcher's unit tests
+cover deadlines with it on) and 2 batches in flight (one running, one queued at the replica): a
+third batch waits in the front end's queue. The tests synchronise on the server's
 gauges (admitted requests, queue depth) and count what reached the replica with GetModelInfo's
 `ReplicaInfo.sequences` and `batches`.
 """
@@ -68,6 +70,7 @@ def env(tiny_checkpoint: Path) -> Iterator[Env]:
         "100",
         "--batches-per-replica",
         "2",
+        "--no-fill-queued-batches",
         "--metrics-port",
         str(port),
         replicas=1,

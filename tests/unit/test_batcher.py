@@ -515,3 +515,31 @@ def test_router_tracks_which_sent_batch_a_replica_is_running() -> None:
         assert router.running_batch(replica) is None  # running, but with no estimate
 
     _run(main())
+
+
+def test_an_input_whose_deadline_passes_while_its_queued_batch_fills_never_reaches_the_replica() -> None:
+    async def main() -> None:
+        replica = TimedReplica("r0", compute_us=400_000)
+        batcher = Batcher(
+            "t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=0.01, fill_queued=True)
+        )
+        batcher.start()
+        learn = _item(4, tag=9)
+        batcher.submit([learn])
+        await learn.future  # 0.4 s for 4 tokens
+        replica.gate = asyncio.Event()
+        replica.started.clear()
+        running = _item(4, tag=0)
+        batcher.submit([running])
+        await replica.started.wait()  # running alone, the replica now busy
+        late = _item(4, tag=1, deadline=time.monotonic() + 0.1)
+        kept = _item(4, tag=2)
+        batcher.submit([late, kept])  # held until about 0.32 s into the running batch
+        with pytest.raises(DeadlineExceeded):
+            await late.future
+        replica.gate.set()
+        await asyncio.gather(running.future, kept.future)
+        assert [[ids[0] for ids in call] for call in replica.calls] == [[9], [0], [2]]
+        await batcher.stop()
+
+    _run(main())
