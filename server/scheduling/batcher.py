@@ -126,6 +126,7 @@ class Batcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self.stats = BatcherStats()
         self._log = get_logger(batcher=name)
+        router.on_release(self.wake)  # a batch of another task that ends frees a slot too
 
     @property
     def queued(self) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from bertserve.server.errors import Unavailable
@@ -70,6 +70,13 @@ class Router:
         # expected compute seconds (None: no estimate); and when the oldest began running.
         self._sent: dict[str, deque[BatchNote]] = {}
         self._running_since: dict[str, float] = {}
+        # Called on every release: the model's batchers (one per task) share this router, and a
+        # batch filling for a replica's queued slot must hear when another task's batch ends there.
+        self._on_release: list[Callable[[], None]] = []
+
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever a slot is released."""
+        self._on_release.append(callback)
 
     @property
     def depth(self) -> int:
@@ -157,6 +164,8 @@ class Router:
             self._started = {k: v for k, v in self._started.items() if k in current}
             self._sent = {k: v for k, v in self._sent.items() if k in current}
             self._running_since = {k: v for k, v in self._running_since.items() if k in current}
+        for callback in self._on_release:
+            callback()
         await self.notify()
 
     async def notify(self) -> None:

@@ -543,3 +543,39 @@ def test_an_input_whose_deadline_passes_while_its_queued_batch_fills_never_reach
         await batcher.stop()
 
     _run(main())
+
+
+def test_a_queued_batch_leaves_as_soon_as_another_tasks_running_batch_ends() -> None:
+    """Two batchers (two tasks of one model) share a replica. Task X's batch is expected to run
+    0.4 s but ends after 0.1 s; task Y's batch, filling for the queued slot behind it, leaves then
+    rather than at X's expected end."""
+
+    async def main() -> None:
+        replica = TimedReplica("r0", compute_us=400_000)
+        router = Router(Pool(replica), depth=2)
+        x = Batcher("x", EchoKernel(), router, _limits(max_wait_s=0.01, fill_queued=True))
+        y = Batcher("y", EchoKernel(), router, _limits(max_wait_s=0.01, fill_queued=True))
+        x.start()
+        y.start()
+        learn = _item(4, tag=9)
+        x.submit([learn])
+        await learn.future  # x expects 0.4 s for 4 tokens
+        replica.gate = asyncio.Event()
+        replica.started.clear()
+        running = _item(4, tag=0)
+        x.submit([running])
+        await replica.started.wait()
+        y.batch_time.add(4, 0.4)  # y expects the same of its batches
+        queued = _item(4, tag=1)
+        y.submit([queued])
+        await asyncio.sleep(0.1)
+        assert len(replica.calls) == 2  # y's batch is still filling (due at about 0.32 s)
+        sent_at = time.monotonic()
+        replica.gate.set()  # x's batch ends early
+        await running.future
+        await asyncio.wait_for(queued.future, 0.15)  # y's went at once, not at 0.32 s
+        assert time.monotonic() - sent_at < 0.15
+        await x.stop()
+        await y.stop()
+
+    _run(main())
