@@ -39,10 +39,12 @@ from bench.targets import BertserveProcess, GrpcSenders
 from bench.workloads import fill_mask_items, single_client_items
 
 
-async def _block(server: BertserveProcess, clients: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+async def _block(
+    server: BertserveProcess, clients: int, seconds: float, rate: float = 0.0, workload: str = "mixed"
+) -> dict[str, Any]:
     senders = GrpcSenders(server.address)
     try:
-        items = fill_mask_items("mixed", 1024, seed=7)
+        items = fill_mask_items(workload, 1024, seed=7)
         send = senders.fill_mask(model="bert")
         before = server.scrape()
         if rate:
@@ -115,6 +117,9 @@ def main() -> None:
     parser.add_argument("--b", default="", help="extra `bertserve serve` flags of configuration B")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rate", type=float, default=0.0, help="open loop at this many requests/s instead")
+    parser.add_argument(
+        "--workload", default="mixed", choices=("short", "medium", "long", "mixed"), help="FillMask lengths"
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--replicas", type=int, default=2)
@@ -149,13 +154,15 @@ def main() -> None:
             return
         for r in range(ns.rounds):
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
-                blocks[name].append(asyncio.run(_block(servers[name], ns.clients, ns.seconds, ns.rate)))
+                block = _block(servers[name], ns.clients, ns.seconds, ns.rate, ns.workload)
+                blocks[name].append(asyncio.run(block))
                 print(json.dumps({name: blocks[name][-1]}), file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             server.stop()
     ratios = [b["seq_s"] / a["seq_s"] for a, b in zip(blocks["a"], blocks["b"], strict=True) if a["seq_s"]]
     summary: dict[str, Any] = {"a": ns.a, "b": ns.b, "clients": ns.clients, "rate": ns.rate}
+    summary["workload"] = ns.workload
     for name, runs in blocks.items():
         summary[f"{name}_seq_s"] = round(statistics.median(b["seq_s"] for b in runs), 2)
         summary[f"{name}_padding_efficiency"] = round(
