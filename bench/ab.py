@@ -91,7 +91,7 @@ async def single_client(
                 if result.errors:
                     raise RuntimeError(f"configuration {name}: {result.first_error}")
                 bare_blocks[name].append(reference_ms)
-                ms[name].append([s * 1000 for s in result.latencies_s])
+                ms[name] += result.blocks_ms()
     finally:
         for s in senders.values():
             await s.close()
@@ -161,8 +161,13 @@ def main() -> None:
         for server in servers.values():
             server.stop()
     ratios = [b["seq_s"] / a["seq_s"] for a, b in zip(blocks["a"], blocks["b"], strict=True) if a["seq_s"]]
-    summary: dict[str, Any] = {"a": ns.a, "b": ns.b, "clients": ns.clients, "rate": ns.rate}
-    summary["workload"] = ns.workload
+    summary: dict[str, Any] = {
+        "a": ns.a,
+        "b": ns.b,
+        "clients": ns.clients,
+        "rate": ns.rate,
+        "workload": ns.workload,
+    }
     for name, runs in blocks.items():
         summary[f"{name}_seq_s"] = round(statistics.median(b["seq_s"] for b in runs), 2)
         summary[f"{name}_padding_efficiency"] = round(

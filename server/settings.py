@@ -106,8 +106,8 @@ class Settings:
     fill_queued_batches: bool = _f(
         True,
         "the batch queued behind a busy replica's running batch keeps filling until shortly before "
-        "that batch is expected to end (from recent compute time per padded token), so requests "
-        "arriving meanwhile join it; off: it is sent once max_wait_ms has passed",
+        "that batch is expected to end (a line fitted to recent batches' time against padded "
+        "tokens), so requests arriving meanwhile join it; off: it is sent once max_wait_ms has passed",
     )
     replica_choice: str = _f(
         "warm",

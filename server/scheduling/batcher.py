@@ -5,11 +5,12 @@ replica is busy, the batch for a replica's queued slot keeps filling until it is
 oldest input has waited `max_wait_s`, or a replica goes idle. With `fill_queued` it keeps filling
 longer: until shortly before the replica's running batch is expected to end (a line fitted to
 recent batches' compute time against their padded tokens, scheduling/estimate.py). Its inputs
-could not start sooner anyway, and
-those that arrive meanwhile join it instead of waiting a whole batch more; it is still sent
-before the replica needs it, so the replica does not wait between batches. Batches group inputs of similar
-length (around the oldest waiting input, so nothing starves) under `max_batch_tokens` padded
-tokens. One replica call per batch (workers/pool.py: the direct channel or a Ray actor call).
+could not start sooner anyway, and those that arrive meanwhile join it instead of waiting a whole
+batch more; it is still sent before the replica needs it, so the replica does not wait between
+batches. Every release on the router wakes the batcher (`Router.on_release`). Batches group
+inputs of similar length (around the oldest waiting input, so nothing starves) under
+`max_batch_tokens` padded tokens. One replica call per batch (workers/pool.py: the direct
+channel or a Ray actor call).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class BatchLimits:
 
 
 # A queued batch is sent this long before the running batch's expected end: the larger of a
-# fixed margin and a fraction of the estimate (estimates from time per token are rough).
+# fixed margin and a fraction of the estimate (the fitted line is only roughly right).
 SEND_AHEAD_S = 0.005
 SEND_AHEAD_FRACTION = 0.2
 
@@ -282,8 +283,7 @@ class Batcher:
                     queue_us = int((dispatched - item.enqueued_at) * 1e6)
                     item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
         finally:
-            await self._router.release(replica, note)
-            self.wake()
+            await self._router.release(replica, note)  # wakes this batcher (on_release)
         self._account(replica, batch, compute_us, dispatched)
 
     async def _compute(
@@ -307,8 +307,7 @@ class Batcher:
                 )
                 await self._router.release(replica, note)
             except BaseException:
-                await self._router.release(replica, note)
-                self.wake()
+                await self._router.release(replica, note)  # wakes this batcher (on_release)
                 raise
             if attempts >= 2:
                 raise Unavailable("the replica computing this request failed")

@@ -434,7 +434,7 @@ class _Timed(list[Any]):
 
 
 class TimedReplica(FakeReplica):
-    """Reports `compute_us` for every batch, so the batcher learns a time per padded token."""
+    """Reports `compute_us` for every batch, so the batcher learns how long its batches take."""
 
     def __init__(self, replica_id: str, compute_us: int) -> None:
         super().__init__(replica_id)
