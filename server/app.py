@@ -259,16 +259,24 @@ async def build_models(
     configs = [
         _model_config(e, ckpt, placed) for (e, placed), ckpt in zip(placements, checkpoints, strict=True)
     ]
+    # Replicas take CPU slots in order over all models (workers/affinity.py): model k's first
+    # replica takes the slot after the previous models' starting replicas.
+    bases = [sum(_start_replicas(e.settings) for e, _ in placements[:k]) for k in range(len(placements))]
     models = [
-        _served_model(entry, config, placed, on_change, metrics)
-        for (entry, placed), config in zip(placements, configs, strict=True)
+        _served_model(entry, config, placed, on_change, metrics, base)
+        for ((entry, placed), config), base in zip(zip(placements, configs, strict=True), bases, strict=True)
     ]
     defaults = {task: e.name for e in entries for task in e.default_for}
     return models, defaults
 
 
 def _served_model(
-    entry: ModelEntry, config: ModelConfig, placed: Placed, on_change: Any, metrics: Metrics | None
+    entry: ModelEntry,
+    config: ModelConfig,
+    placed: Placed,
+    on_change: Any,
+    metrics: Metrics | None,
+    cpu_slot_base: int = 0,
 ) -> ServedModel:
     s = entry.settings
     spec = ReplicaSpec(
@@ -282,6 +290,8 @@ def _served_model(
         fake_delay_ms=s.fake_delay_ms,
         tasks=tuple(t for t in entry.tasks if t is not Task.TOKENIZE),
         compile=s.compile,
+        pin_cpus=s.pin_replica_cpus,
+        cpu_slot_base=cpu_slot_base,
     )
     model: ServedModel | None = None
 

@@ -43,6 +43,7 @@ MODEL_FIELDS = (
     "device",
     "gpus_per_replica",
     "threads_per_replica",
+    "pin_replica_cpus",
     "dtype",
     "compile",
     "max_restarts",

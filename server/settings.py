@@ -49,6 +49,12 @@ class Settings:
     )
     gpus_per_replica: float = _f(1.0, "GPUs each replica asks Ray for (fractions share a GPU)")
     threads_per_replica: int = _f(0, "torch threads per CPU replica (0: CPUs / replicas)")
+    pin_replica_cpus: bool = _f(
+        True,
+        "each CPU replica claims threads_per_replica cores of its node for itself and pins its "
+        "threads to them (per-CPU lock files, released when the replica exits); one that finds too "
+        "few free cores runs unpinned",
+    )
     dtype: str = _f(
         "auto",
         "weights and compute dtype: auto (bfloat16 on GPU; on CPU bfloat16 when the CPU has bf16 "

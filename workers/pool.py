@@ -215,12 +215,12 @@ class ReplicaPool:
         index = self._next_index
         self._next_index += 1
         replica_id = f"{self.spec.model_name}-{index}"
-        handle = ReplicaHandle(replica_id, self._create_actor(cls, replica_id), self, index)
+        handle = ReplicaHandle(replica_id, self._create_actor(cls, replica_id, index), self, index)
         self._handles.append(handle)
         return handle
 
-    def _create_actor(self, cls: Any, replica_id: str) -> Any:
-        return cls.remote(self.spec, replica_id)
+    def _create_actor(self, cls: Any, replica_id: str, index: int) -> Any:
+        return cls.remote(self.spec, replica_id, index)
 
     def _actor_class(self) -> Any:
         import ray
@@ -275,6 +275,7 @@ class ReplicaPool:
             dtype_choice=report.dtype_choice,
             node=report.node_id,
             pid=report.pid,
+            cpus=list(report.cpus),
         )
         self._on_change()
 

@@ -134,5 +134,7 @@ class ReplicaReport:
     hidden_size: int = 0
     # How the replica chose its dtype (dtype auto: the probes' figures).
     dtype_choice: str = ""
+    # CPUs the replica is pinned to (workers/affinity.py); empty when unpinned.
+    cpus: tuple[int, ...] = ()
     # Set when the model could not be loaded; the replica then serves nothing.
     load_error: str = ""

@@ -10,6 +10,7 @@ import os
 import threading
 from typing import Any
 
+from bertserve.workers.affinity import CpuClaim, claim_cpus, pin_process
 from bertserve.workers.backends import Backend, create_backend
 from bertserve.workers.channel import ChannelServer
 from bertserve.workers.errors import first_line
@@ -35,7 +36,7 @@ COMPUTE_METHODS = frozenset(
 class Replica:
     """One model replica. Loads its backend once, in the constructor."""
 
-    def __init__(self, spec: ReplicaSpec, replica_id: str) -> None:
+    def __init__(self, spec: ReplicaSpec, replica_id: str, index: int = 0) -> None:
         self._spec = spec
         self._replica_id = replica_id
         self._backend: Backend | None = None
@@ -43,11 +44,23 @@ class Replica:
         # Batches may arrive both as Ray calls and on the channel: one runs at a time.
         self._compute = threading.Lock()
         self._channel: ChannelServer | None = None
+        # The slot's own cores first, before the model loads, so that a server's replicas,
+        # which start together, take the cores in order (workers/affinity.py).
+        pinning = spec.pin_cpus and spec.device == "cpu"
+        self._cpus = CpuClaim()
+        if pinning:
+            self._cpus = claim_cpus(spec.threads, slot=spec.cpu_slot_base + index, any_free=False)
+            pin_process(self._cpus.cpus)
         try:
             self._backend = create_backend(spec)
         except Exception as exc:
             prefix = "" if type(exc).__name__ == "ModelLoadError" else f"{type(exc).__name__}: "
             self._load_error = prefix + first_line(exc)
+        if pinning and not self._cpus.cpus and self._backend is not None:
+            # The slot's cores were taken (another server, a replica beyond the node's cores):
+            # any free ones, now that the replicas starting alongside have claimed theirs.
+            self._cpus = claim_cpus(spec.threads)
+            pin_process(self._cpus.cpus)
 
     def ready(self) -> ReplicaReport:
         """Answers once the model is loaded; says where it runs."""
@@ -77,6 +90,7 @@ class Replica:
             architecture=b.architecture,
             hidden_size=b.hidden_size,
             dtype_choice=b.dtype_choice,
+            cpus=self._cpus.cpus,
         )
 
     def open_channel(self) -> str:

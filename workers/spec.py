@@ -20,6 +20,10 @@ class ReplicaSpec:
     fake_delay_ms: per-batch compute time of the fake backend, in milliseconds.
     tasks: tasks the configuration asks of this model; loading fails when the head cannot serve one.
     compile: torch.compile the encoder at load time (the warm-up batch compiles it).
+    pin_cpus: a CPU replica claims `threads` cores of its own and pins its threads to them
+        (workers/affinity.py).
+    cpu_slot_base: this model's first slot among the server's replicas; replica i of the
+        model prefers the cores of slot cpu_slot_base + i.
     """
 
     model_name: str
@@ -32,3 +36,5 @@ class ReplicaSpec:
     fake_delay_ms: float = 0.0
     tasks: tuple[Task, ...] = ()
     compile: bool = False
+    pin_cpus: bool = False
+    cpu_slot_base: int = 0

@@ -73,3 +73,20 @@ def test_model_info_describes_the_checkpoint(server: RunningServer, tiny_checkpo
     assert {r.state for r in info.replicas} == {models_pb2.REPLICA_STATE_READY}
     assert all(r.device == "cpu" and r.node_id for r in info.replicas)
     assert all(r.dtype == "float32" and r.dtype_choice == "configured" for r in info.replicas)
+    # Pinned replicas (pin_replica_cpus, on by default) run where they say, never on a shared
+    # core. A replica may find its core taken by another test's server: it then runs unpinned.
+    claimed = [c for r in info.replicas for c in r.cpus]
+    assert len(claimed) == len(set(claimed))
+    for r in info.replicas:
+        allowed = _cpus_allowed(r.pid)
+        assert allowed == set(r.cpus) if r.cpus else len(allowed) > 1
+
+
+def _cpus_allowed(pid: int) -> set[int]:
+    """A process's CPUs, as its /proc status lists them ("0-1,4")."""
+    text = Path(f"/proc/{pid}/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus

@@ -65,7 +65,7 @@ class FakePool(ReplicaPool):
     def _actor_class(self) -> Any:
         return None
 
-    def _create_actor(self, cls: Any, replica_id: str) -> Any:
+    def _create_actor(self, cls: Any, replica_id: str, index: int) -> Any:
         actor = FakeActor(replica_id)
         if self.open_gates:
             actor.gate.set()

@@ -155,6 +155,7 @@ class ReplicaInfo(_message.Message):
     RESTARTS_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     DTYPE_CHOICE_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     state: Global___ReplicaState.ValueType
     device: _builtins.str
@@ -174,6 +175,12 @@ class ReplicaInfo(_message.Message):
     """How the replica chose its dtype: "configured", or for auto what its accuracy and speed
     probes measured (e.g. "float32: bfloat16 is not faster on this CPU (0.68x; ...)").
     """
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """CPUs the replica's threads are pinned to (pin_replica_cpus); empty when it runs unpinned:
+        a GPU replica, the setting off, or no free cores left for it on its node.
+        """
+
     def __init__(
         self,
         *,
@@ -187,10 +194,11 @@ class ReplicaInfo(_message.Message):
         restarts: _builtins.int = ...,
         dtype: _builtins.str = ...,
         dtype_choice: _builtins.str = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "device", b"device", "dtype", b"dtype", "dtype_choice", b"dtype_choice", "node_id", b"node_id", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "cpus", b"cpus", "device", b"device", "dtype", b"dtype", "dtype_choice", b"dtype_choice", "node_id", b"node_id", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

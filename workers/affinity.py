@@ -1,0 +1,117 @@
+"""CPU replicas on cores of their own (Settings.pin_replica_cpus).
+
+A CPU replica's forward pass shares the node's cores with the front end, Ray's daemons and the
+other replicas. Left to the scheduler, those wake up on the core a forward pass is using and the
+pass moves between cores. A replica that claims `threads` cores and pins its threads to them runs
+its batch undisturbed, and the rest of the node runs on the cores left over (docs/benchmarks.md
+has the measurement).
+
+Claims are node-local and need no coordinator: each CPU has a lock file, and a replica holds an
+exclusive `flock` on the files of the CPUs it uses for as long as its process lives. The kernel
+drops the locks when the process exits, so a crashed replica's cores are free for its restart.
+A replica first tries the cores of its slot (its place among the server's replicas, so a
+server's replicas spread over the cores in order); if another process holds one of them it
+takes any free ones, and if there are not enough it runs unpinned, as it would without the
+setting. Claiming every allowed CPU would change nothing, so that is not done either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+
+def default_lock_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"bertserve-cpus-{os.getuid()}"
+
+
+@dataclass
+class CpuClaim:
+    """CPUs this process holds; empty when it runs unpinned. The open lock files are the claim."""
+
+    cpus: tuple[int, ...] = ()
+    _files: list[IO[str]] = field(default_factory=list, repr=False)
+
+    def release(self) -> None:
+        for f in self._files:
+            f.close()  # closing the file drops its flock
+        self._files.clear()
+        self.cpus = ()
+
+
+def _lock(lock_dir: Path, cpu: int) -> IO[str] | None:
+    f = open(lock_dir / f"cpu{cpu}.lock", "a")  # noqa: SIM115 - held open for the claim's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+def preferred_cpus(slot: int, count: int, allowed: Sequence[int]) -> tuple[int, ...]:
+    """The cores of `slot` when the server's replicas take the allowed CPUs in order: slot 0
+    the first `count`, slot 1 the next, ...; none when the slot lies beyond the CPUs."""
+    start = slot * count
+    if slot < 0 or count < 1 or start + count > len(allowed):
+        return ()
+    return tuple(allowed[start : start + count])
+
+
+def claim_cpus(
+    count: int,
+    *,
+    slot: int | None = None,
+    lock_dir: Path | None = None,
+    allowed: Iterable[int] | None = None,
+    any_free: bool = True,
+) -> CpuClaim:
+    """Claim `count` CPUs of those this process may run on: the slot's own cores when all of
+    them are free, otherwise (with `any_free`) the first free ones; none when fewer than `count`
+    are free or `count` covers every allowed CPU."""
+    if allowed is None and not hasattr(os, "sched_getaffinity"):
+        return CpuClaim()  # not Linux
+    cpus = sorted(os.sched_getaffinity(0) if allowed is None else set(allowed))
+    if count < 1 or count >= len(cpus):
+        return CpuClaim()
+    lock_dir = lock_dir or default_lock_dir()
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    claim = CpuClaim()
+    wanted = preferred_cpus(slot, count, cpus) if slot is not None else ()
+    for cpu in wanted:
+        if (f := _lock(lock_dir, cpu)) is None:
+            claim.release()
+            break
+        claim._files.append(f)
+        claim.cpus += (cpu,)
+    if len(claim.cpus) == count:
+        return claim
+    if not any_free:
+        return CpuClaim()
+    for cpu in cpus:
+        if (f := _lock(lock_dir, cpu)) is None:
+            continue
+        claim._files.append(f)
+        claim.cpus += (cpu,)
+        if len(claim.cpus) == count:
+            return claim
+    claim.release()
+    return CpuClaim()
+
+
+def pin_process(cpus: Iterable[int]) -> None:
+    """Pin every thread of this process (torch's, Ray's, the channel's) to `cpus`; threads
+    started later inherit it from their creators."""
+    mask = set(cpus)
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread may have exited meanwhile
+                os.sched_setaffinity(int(tid), mask)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, mask)
