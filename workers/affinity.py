@@ -12,7 +12,8 @@ drops the locks when the process exits, so a crashed replica's cores are free fo
 A replica first tries the cores of its slot (its place among the server's replicas, so a
 server's replicas spread over the cores in order); if another process holds one of them it
 takes any free ones, and if there are not enough it runs unpinned, as it would without the
-setting. Claiming every allowed CPU would change nothing, so that is not done either.
+setting. Claiming every allowed CPU would change nothing, so that is not done either, and a
+replica that cannot write its lock files runs unpinned too.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ class CpuClaim:
 
 
 def _lock(lock_dir: Path, cpu: int) -> IO[str] | None:
-    f = open(lock_dir / f"cpu{cpu}.lock", "a")  # noqa: SIM115 - held open for the claim's life
+    try:
+        f = open(lock_dir / f"cpu{cpu}.lock", "a")  # noqa: SIM115 - held open for the claim's life
+    except OSError:
+        return None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -81,7 +85,10 @@ def claim_cpus(
     if count < 1 or count >= len(cpus):
         return CpuClaim()
     lock_dir = lock_dir or default_lock_dir()
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return CpuClaim()  # no place for the locks: run unpinned rather than not at all
     claim = CpuClaim()
     wanted = preferred_cpus(slot, count, cpus) if slot is not None else ()
     for cpu in wanted:

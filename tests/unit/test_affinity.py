@@ -65,6 +65,12 @@ def test_claiming_every_cpu_or_none_pins_nothing(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir()) or all(p.suffix == ".lock" for p in tmp_path.iterdir())
 
 
+def test_without_a_place_for_the_locks_a_replica_runs_unpinned(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    assert claim_cpus(1, slot=0, lock_dir=blocker / "locks", allowed=CPUS).cpus == ()
+
+
 def test_a_dead_process_frees_its_cores(tmp_path: Path) -> None:
     """The claim lives as long as the process: a crashed replica's restart gets its cores back."""
     code = (
