@@ -1,10 +1,10 @@
 """CPU replicas on cores of their own (Settings.pin_replica_cpus).
 
 A CPU replica's forward pass shares the node's cores with the front end, Ray's daemons and the
-other replicas. Left to the scheduler, those wake up on the core a forward pass is using and the
-pass moves between cores. A replica that claims `threads` cores and pins its threads to them runs
-its batch undisturbed, and the rest of the node runs on the cores left over (docs/benchmarks.md
-has the measurement).
+other replicas, and the scheduler may move it between cores mid-pass. A replica that claims
+`threads` cores and pins its threads to them stays on them, and no two pinned replicas share a
+core. It does not keep other processes off its cores; what it brought, measured, is in
+docs/benchmarks.md ("Replicas on cores of their own").
 
 Claims are node-local and need no coordinator: each CPU has a lock file, and a replica holds an
 exclusive `flock` on the files of the CPUs it uses for as long as its process lives. The kernel
