@@ -83,7 +83,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"transformers {m['transformers']}, ray {m['ray']}, grpcio {m['grpcio']}  ",
         f"Model: {results['checkpoint']}  ",
         f"bertserve: {cfg.get('replicas')} replicas x {cfg.get('threads_per_replica')} threads, "
-        f"{cfg.get('dtype')}; elapsed {results.get('elapsed_s')} s",
+        f"{cfg.get('dtype')}; elapsed {results.get('elapsed_s')} s  ",
+        f"Replica CPUs (pin_replica_cpus; [] unpinned): {_fmt(cfg.get('replica_cpus', '-'))}",
         "",
         "## Headline",
         "",

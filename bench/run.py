@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             "dtype_choice": sorted({choice for _, choice in choices}),
             "replicas": ns.replicas,
             "threads_per_replica": threads,
+            "replica_cpus": server.replica_cpus(["bert", "classifier"]),
         }
         print(json.dumps(results["bertserve_config"]), file=sys.stderr, flush=True)
         phase("bertserve_start")

@@ -106,14 +106,22 @@ class BertserveProcess:
                 out[key] = out.get(key, 0.0) + float(sample.value)
         return out
 
-    def replica_dtypes(self, model: str) -> list[tuple[str, str]]:
-        """Each replica's (dtype, how it was chosen), from GetModelInfo: with dtype auto the
-        replicas decide on their own CPU (workers/backends/torch_bert.py)."""
+    def replicas(self, model: str) -> list[Any]:
+        """GetModelInfo's replicas of `model` (ReplicaInfo: dtype, dtype_choice, cpus, ...)."""
         with grpc.insecure_channel(self.address) as channel:
             info = bert_service_pb2_grpc.BertServiceStub(channel).GetModelInfo(
                 models_pb2.GetModelInfoRequest(model=model), timeout=30
             )
-        return [(r.dtype, r.dtype_choice) for r in info.model.replicas]
+        return list(info.model.replicas)
+
+    def replica_dtypes(self, model: str) -> list[tuple[str, str]]:
+        """Each replica's (dtype, how it was chosen): with dtype auto the replicas decide on their
+        own CPU (workers/backends/torch_bert.py)."""
+        return [(r.dtype, r.dtype_choice) for r in self.replicas(model)]
+
+    def replica_cpus(self, models: Sequence[str]) -> dict[str, list[list[int]]]:
+        """The CPUs each replica is pinned to, per model ([] when unpinned: pin_replica_cpus)."""
+        return {m: [list(r.cpus) for r in self.replicas(m)] for m in models}
 
     def stop(self) -> int:
         if self.process is None:

@@ -48,6 +48,11 @@ def test_the_benchmark_runs_end_to_end(
     } <= targets
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in results["points"]), results["points"]
     assert results["bertserve_exit_code"] == 0
+    # Where each replica ran (pin_replica_cpus): one list per replica, no CPU claimed twice.
+    cpus = results["bertserve_config"]["replica_cpus"]
+    assert [len(cpus["bert"]), len(cpus["classifier"])] == [1, 1]
+    claimed = [c for model in cpus.values() for replica in model for c in replica]
+    assert len(claimed) == len(set(claimed))
     headline = results["headline"]
     for key in (
         "vs_pipeline",
