@@ -264,7 +264,7 @@ async def build_models(
     bases = [sum(_start_replicas(e.settings) for e, _ in placements[:k]) for k in range(len(placements))]
     models = [
         _served_model(entry, config, placed, on_change, metrics, base)
-        for ((entry, placed), config), base in zip(zip(placements, configs, strict=True), bases, strict=True)
+        for (entry, placed), config, base in zip(placements, configs, bases, strict=True)
     ]
     defaults = {task: e.name for e in entries for task in e.default_for}
     return models, defaults

@@ -114,8 +114,10 @@ def claim_cpus(
 
 def pin_process(cpus: Iterable[int]) -> None:
     """Pin every thread of this process (torch's, Ray's, the channel's) to `cpus`; threads
-    started later inherit it from their creators."""
+    started later inherit it from their creators. Nothing to pin, or not Linux: a no-op."""
     mask = set(cpus)
+    if not mask or not hasattr(os, "sched_setaffinity"):
+        return
     with contextlib.suppress(OSError):
         for tid in os.listdir("/proc/self/task"):
             with contextlib.suppress(OSError):  # a thread may have exited meanwhile

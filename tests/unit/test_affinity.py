@@ -146,8 +146,7 @@ def test_a_replica_pins_itself_to_its_slots_cores_and_reports_them(
 def test_an_unpinned_replica_reports_no_cpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     off, pins = _pinning_replica(monkeypatch, tmp_path, range(8), pin_cpus=False)
     assert off.ready().cpus == () and pins == []
-    gpu, pins = _pinning_replica(monkeypatch, tmp_path, range(8), device="cuda")
+    _, pins = _pinning_replica(monkeypatch, tmp_path, range(8), device="cuda")
     assert pins == []  # the fake backend does not care about the device; pinning does
     whole, pins = _pinning_replica(monkeypatch, tmp_path, range(2))  # 2 threads, 2 CPUs
     assert whole.ready().cpus == () and pins == [(), ()]
-    del gpu
