@@ -65,6 +65,14 @@ class TextTokenizer:
         self.mask_token_id: int = mask_id
         self.pad_token_id: int = pad_id
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        added = self._tokenizer.get_added_tokens_decoder()
+        self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        # Per-token pieces for decode_fills (filled lazily): a token decoded first, and after another.
+        self._first_piece: dict[int, str] = {}
+        self._next_piece: dict[int, str] = {}
+        self._piecewise = _per_token_decoder(self._tokenizer) and all(t.special for t in added.values())
+        if self._piecewise:
+            self._piecewise = self._pieces_match_library()
 
     def encode(self, texts: Sequence[str | tuple[str, str]], truncate: bool) -> list[Encoded]:
         """Encode texts (or pairs) with special tokens. Over-long inputs are re-encoded with
@@ -103,9 +111,88 @@ class TextTokenizer:
         text: str = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         return _clean_up(text) if self.clean_up_spaces else text
 
+    def decode_token(self, token_id: int) -> str:
+        """`decode([token_id])`, remembered per id."""
+        text = self._piece_first(token_id)
+        return _clean_up(text) if self.clean_up_spaces else text
+
+    def decode_fills(
+        self, ids: Sequence[int], position: int, fills: Sequence[int], skip_special_tokens: bool
+    ) -> list[str]:
+        """`decode(ids with ids[position] = f, skip_special_tokens)` for each f in `fills`: the
+        same strings, but joined from remembered per-token pieces when the decoder decodes each
+        token on its own (WordPiece: a token reads the same wherever it stands, except that the
+        first one gets no leading space), instead of decoding the whole sequence once per fill."""
+        if not self._piecewise:
+            filled = list(ids)
+            out = []
+            for fill in fills:
+                filled[position] = fill
+                out.append(self.decode(filled, skip_special_tokens=skip_special_tokens))
+            return out
+        skip = self._special_ids if skip_special_tokens else frozenset()
+        before = [t for t in ids[:position] if t not in skip]
+        after = [t for t in ids[position + 1 :] if t not in skip]
+        tail = "".join(map(self._piece_after, after))
+        head = self._join(before)
+        texts = []
+        for fill in fills:
+            if fill in skip:
+                text = self._join(before + after)
+            elif before:
+                text = head + self._piece_after(fill) + tail
+            else:
+                text = self._piece_first(fill) + tail
+            texts.append(_clean_up(text) if self.clean_up_spaces else text)
+        return texts
+
+    def _join(self, ids: Sequence[int]) -> str:
+        if not ids:
+            return ""
+        return self._piece_first(ids[0]) + "".join(map(self._piece_after, ids[1:]))
+
+    def _piece_first(self, token_id: int) -> str:
+        text = self._first_piece.get(token_id)
+        if text is None:
+            text = self._first_piece[token_id] = self._tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+    def _piece_after(self, token_id: int) -> str:
+        text = self._next_piece.get(token_id)
+        if text is None:
+            anchor = self._piece_first(self.pad_token_id)
+            pair = self._tokenizer.decode([self.pad_token_id, token_id], skip_special_tokens=False)
+            text = self._next_piece[token_id] = pair[len(anchor) :]
+        return text
+
+    def _pieces_match_library(self) -> bool:
+        """A self-check of the per-token decoding on sequences mixing special, whole-word and
+        continuation tokens; on any difference decode_fills decodes whole sequences instead."""
+        size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        pad = self.pad_token_id
+        anchor = self._piece_first(pad)
+        probe = sorted(self._special_ids) + list(range(0, size, max(1, size // 200)))
+        for token_id in probe:
+            pair = self._tokenizer.decode([pad, token_id], skip_special_tokens=False)
+            if not pair.startswith(anchor):
+                return False
+        for skip in (False, True):
+            for start in range(0, len(probe), 7):
+                seq = probe[start : start + 9]
+                keep = [t for t in seq if not (skip and t in self._special_ids)]
+                if self._join(keep) != self._tokenizer.decode(seq, skip_special_tokens=skip):
+                    return False
+        return True
+
     def id_to_token(self, token_id: int) -> str | None:
         token: str | None = self._tokenizer.id_to_token(token_id)
         return token
+
+
+def _per_token_decoder(tokenizer: Tokenizer) -> bool:
+    """Whether the decoder turns each token into text on its own (WordPiece does)."""
+    decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+    return isinstance(decoder, dict) and decoder.get("type") == "WordPiece"
 
 
 def _read_json(path: Path) -> dict[str, Any]:

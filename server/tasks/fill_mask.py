@@ -144,17 +144,16 @@ def finish(
     single = len(head.positions) == 1
     masks = []
     for position, (ids, scores) in zip(head.positions, per_mask, strict=True):
-        candidates = []
-        for token_id, score in zip(ids.tolist(), scores.tolist(), strict=True):
-            filled = list(encoded.ids)
-            filled[position] = token_id
-            candidates.append(
-                Candidate(
-                    token_id=token_id,
-                    token=tokenizer.decode([token_id]),
-                    score=float(score),
-                    sequence=tokenizer.decode(filled, skip_special_tokens=single),
-                )
+        token_ids = ids.tolist()
+        sequences = tokenizer.decode_fills(encoded.ids, position, token_ids, skip_special_tokens=single)
+        candidates = tuple(
+            Candidate(
+                token_id=token_id,
+                token=tokenizer.decode_token(token_id),
+                score=float(score),
+                sequence=sequence,
             )
-        masks.append(MaskResult(position, tuple(candidates)))
+            for token_id, score, sequence in zip(token_ids, scores.tolist(), sequences, strict=True)
+        )
+        masks.append(MaskResult(position, candidates))
     return FillMaskResult(tuple(masks), InputStats(encoded.length, encoded.truncated))

@@ -85,3 +85,85 @@ def test_target_word_outside_vocabulary_maps_to_its_first_piece(ours: TextTokeni
 def test_checkpoint_without_tokenizer_files_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"no tokenizer\.json or vocab\.txt"):
         TextTokenizer(tmp_path, 128)
+
+
+def _random_fills(tok: TextTokenizer, seed: int, count: int) -> list[tuple[list[int], int, list[int]]]:
+    """Sequences mixing special tokens, continuation pieces, punctuation and whole words."""
+    import random
+
+    rnd = random.Random(seed)
+    vocab = tok.backend.get_vocab()
+    pools = [
+        sorted(tok._special_ids),
+        [i for t, i in vocab.items() if t.startswith("##")],
+        [i for t, i in vocab.items() if t in {".", ",", "?", "!", "'", "n", "t", "s", "re", "ve", "m"}],
+        list(range(tok.vocab_size)),
+    ]
+    pools = [p for p in pools if p]
+    cases = []
+    for _ in range(count):
+        ids = [rnd.choice(rnd.choice(pools)) for _ in range(rnd.randint(1, 18))]
+        fills = [rnd.choice(rnd.choice(pools)) for _ in range(rnd.randint(1, 6))]
+        cases.append((ids, rnd.randrange(len(ids)), fills))
+    return cases
+
+
+def _whole(tok: TextTokenizer, ids: list[int], position: int, fills: list[int], skip: bool) -> list[str]:
+    out = []
+    for fill in fills:
+        filled = list(ids)
+        filled[position] = fill
+        out.append(tok.decode(filled, skip_special_tokens=skip))
+    return out
+
+
+@pytest.mark.parametrize("clean_up", [False, True])
+def test_decode_fills_joins_pieces_exactly_as_whole_sequences_decode(
+    ours: TextTokenizer,
+    hf,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    clean_up: bool,  # type: ignore[no-untyped-def]
+) -> None:
+    vocab = json.loads((tiny_checkpoint / "tokenizer.json").read_text())["model"]["vocab"]
+    ordered = sorted(vocab.items(), key=lambda kv: kv[1])
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t, _ in ordered))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    from_json = TextTokenizer(resolve_checkpoint(str(tiny_checkpoint)).files_dir, 128)
+    for tok in (from_json, TextTokenizer(tmp_path, 128)):
+        assert tok._piecewise  # the fast path is what runs here
+        tok.clean_up_spaces = clean_up
+        for ids, position, fills in _random_fills(tok, seed=7, count=1500):
+            for skip in (False, True):
+                want = _whole(tok, ids, position, fills, skip)
+                assert tok.decode_fills(ids, position, fills, skip) == want, (ids, position, fills, skip)
+            for fill in fills:
+                assert tok.decode_token(fill) == tok.decode([fill])
+    # and against transformers' own decode, on real text
+    ids = hf("Paris is the [MASK] of France, isn't it?")["input_ids"]
+    position = ids.index(hf.mask_token_id)
+    fills = [hf.convert_tokens_to_ids(t) for t in ("capital", "##s", ".", "[SEP]", "[MASK]")]
+    for skip in (False, True):
+        want = []
+        for fill in fills:
+            filled = list(ids)
+            filled[position] = fill
+            want.append(hf.decode(filled, skip_special_tokens=skip))
+        assert ours.decode_fills(ids, position, fills, skip) == want
+
+
+def test_decode_fills_decodes_whole_sequences_when_the_decoder_is_not_per_token(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    source = resolve_checkpoint(str(tiny_checkpoint)).files_dir
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            (tmp_path / name).write_text((source / name).read_text())
+    spec = json.loads((source / "tokenizer.json").read_text())
+    spec["decoder"] = {"type": "Metaspace", "replacement": "#", "prepend_scheme": "always", "split": True}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    tok = TextTokenizer(tmp_path, 128)
+    assert not tok._piecewise
+    for ids, position, fills in _random_fills(tok, seed=3, count=200):
+        for skip in (False, True):
+            assert tok.decode_fills(ids, position, fills, skip) == _whole(tok, ids, position, fills, skip)
