@@ -26,7 +26,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        # Each lazy logger is assembled once, on its first use, instead of on every call (a
+        # filtered-out debug line then costs nothing). configure_logging runs first in the server.
+        cache_logger_on_first_use=True,
     )
 
 

@@ -192,9 +192,16 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         if metrics is not None:
             metrics.watch_streams(lambda: self.stream_pending)
 
-    def _observe(self, rpc: str, model: str, code: str, start: float) -> None:
-        if self._metrics is not None:
-            self._metrics.observe_request(rpc, model, code, time.perf_counter() - start)
+    def _observe(self, rpc: str, model: str, code: str, start: float, later: bool = False) -> None:
+        """Count a finished request; with `later`, on the event loop's next turn, so that an answer
+        goes out before its bookkeeping (the duration is taken now either way)."""
+        if self._metrics is None:
+            return
+        seconds = time.perf_counter() - start
+        if later:
+            asyncio.get_running_loop().call_soon(self._metrics.observe_request, rpc, model, code, seconds)
+        else:
+            self._metrics.observe_request(rpc, model, code, seconds)
 
     async def _call(self, name: str, request: Any, deadline: float | None) -> Any:
         _check_parsed(request)
@@ -226,7 +233,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
             _log.exception("request_error")
             self._observe(rpc, current_model(), grpc.StatusCode.INTERNAL.name, start)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
-        self._observe(rpc, _model_of(response), grpc.StatusCode.OK.name, start)
+        self._observe(rpc, _model_of(response), grpc.StatusCode.OK.name, start, later=True)
         _log.debug("request_done", duration_ms=round((time.perf_counter() - start) * 1000, 3))
         return response
 

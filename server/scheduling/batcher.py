@@ -1,16 +1,17 @@
 """Dynamic batching per (model, task): bounded queue, length grouping, padded-token budget.
 
-A batch is sent as soon as a replica is idle (no added latency at low load). While every
-replica is busy, the batch for a replica's queued slot keeps filling until it is full, its
-oldest input has waited `max_wait_s`, or a replica goes idle. With `fill_queued` it keeps filling
-longer: until shortly before the replica's running batch is expected to end (a line fitted to
-recent batches' compute time against their padded tokens, scheduling/estimate.py). Its inputs
-could not start sooner anyway, and those that arrive meanwhile join it instead of waiting a whole
-batch more; it is still sent before the replica needs it, so the replica does not wait between
-batches. Every release on the router wakes the batcher (`Router.on_release`). Batches group
-inputs of similar length (around the oldest waiting input, so nothing starves) under
-`max_batch_tokens` padded tokens. One replica call per batch (workers/pool.py: the direct
-channel or a Ray actor call).
+A batch is sent as soon as a replica is idle (no added latency at low load: a request reaching an
+idle server is sent from `submit` itself, and a batch's callers resume before its bookkeeping).
+While every replica is busy, the batch for a replica's queued slot keeps filling until it is
+full, its oldest input has waited `max_wait_s`, or a replica goes idle. With `fill_queued` it
+keeps filling longer: until shortly before the replica's running batch is expected to end (a
+line fitted to recent batches' compute time against their padded tokens, scheduling/estimate.py).
+Its inputs could not start sooner anyway, and those that arrive meanwhile join it instead of
+waiting a whole batch more; it is still sent before the replica needs it, so the replica does not
+wait between batches. Every release on the router wakes the batchers that have queued inputs
+(`Router.on_release`). Batches group inputs of similar length (around the oldest waiting input,
+so nothing starves) under `max_batch_tokens` padded tokens. One replica call per batch
+(workers/pool.py: the direct channel or a Ray actor call).
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class Batcher:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # The dispatcher (_run) is waiting for work: the queue was empty when it last looked.
+        self._dispatcher_waiting = False
         self.stats = BatcherStats()
         self._log = get_logger(batcher=name)
         router.on_release(self.wake)  # a batch of another task that ends frees a slot too
@@ -152,8 +155,20 @@ class Batcher:
                 f"the request queue is full ({self._limits.max_queued} inputs); retry later",
                 retry_after_ms=self.retry_after_ms(),
             )
+        was_empty = not self._queue
         self._queue.extend(items)
         self._queued_tokens += sum(it.length for it in items)
+        if was_empty and self._dispatcher_waiting and self._router.all_idle():
+            # Nothing else waits and no replica has work: send the batch now, as the dispatcher
+            # would on its next turn (one event-loop turn sooner for a lone request). Not under
+            # load: there the dispatcher's turn lets requests arriving in this one join the batch.
+            batch = self._next_batch()  # fails inputs already past their deadline
+            if batch:
+                replica = self._router.acquire_idle()
+                assert replica is not None  # all_idle: a ready replica has no work
+                self._dispatch(replica, batch)
+            if not self._queue:
+                return
         self._changed.set()
 
     def withdraw(self, items: Sequence[WorkItem]) -> None:
@@ -180,8 +195,10 @@ class Batcher:
         self._fail_all(Unavailable("the server is shutting down"))
 
     def wake(self) -> None:
-        """Re-evaluate the queue (a replica went idle or changed state)."""
-        self._changed.set()
+        """Re-evaluate the queue (a replica went idle or changed state). An empty queue has nothing
+        to re-evaluate: the next submit wakes the dispatcher."""
+        if self._queue:
+            self._changed.set()
 
     async def _run(self) -> None:
         while True:
@@ -202,14 +219,21 @@ class Batcher:
             if not batch:
                 await self._router.release(replica)
                 continue
-            task = asyncio.create_task(self._execute(replica, batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            self._dispatch(replica, batch)
+
+    def _dispatch(self, replica: Replica, batch: list[WorkItem]) -> None:
+        task = asyncio.create_task(self._execute(replica, batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _wait_for_work(self) -> None:
         while not self._queue:
             self._changed.clear()
-            await self._changed.wait()
+            self._dispatcher_waiting = True
+            try:
+                await self._changed.wait()
+            finally:
+                self._dispatcher_waiting = False
 
     async def _fill(self, replica: Replica) -> None:
         """Let the batch for a busy replica's queued slot fill: up to max_wait, or with
@@ -284,6 +308,8 @@ class Batcher:
                     item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
         finally:
             await self._router.release(replica, note)  # wakes this batcher (on_release)
+        # The callers answer their clients before this batch's bookkeeping: they resume first.
+        await asyncio.sleep(0)
         self._account(replica, batch, compute_us, dispatched)
 
     async def _compute(

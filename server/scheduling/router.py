@@ -92,6 +92,22 @@ class Router:
     def has_idle_replica(self) -> bool:
         return any(r.ready and r.inflight == 0 for r in self._source.replicas())
 
+    def all_idle(self) -> bool:
+        """No ready replica has a batch (and at least one is ready)."""
+        ready = [r for r in self._source.replicas() if r.ready]
+        return bool(ready) and all(r.inflight == 0 for r in ready)
+
+    def acquire_idle(self) -> Replica | None:
+        """A slot on the idle ready replica that `acquire` would choose, or None when no replica
+        is idle; never waits (scheduling is single-threaded, so nothing can change meanwhile)."""
+        idle = [r for r in self._source.replicas() if r.ready and r.inflight == 0]
+        if not idle:
+            return None
+        chosen = min(idle, key=self._order)
+        chosen.inflight = 1
+        self._started[chosen.replica_id] = self._tick()
+        return chosen
+
     async def acquire(self, exclude: frozenset[str] = frozenset()) -> Replica:
         """Reserve a slot on the least-loaded ready replica, waiting for one to free up.
 

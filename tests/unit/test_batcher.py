@@ -195,6 +195,58 @@ def test_router_spreads_a_lone_client_over_replicas_when_asked() -> None:
     _run(main())
 
 
+def test_a_lone_request_to_an_idle_server_is_sent_from_submit() -> None:
+    async def main() -> None:
+        a, b = FakeReplica("a"), FakeReplica("b")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b), depth=1), _limits(max_wait_s=0))
+        batcher.start()
+        await asyncio.sleep(0)  # the dispatcher is waiting for work
+        first = _item(2, tag=1)
+        batcher.submit([first])
+        # Reserved and queued for the replica in the same turn, without waking the dispatcher.
+        assert batcher.queued == 0 and a.inflight + b.inflight == 1
+        # With a replica busy (under load), a request waits for the dispatcher's turn, so that
+        # requests arriving in the same turn can join its batch.
+        a.gate = b.gate = asyncio.Event()
+        second = _item(2, tag=2)
+        batcher.submit([second])
+        third = _item(2, tag=3)
+        batcher.submit([third])
+        assert batcher.queued == 2
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 0 and a.inflight + b.inflight == 2
+        assert sorted(len(r.calls) for r in (a, b)) == [1, 1]  # the two went as one batch
+        a.gate.set()
+        assert [(await it.future).output for it in (first, second, third)] == [(1, 1), (2, 2), (3, 3)]
+        # A request whose deadline has passed fails at once and reserves nothing.
+        late = _item(2, deadline=time.monotonic() - 1)
+        batcher.submit([late])
+        with pytest.raises(DeadlineExceeded):
+            await late.future
+        await asyncio.sleep(0.01)
+        assert a.inflight == b.inflight == 0
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_callers_resume_after_the_release_and_before_the_bookkeeping() -> None:
+    async def main() -> None:
+        replica = FakeReplica("a")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=0))
+        batcher.start()
+        item = _item(2)
+        batcher.submit([item])
+        await item.future
+        # The replica is free for the caller's next request, the batch not yet counted.
+        assert replica.inflight == 0 and batcher.stats.batches == 0
+        await asyncio.sleep(0)
+        assert batcher.stats.batches == 1 and replica.batches == 1
+        await batcher.stop()
+
+    _run(main())
+
+
 def test_router_keeps_a_lone_client_on_the_replica_that_finished_last() -> None:
     async def main() -> None:
         a, b, c = FakeReplica("a"), FakeReplica("b"), FakeReplica("c")
@@ -457,6 +509,7 @@ async def _queued_batch_behind_a_running_one(fill_queued: bool) -> tuple[TimedRe
     learn = _item(4, tag=9)
     batcher.submit([learn])
     await learn.future
+    await asyncio.sleep(0)  # the batch's bookkeeping runs a turn after its callers are answered
     assert batcher.batch_time.estimate(4) == pytest.approx(0.4)
     replica.gate = asyncio.Event()
     running = _item(4, tag=0)
