@@ -14,7 +14,9 @@ each peer's uid (SO_PEERCRED); elsewhere it is a file in a private (0700) tempor
 Wire format: every message is an 8-byte little-endian length, then a pickle. A request is
 `(method, args)`; a reply is `(True, result)` or `(False, "ExcType: message")`. A connection's
 requests are served one at a time, in order, so its replies come back in request order and the
-client matches them first in, first out.
+client matches them first in, first out. NumPy arrays travel as their raw bytes with a dtype
+string and a shape (`dumps`), which pickles in about half the time NumPy's own reduction takes
+(that pickles a whole dtype object); they arrive read-only, as arrays from Ray's object store do.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copyreg
+import io
 import os
 import pickle
 import socket
@@ -32,6 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import structlog
 
 from bertserve.workers.errors import first_line
@@ -49,6 +54,28 @@ class ChannelClosed(ConnectionError):
 
 class ReplicaCallError(RuntimeError):
     """The replica raised while running the call; the message is `ExcType: first line`."""
+
+
+def _array_from_bytes(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+
+
+def _reduce_array(array: np.ndarray[Any, Any]) -> Any:
+    if array.dtype.hasobject:  # references, not values: NumPy's own reduction
+        return array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    return _array_from_bytes, (array.tobytes(), array.dtype.str, array.shape)
+
+
+_DISPATCH: dict[type, Callable[[Any], Any]] = {**copyreg.dispatch_table, np.ndarray: _reduce_array}
+
+
+def dumps(obj: Any) -> bytes:
+    """A channel message: `obj` pickled, its arrays as raw bytes (module docstring)."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(obj)
+    return out.getvalue()
 
 
 def _socket_address(address: str) -> str:
@@ -127,7 +154,7 @@ class ChannelServer:
                     reply: tuple[bool, Any] = (True, self._handler(method, tuple(args)))
                 except Exception as exc:
                     reply = (False, f"{type(exc).__name__}: {first_line(exc)}")
-                data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+                data = dumps(reply)
                 try:
                     conn.sendall(_HEADER.pack(len(data)) + data)
                 except OSError:
@@ -170,7 +197,7 @@ class ChannelClient:
         (before or during the call) and ReplicaCallError when the replica raised."""
         if self._closed:
             raise ChannelClosed("the channel to the replica is closed")
-        data = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        data = dumps((method, args))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(future)
         try:

@@ -193,3 +193,27 @@ def test_the_server_side_serves_each_connection_on_its_own_thread(server: Channe
             b.close()
 
     assert run(main()) < 0.4
+
+
+def test_arrays_cross_the_channel_as_raw_bytes_with_dtype_and_shape_intact() -> None:
+    base = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    arrays = [
+        np.array([[1, 2, 3]], dtype=np.int64),
+        base[:, 1:, ::2],  # not contiguous
+        np.asfortranarray(base[0]),
+        np.array(3.5, dtype=np.float64),  # 0-d
+        np.zeros((0, 5), dtype=np.int32),
+        np.array([True, False]),
+        np.array([1.5, -2.25], dtype=np.float16),
+        np.array([1, 2], dtype=">i4"),  # big-endian stays big-endian
+    ]
+    objects = np.array([None, "x", 3], dtype=object)
+    message = ("fill_mask", (arrays, objects, {"k": arrays[0]}))
+    method, (back, back_objects, extra) = channel_module.pickle.loads(channel_module.dumps(message))
+    assert method == "fill_mask"
+    for sent, got in zip(arrays, back, strict=True):
+        assert got.dtype == sent.dtype and got.shape == sent.shape
+        np.testing.assert_array_equal(got, sent)
+        assert not got.flags.writeable  # like arrays from Ray's object store
+    assert list(back_objects) == [None, "x", 3]
+    np.testing.assert_array_equal(extra["k"], arrays[0])
