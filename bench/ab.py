@@ -3,10 +3,11 @@
     python -m bench.ab --a "--min-padding-efficiency 0.7" --b "--min-padding-efficiency 0.85"
                        [--clients 64 --rounds 4 --seconds 8 --replicas 2 --threads 1]
 
-Both servers start (each with its own Ray instance and replicas, on the bert-base-shaped model)
-and stay up; the load then alternates between them in blocks of `--seconds`, A B B A A B ...
-(this machine's speed drifts by up to 1.5x within minutes, so only interleaved blocks compare).
-Only the server under load computes; the other's replicas are idle. Prints one JSON line:
+Both servers start (each with its own Ray instance and replicas, on the bert-base-shaped model,
+each pinning its replicas as if it were alone: workers/affinity.py) and stay up; the load then
+alternates between them in blocks of `--seconds`, A B B A A B ... (this machine's speed drifts
+by up to 1.5x within minutes, so only interleaved blocks compare). Only the server under load
+computes; the other's replicas are idle. Prints one JSON line:
 sequences/s and padding efficiency per configuration, and B/A as the median of the per-round
 ratios. With `--rate R` the load is an open loop instead (R requests/s whatever the server does,
 bench/loadgen.open_loop), and the line also gives each configuration's p50 and p90 latency
@@ -19,6 +20,12 @@ measures single-client latency instead: short FillMask requests one at a time, i
 block after a block of bare forward passes of the same inputs (bench/bare.py); prints each
 configuration's p50, the bare p50, and B - A as the median of the per-round differences of
 block medians.
+
+Either mode compares two versions of the code as well: `--a-tree DIR` (or `--b-tree DIR`) runs
+that side's server, replicas included, from another bertserve checkout, side by side in one run:
+
+    git worktree add /tmp/bertserve-base HEAD~1
+    python -m bench.ab --a-tree /tmp/bertserve-base --single-client 240 --dtype float32
 """
 
 from __future__ import annotations
@@ -115,6 +122,8 @@ def main() -> None:
     )
     parser.add_argument("--a", default="", help="extra `bertserve serve` flags of configuration A")
     parser.add_argument("--b", default="", help="extra `bertserve serve` flags of configuration B")
+    parser.add_argument("--a-tree", default="", help="run A's server from this bertserve checkout")
+    parser.add_argument("--b-tree", default="", help="run B's server from this bertserve checkout")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rate", type=float, default=0.0, help="open loop at this many requests/s instead")
     parser.add_argument(
@@ -140,8 +149,10 @@ def main() -> None:
             threads=ns.threads,
             metrics_port=_free_port(),
             extra=flags.split(),
+            code_tree=tree,
+            own_cpu_claims=True,  # only one of the two computes at a time: both pinned alike
         )
-        for name, flags in (("a", ns.a), ("b", ns.b))
+        for name, flags, tree in (("a", ns.a, ns.a_tree), ("b", ns.b, ns.b_tree))
     }
     blocks: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
     try:
@@ -150,7 +161,7 @@ def main() -> None:
         if ns.single_client:
             with BareForwardProcess(checkpoint, ns.dtype, ns.threads) as bare:
                 result = asyncio.run(single_client(servers, ns.single_client, ns.block, bare))
-            print(json.dumps({"a": ns.a, "b": ns.b, **result}))
+            print(json.dumps({"a": ns.a, "b": ns.b, "a_tree": ns.a_tree, "b_tree": ns.b_tree, **result}))
             return
         for r in range(ns.rounds):
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
@@ -164,6 +175,8 @@ def main() -> None:
     summary: dict[str, Any] = {
         "a": ns.a,
         "b": ns.b,
+        "a_tree": ns.a_tree,
+        "b_tree": ns.b_tree,
         "clients": ns.clients,
         "rate": ns.rate,
         "workload": ns.workload,

@@ -28,6 +28,7 @@ from bertserve.v1 import (
     models_pb2,
     next_sentence_pb2,
 )
+from bertserve.workers.affinity import LOCK_DIR_ENV
 
 
 class BertserveProcess:
@@ -43,8 +44,14 @@ class BertserveProcess:
         threads: int,
         metrics_port: int,
         extra: Sequence[str] = (),
+        code_tree: str = "",
+        own_cpu_claims: bool = False,
     ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="bertserve-bench-"))
+        self.code_tree = code_tree
+        # Replicas claim cores apart from other servers' (workers/affinity.py): for two servers
+        # of which only one computes at a time, both pinned the same way.
+        self.own_cpu_claims = own_cpu_claims
         models: list[dict[str, Any]] = [
             {"name": "bert", "checkpoint": fill_mask_checkpoint, "replicas": replicas}
         ]
@@ -80,7 +87,14 @@ class BertserveProcess:
             *self.extra,
         ]
         log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - kept open for the process's life
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        env = {**os.environ}
+        if self.own_cpu_claims:
+            env[LOCK_DIR_ENV] = str(self.workdir / "cpu-claims")
+        if self.code_tree:
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [self._package_of(self.code_tree), env.get("PYTHONPATH")])
+            )
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -91,6 +105,28 @@ class BertserveProcess:
                     return self.address
             time.sleep(0.2)
         raise RuntimeError("bertserve did not become SERVING in time")
+
+    def _package_of(self, tree: str) -> str:
+        """A `bertserve` package made of another checkout's server, workers and generated stubs
+        (links), for PYTHONPATH: that checkout's code serves, this one's drives the load. Its
+        Ray workers (the replicas) inherit the variable, so they run that code too."""
+        root = Path(tree).resolve()
+        parts = {
+            "server": root / "server",
+            "workers": root / "workers",
+            "v1": root / "client" / "bertserve" / "v1",
+        }
+        for part in parts.values():
+            if not (part / "__init__.py").is_file():
+                raise ValueError(f"{tree} is not a bertserve checkout: {part} is missing")
+        package = self.workdir / "code" / "bertserve"
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text("")
+        for name, target in parts.items():
+            link = package / name
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
+        return str(package.parent)
 
     def scrape(self) -> dict[str, float]:
         """The Prometheus samples, summed over labels we do not split by (name{kind} kept)."""

@@ -45,6 +45,18 @@ def test_a_taken_slot_falls_back_to_free_cores_or_to_none(tmp_path: Path) -> Non
     assert first.cpus and second.cpus  # held until here
 
 
+def test_claims_in_different_lock_folders_do_not_see_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BERTSERVE_CPU_LOCK_DIR", str(tmp_path / "one"))
+    first = claim_cpus(2, slot=0, allowed=CPUS)
+    assert first.cpus == (0, 1) and (tmp_path / "one" / "cpu0.lock").is_file()
+    assert not claim_cpus(2, slot=0, allowed=CPUS, any_free=False).cpus  # same folder: taken
+    monkeypatch.setenv("BERTSERVE_CPU_LOCK_DIR", str(tmp_path / "two"))
+    assert claim_cpus(2, slot=0, allowed=CPUS).cpus == (0, 1)  # another folder: free
+    assert first.cpus
+
+
 def test_a_claim_lasts_as_long_as_it_is_held(tmp_path: Path) -> None:
     """The replica keeps its claim for its life; a dropped claim frees its cores."""
     assert claim_cpus(2, slot=0, lock_dir=tmp_path, allowed=CPUS).cpus == (0, 1)

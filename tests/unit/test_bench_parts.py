@@ -208,3 +208,33 @@ def test_stack_floor_times_two_hops_around_a_real_forward_pass(tiny_checkpoint: 
     # The worker really computed (a forward pass takes time) and the hops cost something on top.
     assert out["compute_ms"] > 0 and 0 < out["floor_ms"] < 1000
     assert out["round_trip_ms"] >= out["floor_ms"]
+
+
+def test_an_ab_side_can_run_another_checkouts_server_code(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench.targets import BertserveProcess
+
+    repo = Path(__file__).resolve().parents[2]
+    other = tmp_path / "checkout"
+    for part in ("server", "workers", "client/bertserve/v1"):
+        (other / part).mkdir(parents=True)
+        (other / part / "__init__.py").write_text(f"WHERE = {part!r}\n")
+    server = BertserveProcess(
+        str(repo), None, dtype="float32", replicas=1, threads=1, metrics_port=1, code_tree=str(other)
+    )
+    path = server._package_of(str(other))
+    probe = "import bertserve.server as s, bertserve.workers as w, bertserve.v1 as v\n"
+    probe += "print(s.WHERE, w.WHERE, v.WHERE)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["server", "workers", "client/bertserve/v1"]  # the other checkout's code
+    with pytest.raises(ValueError, match="not a bertserve checkout"):
+        server._package_of(str(tmp_path / "nothing-here"))
