@@ -103,10 +103,7 @@ class Router:
         idle = [r for r in self._source.replicas() if r.ready and r.inflight == 0]
         if not idle:
             return None
-        chosen = min(idle, key=self._order)
-        chosen.inflight = 1
-        self._started[chosen.replica_id] = self._tick()
-        return chosen
+        return self._reserve(idle)
 
     async def acquire(self, exclude: frozenset[str] = frozenset()) -> Replica:
         """Reserve a slot on the least-loaded ready replica, waiting for one to free up.
@@ -120,14 +117,18 @@ class Router:
                     self._free() if not self._others_alive(exclude) else []
                 )
                 if free:
-                    chosen = min(free, key=self._order)
-                    chosen.inflight += 1
-                    if chosen.inflight == 1:
-                        self._started[chosen.replica_id] = self._tick()
-                    return chosen
+                    return self._reserve(free)
                 if not any(r.alive for r in self._source.replicas()):
                     raise Unavailable("no replica of this model is available")
                 await self._changed.wait()
+
+    def _reserve(self, candidates: list[Replica]) -> Replica:
+        """A slot on the candidate `_order` puts first; its first batch starts the clock."""
+        chosen = min(candidates, key=self._order)
+        chosen.inflight += 1
+        if chosen.inflight == 1:
+            self._started[chosen.replica_id] = self._tick()
+        return chosen
 
     def _order(self, replica: Replica) -> tuple[int, int, int]:
         if not self._prefer_warm:
