@@ -165,3 +165,34 @@ def test_bf16_probe_measures_agreement_between_two_models(tiny_checkpoint: Path)
     other = copy.deepcopy(model)
     torch.nn.init.normal_(other.cls.predictions.decoder.weight, std=1.0)
     assert _probe(model, other)[0] < 0.5
+
+
+def test_bf16_probe_counts_near_ties_as_agreeing_and_clear_flips_as_disagreeing() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from bertserve.workers.backends.torch_bert import BF16_TIE_PROB, _probe
+
+    class Fixed(torch.nn.Module):
+        """Every position gets the same logits over 4 labels (the probe draws input ids from
+        the config's vocabulary)."""
+
+        config = SimpleNamespace(vocab_size=10, max_position_embeddings=8)
+
+        def __init__(self, logits: list[float]) -> None:
+            super().__init__()
+            self.row = torch.tensor(logits)
+
+        def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+            return SimpleNamespace(logits=self.row.expand(*input_ids.shape, 4))
+
+    # float32 ranks token 0 over token 1 by a probability gap well inside BF16_TIE_PROB.
+    tied = Fixed([1.0, 1.0 - 1e-4, -3.0, -3.0])
+    flipped = Fixed([1.0 - 1e-4, 1.0, -3.0, -3.0])
+    gap = float(tied.row.softmax(-1)[0] - tied.row.softmax(-1)[1])
+    assert 0 < gap < BF16_TIE_PROB / 10
+    assert _probe(tied, flipped)[0] == 1.0
+    # A flip between tokens float32 separates clearly is a disagreement at every position.
+    clear = Fixed([2.0, 1.0, -3.0, -3.0])
+    assert _probe(clear, Fixed([1.0, 2.0, -3.0, -3.0])) == pytest.approx((0.0, 0.3), abs=0.2)
