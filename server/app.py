@@ -20,6 +20,7 @@ from bertserve.server.config_file import ModelEntry
 from bertserve.server.dataplane import DataPlane
 from bertserve.server.domain import RequestLimits
 from bertserve.server.health import SERVICE_NAME, HealthReporter
+from bertserve.server.keep_warm import KeepWarm, loopback_target
 from bertserve.server.logs import configure_logging, get_logger
 from bertserve.server.metrics import Metrics
 from bertserve.server.models import ModelConfig, ModelRegistry, ServedModel
@@ -325,6 +326,7 @@ class Server:
         self.port = 0
         # Recorded whether or not they are served over HTTP (--metrics-port).
         self.metrics = Metrics()
+        self.keep_warm: KeepWarm | None = None
 
     def _serve_metrics(self) -> None:
         """Serve GET /metrics on --metrics-port, first: a taken port fails start-up at once."""
@@ -419,12 +421,34 @@ class Server:
                 tasks=[t.value for t in model.tasks],
                 default_for=[t.value for t in self.registry.default_for(model)],
             )
+        self._start_keep_warm(credentials is not None)
         if s.port_file:
             Path(s.port_file).write_text(str(self.port))
+
+    def _start_keep_warm(self, tls: bool) -> None:
+        """Ping the own health service while a lone request waits (server/keep_warm.py)."""
+        s, registry = self.settings, self.registry
+        if not s.keep_warm_ms or registry is None:
+            return
+        if tls:
+            _log.info("keep_warm_off", reason="the port serves TLS")
+            return
+        models = registry.all()
+        self.keep_warm = KeepWarm(
+            loopback_target(s.host, self.port),
+            lambda: sum(m.admission.inflight for m in models),
+            s.keep_warm_ms / 1e3,
+            on_ping=self.metrics.keep_warm_pings.inc,
+        )
+        for model in models:
+            model.admission.on_busy = self.keep_warm.wake
+        self.keep_warm.start()
 
     async def stop(self) -> None:
         """Drain: health NOT_SERVING, finish in-flight calls within the grace period, release replicas."""
         await self.health.shutting_down()
+        if self.keep_warm is not None:
+            await self.keep_warm.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(self.settings.grace_period_s)
         if self.registry is not None:

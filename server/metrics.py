@@ -282,6 +282,11 @@ class Metrics:
             ("model", "reason"),
             registry=r,
         )
+        self.keep_warm_pings = Counter(
+            "bertserve_keep_warm_pings_total",
+            "Loopback health checks the front end sent to keep its reply path warm (--keep-warm-ms).",
+            registry=r,
+        )
         self._state = _StateCollector()
         r.register(self._state)
         self._http: tuple[WSGIServer, threading.Thread] | None = None

@@ -148,6 +148,12 @@ class Settings:
     host: str = _f("127.0.0.1", "address to bind; use 0.0.0.0 to listen on every interface")
     port: int = _f(50051, "gRPC port (0: pick a free one)")
     port_file: str = _f("", "write the bound port to this file once serving (for scripts and tests)")
+    keep_warm_ms: float = _f(
+        0.0,
+        "while a lone request waits on a replica, call the server's own health service every this "
+        "many ms so the reply path is warm when the replica answers (e.g. 3; 0: off; plaintext "
+        "ports only; docs/benchmarks.md)",
+    )
     grace_period_s: float = _f(10.0, "on SIGTERM/SIGINT, seconds in-flight requests get to finish")
     max_receive_message_length: int = _f(
         16 * 1024 * 1024, "largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED"
@@ -213,6 +219,8 @@ class Settings:
                 raise ValueError(f"--{_flag(name)} must not be negative (0: unlimited)")
         if not 0.0 <= self.min_padding_efficiency <= 1.0:
             raise ValueError("--min-padding-efficiency must be between 0 and 1")
+        if self.keep_warm_ms < 0:
+            raise ValueError("--keep-warm-ms must not be negative (0: off)")
         if self.max_wait_ms < 0:
             raise ValueError("--max-wait-ms must not be negative")
         if self.gpus_per_replica <= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,8 @@ def metrics_server(tiny_checkpoint: Path) -> Iterator[tuple[RunningServer, int]]
             "1",
             "--metrics-port",
             str(port),
+            "--keep-warm-ms",  # several pings within each 5 ms batch
+            "1",
         ]
     )
     yield running, port
@@ -121,6 +124,12 @@ def test_metrics_endpoint_counts_requests_batches_tokens_and_busy_time(
     assert busy >= 0.005 * delta("bertserve_batch_size_count", **fm) * 0.9
     assert _get(after, "bertserve_batch_retries_total", **fm) == 0
     assert _get(after, "bertserve_queue_depth", **fm) == 0
+
+    # Keep-warm pinged while each lone unary request waited on the replica, and stops when idle.
+    assert delta("bertserve_keep_warm_pings_total") > 0
+    time.sleep(0.3)
+    pings = "bertserve_keep_warm_pings_total"
+    assert _get(_scrape(port), pings) == _get(after, pings)
 
 
 def test_a_taken_metrics_port_stops_start_up_with_one_line(tiny_checkpoint: Path) -> None:
