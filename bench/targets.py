@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,15 +161,22 @@ class BertserveProcess:
         return {m: [list(r.cpus) for r in self.replicas(m)] for m in models}
 
     def stop(self) -> int:
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        """SIGTERM, wait, and return the exit code. The work folder (configuration, server log)
+        goes after a clean exit; after a failure it stays, and its path is printed."""
+        code = 0
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                code = self.process.wait()
+        if code == 0:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            print(f"bertserve exited with {code}; its log: {self.workdir / 'server.log'}", file=sys.stderr)
+        return code
 
 
 def _serving(address: str) -> bool:

@@ -238,3 +238,5 @@ def test_an_ab_side_can_run_another_checkouts_server_code(tmp_path: Path) -> Non
     assert out.stdout.split() == ["server", "workers", "client/bertserve/v1"]  # the other checkout's code
     with pytest.raises(ValueError, match="not a bertserve checkout"):
         server._package_of(str(tmp_path / "nothing-here"))
+    assert server.stop() == 0  # never started: its work folder goes all the same
+    assert not server.workdir.exists()
