@@ -19,7 +19,10 @@ measures single-client latency instead: short FillMask requests one at a time, i
 `--block` back to back (as one client sends them), A and B taking turns (A B, B A, ...), each
 block after a block of bare forward passes of the same inputs (bench/bare.py); prints each
 configuration's p50, the bare p50, and B - A as the median of the per-round differences of
-block medians.
+block medians; then the same for each server's own overhead (`*_own_overhead_ms`: per request,
+latency minus the compute time its replica reported, so the machine's drift, which moves both,
+drops out; far less noisy than the comparison with the bare pass when the change is in the front
+end).
 
 Either mode compares two versions of the code as well: `--a-tree DIR` (or `--b-tree DIR`) runs
 that side's server, replicas included, from another bertserve checkout, side by side in one run:
@@ -86,6 +89,8 @@ async def single_client(
             for item in items[:5]:
                 await send[name](item)
         ms: dict[str, list[list[float]]] = {name: [] for name in send}
+        # Per block: the median of latency minus the replica's compute, request by request.
+        own: dict[str, list[float]] = {name: [] for name in send}
         bare_blocks: dict[str, list[list[float]]] = {name: [] for name in send}
         for r in range(max(1, requests // block)):
             at = r * block % len(items)
@@ -99,6 +104,7 @@ async def single_client(
                     raise RuntimeError(f"configuration {name}: {result.first_error}")
                 bare_blocks[name].append(reference_ms)
                 ms[name] += result.blocks_ms()
+                own[name].append(result.own_overhead_ms())
     finally:
         for s in senders.values():
             await s.close()
@@ -113,6 +119,12 @@ async def single_client(
         out[f"{name}_over_bare_ci90_ms"] = [round(low, 2), round(high, 2)]
     diffs = [statistics.median(b) - statistics.median(a) for a, b in zip(ms["a"], ms["b"], strict=True)]
     out["b_minus_a_ms"] = round(statistics.median(diffs), 2)
+    # The same comparison for what each server adds over its own replica's compute (drift-free:
+    # bench/loadgen.RunResult.own_overhead_ms), as the median of the per-round differences.
+    for name in ("a", "b"):
+        out[f"{name}_own_overhead_ms"] = round(statistics.median(own[name]), 2)
+    own_diffs = [b - a for a, b in zip(own["a"], own["b"], strict=True)]
+    out["b_minus_a_own_overhead_ms"] = round(statistics.median(own_diffs), 2)
     return out
 
 

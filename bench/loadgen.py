@@ -1,16 +1,21 @@
 """The load generator: closed loop (C clients, each sends its next request when the last one is
 answered) and open loop (requests arrive at a fixed rate whatever the server does), over any
-async `send(item) -> None`. Latency is measured per request, client side."""
+async `send(item)`. Latency is measured per request, client side; a sender that returns the
+replica's compute time for the request (bertserve's FillMask senders) gets it paired with the
+request's latency (`RunResult.own_overhead_ms`)."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-Send = Callable[[Any], Awaitable[None]]
+# A sender may return the replica's compute time for the request (ms, from the response's Timing):
+# RunResult then pairs it with the request's latency (`own_overhead_ms`).
+Send = Callable[[Any], Awaitable[float | None]]
 
 
 @dataclass
@@ -25,6 +30,19 @@ class RunResult:
     first_error: str = ""
     # Where each block of an interleaved run starts in latencies_s (interleaved_single_client).
     block_starts: list[int] = field(default_factory=list)
+    # The replica's compute time of each measured request (ms), when its sender returns it.
+    compute_ms: list[float] = field(default_factory=list)
+
+    def own_overhead_ms(self) -> float:
+        """Median over requests of latency minus the replica's compute time for that same request:
+        what the server and the network add, free of the machine's speed drift, which moves the
+        compute and the latency alike. NaN unless every measured request reported its compute."""
+        if not self.latencies_s or len(self.compute_ms) != len(self.latencies_s):
+            return float("nan")
+        return statistics.median(s * 1000 - c for s, c in zip(self.latencies_s, self.compute_ms, strict=True))
+
+    def compute_p50_ms(self) -> float:
+        return statistics.median(self.compute_ms) if self.compute_ms else float("nan")
 
     def blocks_ms(self) -> list[list[float]]:
         """The latencies of each block, in milliseconds (one block if the run had none)."""
@@ -68,7 +86,7 @@ async def _timed(
 ) -> None:
     start = time.perf_counter()
     try:
-        await send(item)
+        compute_ms = await send(item)
     except Exception as exc:  # counted, never hidden: the report shows errors and the first one
         if measuring():
             result.errors += 1
@@ -78,6 +96,8 @@ async def _timed(
         result.requests += 1
         result.sequences += per_request
         result.latencies_s.append(time.perf_counter() - start)
+        if compute_ms is not None:
+            result.compute_ms.append(compute_ms)
 
 
 async def interleaved_single_client(

@@ -48,6 +48,15 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             out["latency_overhead_sync_stub_ms"] = round(single["sync_p50_ms"] - bare, 2)
             if single.get("sync_overhead_ci90_ms"):
                 out["latency_overhead_sync_stub_ci90_ms"] = single["sync_overhead_ci90_ms"]
+        # The overhead in two parts: what bertserve and gRPC add to each request over its own
+        # forward pass (paired per request: drift-free), and the replica's forward pass against
+        # the bare one (docs/benchmarks.md, "Reading the latency figures").
+        if single.get("own_overhead_ms") is not None:
+            out["own_overhead_ms"] = single["own_overhead_ms"]
+        if single.get("sync_own_overhead_ms") is not None:
+            out["own_overhead_sync_stub_ms"] = single["sync_own_overhead_ms"]
+        if single.get("replica_compute_p50_ms") is not None:
+            out["replica_compute_over_bare_ms"] = round(single["replica_compute_p50_ms"] - bare, 2)
     by_dtype = {d: _best(pipe_points, workload="mixed", dtype=d) for d in ("float32", "bfloat16")}
     if by_dtype["float32"] and by_dtype["bfloat16"]:
         out["pipeline_bf16_vs_fp32"] = round(

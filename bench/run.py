@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import socket
@@ -197,7 +198,18 @@ async def single_client_point(
         "sync_p90_ms": round(sync.percentile_ms(90), 2),
         "sync_errors": sync.errors,
         "sync_overhead_ci90_ms": interval(sync),
+        # Per request: latency minus the replica's compute for it (bench/loadgen.py), and the
+        # replica's compute itself, to set beside the bare forward pass.
+        "own_overhead_ms": _round(results["aio"].own_overhead_ms()),
+        "replica_compute_p50_ms": _round(results["aio"].compute_p50_ms()),
+        "sync_own_overhead_ms": _round(sync.own_overhead_ms()),
+        "sync_replica_compute_p50_ms": _round(sync.compute_p50_ms()),
     }
+
+
+def _round(ms: float) -> float | None:
+    """Two decimals; None (null in JSON) for a figure the run could not give."""
+    return None if math.isnan(ms) else round(ms, 2)
 
 
 async def _measure_bertserve(

@@ -194,8 +194,10 @@ def blocking_fill_mask(address: str, model: str = "", top_k: int = 5) -> tuple[S
     channel = grpc.insecure_channel(address)
     stub = bert_service_pb2_grpc.BertServiceStub(channel)
 
-    async def send(item: Item) -> None:
-        stub.FillMask(fill_mask_pb2.FillMaskRequest(texts=[item.text], top_k=top_k, model=model), timeout=120)
+    async def send(item: Item) -> float:
+        request = fill_mask_pb2.FillMaskRequest(texts=[item.text], top_k=top_k, model=model)
+        reply = stub.FillMask(request, timeout=120)
+        return float(reply.timing.inference_us) / 1000  # the replica's compute (bench/loadgen.py)
 
     return send, channel.close
 
@@ -219,9 +221,10 @@ class GrpcSenders:
         await asyncio.gather(*(c.close() for c in self._channels))
 
     def fill_mask(self, model: str = "", top_k: int = 5) -> Send:
-        async def send(item: Item) -> None:
+        async def send(item: Item) -> float:
             request = fill_mask_pb2.FillMaskRequest(texts=[item.text], top_k=top_k, model=model)
-            await self._stub().FillMask(request, metadata=self.metadata, timeout=120)
+            reply = await self._stub().FillMask(request, metadata=self.metadata, timeout=120)
+            return float(reply.timing.inference_us) / 1000  # the replica's compute (bench/loadgen.py)
 
         return send
 

@@ -31,3 +31,7 @@ def test_single_client_ab_alternates_blocks_after_the_reference(server: RunningS
         low, high = out[f"{name}_over_bare_ci90_ms"]
         assert low <= high and low > -1.0
     assert isinstance(out["b_minus_a_ms"], float)
+    # Each side's own overhead: latency minus the compute its replica reported, per request.
+    for name in ("a", "b"):
+        assert 0 < out[f"{name}_own_overhead_ms"] < out[f"{name}_p50_ms"]
+    assert isinstance(out["b_minus_a_own_overhead_ms"], float)

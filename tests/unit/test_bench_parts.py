@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import report
-from bench.loadgen import closed_loop, interleaved_single_client, open_loop
+from bench import loadgen, report
+from bench.loadgen import RunResult, closed_loop, interleaved_single_client, open_loop
 from bench.workloads import LENGTHS, fill_mask_items, padding_efficiency
 
 
@@ -75,6 +77,33 @@ def test_the_single_client_run_alternates_with_the_bare_forward_pass_over_the_sa
     ]  # fmt: skip
     assert [r.requests for r in results.values()] == [4, 4] and bare_ms == [1.0] * 4
     assert [len(block) for block in results["a"].blocks_ms()] == [2, 2]
+
+
+def test_a_senders_compute_time_pairs_with_each_requests_latency() -> None:
+    """own_overhead_ms: latency minus the compute the same request reported, median over
+    requests; a sender that reports no compute (or not for every request) gives NaN."""
+    compute = iter([40.0, 10.0, 25.0])
+
+    async def timed_send(item: int) -> float:
+        await asyncio.sleep(0.001 * item)  # latency grows with the item; compute does not follow
+        return next(compute)
+
+    result = RunResult("closed", 1, 0.0)
+    for item in (50, 20, 35):
+        asyncio.run(loadgen._timed(timed_send, item, result, 1, lambda: True))
+    assert result.compute_ms == [40.0, 10.0, 25.0] and result.compute_p50_ms() == 25.0
+    own = [s * 1000 - c for s, c in zip(result.latencies_s, result.compute_ms, strict=True)]
+    assert result.own_overhead_ms() == statistics.median(own)
+    # Each request took 10 ms (plus scheduling) more than its own compute; paired with another
+    # request's compute it would be off by 15 ms or more.
+    assert all(9.9 < x < 25.0 for x in own)
+
+    async def plain_send(item: int) -> None:
+        return None
+
+    plain = RunResult("closed", 1, 0.0)
+    asyncio.run(loadgen._timed(plain_send, 1, plain, 1, lambda: True))
+    assert math.isnan(plain.own_overhead_ms()) and math.isnan(plain.compute_p50_ms())
 
 
 def test_block_bootstrap_interval_holds_a_constant_difference_exactly_and_widens_with_noise() -> None:
@@ -145,6 +174,9 @@ def _results() -> dict[str, object]:
                 "p99_ms": 62.0,
                 "bare_forward_ms": 57.5,
                 "overhead_ci90_ms": [1.9, 3.4],
+                "own_overhead_ms": 2.1,
+                "replica_compute_p50_ms": 57.9,
+                "sync_own_overhead_ms": None,  # the run could not pair them: left out
             },
             {
                 **point,
@@ -186,6 +218,8 @@ def test_headline_ratios_come_from_the_same_run(tmp_path: Path) -> None:
     assert h["vs_ray_serve"] == 2.5 and h["latency_overhead_ms"] == 2.5
     assert h["pipeline_bf16_vs_fp32"] == 2.0
     assert h["latency_overhead_ci90_ms"] == [1.9, 3.4]
+    assert h["own_overhead_ms"] == 2.1 and h["replica_compute_over_bare_ms"] == 0.4
+    assert "own_overhead_sync_stub_ms" not in h
     markdown = (tmp_path / "results.md").read_text()
     assert "| vs_pipeline | 1.5 |" in markdown and "python -m bench --quick" in markdown
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
