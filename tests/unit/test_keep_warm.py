@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve.server.keep_warm import KeepWarm, loopback_target
 from bertserve.server.scheduling.admission import Admission, AdmissionLimits
 from bertserve.server.settings import Settings
+from tests.support.aio_server import local_aio_server
 
 INTERVAL_S = 0.002
 
@@ -28,14 +28,8 @@ class CountingHealth(health_pb2_grpc.HealthServicer):
 
 async def _with_server(body: Any) -> None:
     health = CountingHealth()
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        await asyncio.wait_for(body(health, f"127.0.0.1:{port}"), 20)
-    finally:
-        await server.stop(None)
+    async with local_aio_server(lambda s: health_pb2_grpc.add_HealthServicer_to_server(health, s)) as target:
+        await asyncio.wait_for(body(health, target), 20)
 
 
 async def _until(condition: Any) -> None:

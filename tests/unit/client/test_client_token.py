@@ -13,6 +13,7 @@ import pytest
 from bertserve.v1 import bert_service_pb2_grpc, models_pb2, tokenize_pb2
 from bertserve_client import AsyncBertClient, BertClient
 from bertserve_client._channel import call_metadata
+from tests.support.aio_server import local_aio_server
 
 TOKEN = "client-token-3e8f"
 
@@ -45,14 +46,12 @@ class _Recorder(bert_service_pb2_grpc.BertServiceServicer):
 def _serve_and_call(calls: Any) -> list[list[str]]:
     async def body() -> list[list[str]]:
         recorder = _Recorder()
-        server = grpc.aio.server()
-        bert_service_pb2_grpc.add_BertServiceServicer_to_server(recorder, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            await calls(f"127.0.0.1:{port}")
-        finally:
-            await server.stop(None)
+
+        def register(server: grpc.aio.Server) -> None:
+            bert_service_pb2_grpc.add_BertServiceServicer_to_server(recorder, server)
+
+        async with local_aio_server(register) as address:
+            await calls(address)
         return recorder.seen
 
     return asyncio.run(body())
