@@ -62,10 +62,17 @@ def _model_of(response: Any) -> str:
     return name if isinstance(name, str) and name else current_model()
 
 
+# The client's copy of a deadline runs out first: the server's starts when the call arrives. So
+# the client's cancellation at its deadline can reach the server a little before the server's own
+# copy expires; within this much of it, a cancellation counts as the deadline.
+DEADLINE_SLACK_S = 0.05
+
+
 def _cancelled_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """A call cancelled by gRPC: past its deadline, or cancelled by the client."""
+    """A call cancelled by gRPC: at its deadline (give or take DEADLINE_SLACK_S), or cancelled by
+    the client."""
     remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
+from bertserve.server import servicer
 from bertserve.server.domain import FillMaskAnswer, FillMaskQuery, Timing
 from bertserve.server.errors import InvalidInput
 from bertserve.server.servicer import BertServicer
@@ -106,3 +107,25 @@ def test_stream_never_has_more_than_max_inflight_requests_unanswered(max_infligh
         assert dp.max_active <= max_inflight
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class _Remaining:
+    def __init__(self, remaining: float | None) -> None:
+        self._remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+
+@pytest.mark.parametrize(
+    ("remaining", "code"),
+    [
+        (-0.01, "DEADLINE_EXCEEDED"),  # the server's own deadline fired
+        (0.02, "DEADLINE_EXCEEDED"),  # the client's ran out first and its cancellation came in
+        (0.2, "CANCELLED"),
+        (9.5, "CANCELLED"),
+        (None, "CANCELLED"),  # no deadline at all
+    ],
+)
+def test_a_cancellation_at_the_deadline_counts_as_the_deadline(remaining: float | None, code: str) -> None:
+    assert servicer._cancelled_code(_Remaining(remaining)) == code  # type: ignore[arg-type]
