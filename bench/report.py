@@ -146,6 +146,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {p['padding_efficiency']} |"
             for p in pipe["points"]
         ]
+        lines += [
+            f"| {p['dtype']} | {p['workload']} | {p['batch_size']} | not timed: {p['why']} | |"
+            for p in pipe.get("skipped", [])
+        ]
     return "\n".join(lines) + "\n"
 
 

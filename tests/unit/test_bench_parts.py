@@ -205,6 +205,9 @@ def _results() -> dict[str, object]:
                     "padding_efficiency": 1.0,
                 },
             ],
+            "skipped": [
+                {"dtype": "float32", "workload": "mixed", "batch_size": 8, "why": "batch 1 ran at 0.20x"}
+            ],
             "bf16_accuracy": {"inputs": 3, "top1_agreement": 1.0, "max_score_diff": 0.001},
         },
     }
@@ -222,7 +225,20 @@ def test_headline_ratios_come_from_the_same_run(tmp_path: Path) -> None:
     assert "own_overhead_sync_stub_ms" not in h
     markdown = (tmp_path / "results.md").read_text()
     assert "| vs_pipeline | 1.5 |" in markdown and "python -m bench --quick" in markdown
+    assert "| float32 | mixed | 8 | not timed: batch 1 ran at 0.20x | |" in markdown
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_pipeline_baseline_skips_larger_batches_of_a_dtype_far_slower_at_batch_1() -> None:
+    from bench.baselines.pipeline import skip_reason
+
+    # bfloat16 emulated on a CPU without native bf16: 0.19x float32 at batch 1 (EPYC, quick-27).
+    single = {"float32": 7.06, "bfloat16": 1.34}
+    assert skip_reason(single, "float32") == ""
+    assert skip_reason(single, "bfloat16").startswith("batch 1 ran at 0.19x the best dtype's batch 1")
+    # A dtype at 0.6-0.83x (bf16 on AVX-512 BF16 without AMX) is still timed at every batch size.
+    assert skip_reason({"float32": 10.0, "bfloat16": 6.0}, "bfloat16") == ""
+    assert skip_reason({"float32": 0.0, "bfloat16": 0.0}, "bfloat16") == ""
 
 
 def test_grpc_floor_times_a_do_nothing_round_trip_per_gap() -> None:
