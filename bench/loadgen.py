@@ -7,6 +7,7 @@ request's latency (`RunResult.own_overhead_ms`)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -133,6 +134,36 @@ async def interleaved_single_client(
     return results, reference_ms
 
 
+class Window:
+    """A closed loop's measured window: from `start` for `seconds`, extended by `seconds` at a
+    time (up to `max_extra_s`) while fewer than `min_requests` requests have finished inside it.
+    On a slow host a batch can outlast a fixed window (32 inputs of 256 tokens took about 30 s on
+    one vCPU), and a window that few batches end in measures the batching, not the rate.
+
+    `open_at` decides lazily: every request is checked when it finishes, before it is counted, so
+    the count at a boundary is the count when the first check after it runs."""
+
+    def __init__(self, start: float, seconds: float, min_requests: int = 0, max_extra_s: float = 0.0):
+        self.start = start
+        self.end = start + seconds
+        self.seconds = seconds  # the window's length so far (end - start, without rounding)
+        self._step = seconds
+        self._latest = self.end + max_extra_s
+        self._min_requests = min_requests
+        self._closed = False
+
+    def open_at(self, now: float, finished: int) -> bool:
+        if now < self.start:
+            return False
+        while now > self.end:
+            if self._closed or finished >= self._min_requests or self.end + self._step > self._latest:
+                self._closed = True
+                return False
+            self.end += self._step
+            self.seconds += self._step
+        return True
+
+
 async def closed_loop(
     send: Send,
     items: Sequence[Any],
@@ -140,24 +171,66 @@ async def closed_loop(
     duration_s: float,
     warmup_s: float = 1.0,
     per_request: int = 1,
+    min_requests: int = 0,
+    max_extra_s: float = 0.0,
+    max_settle_s: float = 0.0,
+    abandon_at_end: bool = False,
 ) -> RunResult:
-    """`concurrency` clients each send items back to back for warmup + duration seconds; only
-    requests that finish inside the measured window count."""
+    """`concurrency` clients each send items back to back; only requests that finish inside the
+    measured window count.
+
+    The window opens after `warmup_s`, or, with `max_settle_s`, once every client has had its
+    first answer (at most `max_settle_s` later): the C requests sent at once at the start are
+    a burst the server works off for a while, not its steady state. It lasts `duration_s`,
+    longer while fewer than `min_requests` have finished in it (see Window). Then each client's
+    last request is awaited, or with `abandon_at_end` cancelled when the window closes (for the
+    last point before the server is stopped: those requests would not count, and a queue of
+    them can take longer than the point)."""
     result = RunResult("closed", concurrency, duration_s)
-    start = time.perf_counter()
-    measure_from = start + warmup_s
-    stop_at = measure_from + duration_s
+    begin = time.perf_counter()
+    earliest = begin + warmup_s
+    answered: set[int] = set()
+    all_answered_at = math.inf
+    window: Window | None = None
+
+    def current() -> Window | None:
+        """The window, opened lazily at the first check after its start (see the docstring)."""
+        nonlocal window
+        if window is None:
+            start = max(earliest, min(all_answered_at, earliest + max_settle_s))
+            if time.perf_counter() >= start:
+                window = Window(start, duration_s, min_requests, max_extra_s)
+        return window
 
     def measuring() -> bool:
-        return measure_from <= time.perf_counter() <= stop_at
+        w = current()
+        return w is not None and w.open_at(time.perf_counter(), result.requests)
+
+    def sending() -> bool:
+        return current() is None or measuring()
 
     async def client(k: int) -> None:
+        nonlocal all_answered_at
         i = k
-        while time.perf_counter() < stop_at:
+        while sending():
             await _timed(send, items[i % len(items)], result, per_request, measuring)
+            if k not in answered:
+                answered.add(k)
+                if len(answered) == concurrency:
+                    all_answered_at = time.perf_counter()
             i += concurrency
 
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    clients = [asyncio.ensure_future(client(k)) for k in range(concurrency)]
+    if abandon_at_end:
+        while sending():
+            w = current()
+            await asyncio.sleep(max(0.0, w.end - time.perf_counter()) + 0.001 if w else 0.01)
+        for task in clients:
+            task.cancel()
+    for outcome in await asyncio.gather(*clients, return_exceptions=True):
+        if isinstance(outcome, Exception):
+            raise outcome
+    result.duration_s = window.seconds if window is not None else 0.0
     return result
 
 

@@ -22,13 +22,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import report, workloads
 from bench.bare import BareForwardProcess
-from bench.loadgen import RunResult, closed_loop, interleaved_single_client, open_loop
+from bench.loadgen import RunResult, Send, closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.stats import block_bootstrap_interval
 from bench.targets import BertserveProcess, GrpcSenders, blocking_fill_mask
@@ -48,7 +49,31 @@ class Plan:
     # The single-client latency run: blocks of requests, each after a block of bare forward passes.
     single_client_blocks: int = 8
     single_client_block: int = 12
+    # How many window lengths a closed-loop point may wait for the first burst to be worked off,
+    # and may add to its window (Plan.closed_loop).
+    extensions: int = 2
     notes: list[str] = field(default_factory=list)
+
+    def closed_loop(
+        self, send: Send, items: Sequence[Any], concurrency: int, last: bool = False
+    ) -> Awaitable[RunResult]:
+        """A closed-loop point (bench/loadgen.py): the window opens after the plan's warm-up and
+        once every client has had an answer (the first burst worked off; at most `extensions`
+        window lengths later), and is extended (by at most `extensions` times its length) until half the
+        clients' worth of requests have finished in it, so that a point on a slow host measures
+        a steady state over more than a batch or two. `last`: the target's last point, whose
+        unfinished requests are abandoned."""
+        return closed_loop(
+            send,
+            items,
+            concurrency,
+            self.seconds,
+            self.warmup,
+            min_requests=(concurrency + 1) // 2,
+            max_extra_s=self.extensions * self.seconds,
+            max_settle_s=self.extensions * self.seconds,
+            abandon_at_end=last,
+        )
 
     @classmethod
     def make(cls, quick: bool, smoke: bool = False) -> Plan:
@@ -68,7 +93,7 @@ class Plan:
         if quick:
             return cls(
                 True,
-                4.0,
+                3.0,  # windows at saturation extend on a slow host (extensions below)
                 1.0,
                 # One client is measured on short inputs (both targets), so mixed starts at 16 to
                 # stay under 3 minutes on a slow 2-core host.
@@ -80,6 +105,7 @@ class Plan:
                 [4, 64],
                 single_client_blocks=6,
                 single_client_block=10,
+                extensions=1,
             )
         return cls(
             False,
@@ -245,14 +271,14 @@ async def _measure_bertserve(
         for workload in plan.workloads:
             items = fill_mask_items(workload, 1024, seed=7)
             for c in plan.concurrency:
-                r = await point(workload, "unary", closed_loop(fm, items, c, plan.seconds, plan.warmup))
+                r = await point(workload, "unary", plan.closed_loop(fm, items, c))
                 if workload == "mixed":
                     saturated = max(saturated, r.sequences_per_s)
         mixed = fill_mask_items("mixed", 1024, seed=7)
         for c in plan.stream_concurrency:
             send, close = await senders.fill_mask_streams(c, model="bert")
             try:
-                await point("mixed", "stream", closed_loop(send, mixed, c, plan.seconds, plan.warmup))
+                await point("mixed", "stream", plan.closed_loop(send, mixed, c))
             finally:
                 await close()
         for fraction in [0.7] if plan.quick else [0.3, 0.7, 0.9]:
@@ -263,13 +289,13 @@ async def _measure_bertserve(
         await point(
             "next_sentence",
             "unary",
-            closed_loop(senders.next_sentence("bert"), pairs, c, plan.seconds, plan.warmup),
+            plan.closed_loop(senders.next_sentence("bert"), pairs, c),
         )
         texts = classify_items(512, seed=11)
         await point(
             "classify",
             "unary",
-            closed_loop(senders.classify("classifier"), texts, c, plan.seconds, plan.warmup),
+            plan.closed_loop(senders.classify("classifier"), texts, c, last=True),
             model="classifier",
         )
     finally:
@@ -289,11 +315,11 @@ async def _measure_ray_serve(address: str, metadata: Any, plan: Plan) -> list[di
         if not plan.quick:
             runs.append(("next_sentence", plan.extra_tasks_concurrency, pair_items(512, seed=9)))
             runs.append(("classify", plan.extra_tasks_concurrency, classify_items(512, seed=11)))
-        for workload, c, items in runs:
+        for i, (workload, c, items) in enumerate(runs):
             send = {"next_sentence": senders.next_sentence(), "classify": senders.classify()}.get(
                 workload, fm
             )
-            result = await closed_loop(send, items, c, plan.seconds, plan.warmup)
+            result = await plan.closed_loop(send, items, c, last=i == len(runs) - 1)
             points.append({"target": "ray-serve", "workload": workload, "api": "unary", **result.summary()})
             print(json.dumps(points[-1]), file=sys.stderr, flush=True)
     finally:

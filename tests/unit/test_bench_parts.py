@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,87 @@ def test_closed_loop_keeps_each_client_to_one_request_and_counts_the_window() ->
     assert most == 4
     assert 100 <= result.requests <= 220 and result.errors == 0
     assert 9 <= result.percentile_ms(50) <= 40 and result.requests_per_s == result.requests / 0.5
+
+
+def test_a_window_that_too_few_requests_finish_in_is_extended_a_window_length_at_a_time() -> None:
+    from bench.loadgen import Window
+
+    window = Window(start=10.0, seconds=4.0, min_requests=3, max_extra_s=8.0)
+    assert not window.open_at(9.9, 0)  # warm-up
+    assert window.open_at(13.0, 0)
+    assert window.open_at(15.0, 2)  # 2 < 3 at the 14.0 boundary: one more window length
+    assert window.end == 18.0 and window.seconds == 8.0
+    assert window.open_at(17.5, 2)
+    assert not window.open_at(18.5, 3)  # enough by 18.0: closed there, for good
+    assert not window.open_at(30.0, 0) and window.seconds == 8.0
+
+    slow = Window(start=0.0, seconds=4.0, min_requests=100, max_extra_s=8.0)
+    assert slow.open_at(11.0, 0) and slow.end == 12.0  # two extensions, passed without a check
+    assert not slow.open_at(12.5, 1) and slow.seconds == 12.0  # at most 8 s more
+
+    plain = Window(start=0.0, seconds=4.0)
+    assert plain.open_at(4.0, 0) and not plain.open_at(4.01, 0) and plain.seconds == 4.0
+
+
+def test_a_closed_loop_whose_batches_outlast_the_window_measures_longer() -> None:
+    # A server answering 8 requests at once every 0.3 s: a 0.2 s window sees at most one batch.
+    async def send(item: int) -> None:
+        await asyncio.sleep(0.3 - time.perf_counter() % 0.3)
+
+    result = asyncio.run(
+        closed_loop(send, list(range(10)), 8, duration_s=0.2, warmup_s=0.05, min_requests=16, max_extra_s=0.6)
+    )
+    assert result.duration_s in (pytest.approx(0.4), pytest.approx(0.6), pytest.approx(0.8))
+    assert result.requests >= 16
+    assert result.sequences_per_s == pytest.approx(result.requests / result.duration_s)
+
+
+def test_the_window_opens_once_every_client_has_had_its_first_answer() -> None:
+    # The first round is a burst: client k's first request takes 0.1 * (k + 1) s, later ones 0.01 s.
+    first: set[int] = set()
+
+    async def send(item: int) -> None:
+        client = item % 4
+        if client not in first:
+            first.add(client)
+            await asyncio.sleep(0.1 * (client + 1))
+        else:
+            await asyncio.sleep(0.01)
+
+    def run(max_settle_s: float) -> tuple[RunResult, float]:
+        first.clear()
+        began = time.perf_counter()
+        result = asyncio.run(
+            closed_loop(send, list(range(4)), 4, duration_s=0.5, warmup_s=0.05, max_settle_s=max_settle_s)
+        )
+        return result, time.perf_counter() - began
+
+    settled, took = run(max_settle_s=1.0)
+    # The window opened at the slowest first answer (0.4 s), not after the 0.05 s warm-up.
+    assert settled.duration_s == 0.5 and 0.85 <= took < 1.5
+    assert max(settled.latencies_s) < 0.05
+    unsettled, took = run(max_settle_s=0.0)
+    # Without settling, the burst's slow first answers (0.2-0.4 s) fall inside the window.
+    assert unsettled.duration_s == 0.5 and took < 0.8
+    assert max(unsettled.latencies_s) >= 0.2
+
+
+def test_a_last_point_abandons_the_requests_still_out_when_its_window_closes() -> None:
+    cancelled = 0
+
+    async def send(item: int) -> None:
+        nonlocal cancelled
+        try:
+            await asyncio.sleep(0.05 if item < 4 else 30.0)  # the second round never comes back
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+
+    started = time.perf_counter()
+    run = closed_loop(send, list(range(8)), 4, duration_s=0.3, warmup_s=0.0, abandon_at_end=True)
+    result = asyncio.run(run)
+    assert time.perf_counter() - started < 2.0
+    assert (result.requests, result.duration_s, cancelled) == (4, 0.3, 4)
 
 
 def test_the_single_client_run_alternates_with_the_bare_forward_pass_over_the_same_inputs() -> None:
