@@ -93,7 +93,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Model: {results['checkpoint']}  ",
         f"bertserve: {cfg.get('replicas')} replicas x {cfg.get('threads_per_replica')} threads, "
         f"{cfg.get('dtype')}; elapsed {results.get('elapsed_s')} s  ",
-        f"Replica CPUs (pin_replica_cpus; [] unpinned): {_fmt(cfg.get('replica_cpus', '-'))}",
+        f"Replica CPUs (pin_replica_cpus; [] unpinned): {_fmt(cfg.get('replica_cpus', '-'))}  ",
+        f"Linear kernels (cpu_linear): {'; '.join(cfg.get('cpu_linear_choice', [])) or '-'}",
         "",
         "## Headline",
         "",

@@ -410,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": dtype,
             "dtype_requested": ns.dtype,
             "dtype_choice": sorted({choice for _, choice in choices}),
+            # Which float32 linear kernels each replica runs (cpu_linear auto measures them).
+            "cpu_linear_choice": sorted({r.cpu_linear_choice for r in server.replicas("bert")}),
             "replicas": ns.replicas,
             "threads_per_replica": threads,
             "replica_cpus": server.replica_cpus(["bert", "classifier"]),

@@ -291,6 +291,7 @@ def _served_model(
         fake_delay_ms=s.fake_delay_ms,
         tasks=tuple(t for t in entry.tasks if t is not Task.TOKENIZE),
         compile=s.compile,
+        cpu_linear=s.cpu_linear,
         pin_cpus=s.pin_replica_cpus,
         cpu_slot_base=cpu_slot_base,
     )

@@ -46,6 +46,7 @@ MODEL_FIELDS = (
     "pin_replica_cpus",
     "dtype",
     "compile",
+    "cpu_linear",
     "max_restarts",
     "replica_pending_after_s",
     "min_replicas",

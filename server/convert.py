@@ -348,6 +348,7 @@ def model_info(model: ServedModel, default_for: Sequence[Task]) -> models_pb2.Mo
                 restarts=r.restarts,
                 dtype=r.report.dtype if r.report else "",
                 dtype_choice=r.report.dtype_choice if r.report else "",
+                cpu_linear_choice=r.report.cpu_linear_choice if r.report else "",
                 cpus=list(r.report.cpus) if r.report else [],
             )
             for r in model.pool.replicas()

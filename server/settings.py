@@ -69,6 +69,14 @@ class Settings:
         "models); shapes are dynamic, and an input shape the graph does not cover compiles again "
         "on its first batch",
     )
+    cpu_linear: str = _f(
+        "auto",
+        "float32 linear layers of CPU replicas: auto (oneDNN kernels on weights packed at load when "
+        "a probe batch agrees with torch's and runs at least 1.05x faster; models with hidden size "
+        "256 or more; GetModelInfo's replicas say what was measured), onednn (always) or torch "
+        "(torch's own kernels)",
+        ("auto", "onednn", "torch"),
+    )
     max_restarts: int = _f(3, "times Ray restarts a crashed replica (-1: forever)")
     direct_channel: bool = _f(
         True,

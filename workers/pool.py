@@ -273,6 +273,7 @@ class ReplicaPool:
             device=report.device,
             dtype=report.dtype,
             dtype_choice=report.dtype_choice,
+            cpu_linear_choice=report.cpu_linear_choice,
             node=report.node_id,
             pid=report.pid,
             cpus=list(report.cpus),

@@ -134,6 +134,8 @@ class ReplicaReport:
     hidden_size: int = 0
     # How the replica chose its dtype (dtype auto: the probes' figures).
     dtype_choice: str = ""
+    # Which float32 linear kernels a CPU replica runs ("torch: ..." or "onednn: ..."), and why.
+    cpu_linear_choice: str = ""
     # CPUs the replica is pinned to (workers/affinity.py); empty when unpinned.
     cpus: tuple[int, ...] = ()
     # Set when the model could not be loaded; the replica then serves nothing.

@@ -90,6 +90,7 @@ class Replica:
             architecture=b.architecture,
             hidden_size=b.hidden_size,
             dtype_choice=b.dtype_choice,
+            cpu_linear_choice=b.cpu_linear_choice,
             cpus=self._cpus.cpus,
         )
 

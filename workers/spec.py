@@ -20,6 +20,9 @@ class ReplicaSpec:
     fake_delay_ms: per-batch compute time of the fake backend, in milliseconds.
     tasks: tasks the configuration asks of this model; loading fails when the head cannot serve one.
     compile: torch.compile the encoder at load time (the warm-up batch compiles it).
+    cpu_linear: float32 CPU linear layers: "torch" (torch's kernels), "onednn" (oneDNN's, on
+        weights packed at load) or "auto" (packed when a probe measures them faster and agreeing;
+        workers/backends/packed_linear.py).
     pin_cpus: a CPU replica claims `threads` cores of its own and pins its threads to them
         (workers/affinity.py).
     cpu_slot_base: this model's first slot among the server's replicas; replica i of the
@@ -36,5 +39,6 @@ class ReplicaSpec:
     fake_delay_ms: float = 0.0
     tasks: tuple[Task, ...] = ()
     compile: bool = False
+    cpu_linear: str = "auto"
     pin_cpus: bool = False
     cpu_slot_base: int = 0

@@ -31,6 +31,8 @@ class Backend(Protocol):
     warnings: tuple[str, ...]
     # How dtype was chosen (dtype auto: what the probes measured); "" when not reported.
     dtype_choice: str
+    # Which float32 linear kernels run (cpu_linear), and why; "" when not reported.
+    cpu_linear_choice: str
 
     def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput: ...
 

@@ -56,6 +56,7 @@ class FakeBackend:
         self.device = "cpu"
         self.dtype = spec.dtype
         self.dtype_choice = "fake backend"
+        self.cpu_linear_choice = "fake backend"
         self.tasks: tuple[Task, ...] = (
             Task.FILL_MASK,
             Task.NEXT_SENTENCE,

@@ -13,12 +13,14 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from bertserve.workers import heads
+from bertserve.workers.backends.packed_linear import PackedLinears, onednn_linear_available
 from bertserve.workers.errors import first_line
 from bertserve.workers.protocol import (
     EmbeddingOutput,
@@ -49,6 +51,10 @@ class TorchBertBackend:
 
         if spec.dtype not in (*_DTYPES, "auto"):
             raise ModelLoadError(f"unsupported dtype {spec.dtype!r}; choose one of {sorted(_DTYPES)} or auto")
+        if spec.cpu_linear not in CPU_LINEAR_CHOICES:
+            raise ModelLoadError(
+                f"unsupported cpu_linear {spec.cpu_linear!r}; choose one of {', '.join(CPU_LINEAR_CHOICES)}"
+            )
         if spec.device == "cpu":
             torch.set_num_threads(max(1, spec.threads))
         if spec.device == "cuda" and not torch.cuda.is_available():
@@ -108,6 +114,8 @@ class TorchBertBackend:
         self.vocab_size = int(model.config.vocab_size)
         self.max_position_embeddings = int(model.config.max_position_embeddings)
         self.hidden_size = int(model.config.hidden_size)
+        self.cpu_linear_choice = self._choose_cpu_linear(spec, warnings)
+        self.warnings = tuple(warnings)
         self.compiled = False
         if not spec.compile:
             self.warm_up()
@@ -158,6 +166,57 @@ class TorchBertBackend:
             self.dtype_choice = f"bfloat16: agrees with float32 and is {speedup:.2f}x faster ({timing})"
         else:
             self.dtype_choice = f"float32: bfloat16 is not faster on this CPU ({speedup:.2f}x; {timing})"
+
+    def _choose_cpu_linear(self, spec: ReplicaSpec, warnings: list[str]) -> str:
+        """cpu_linear: serve float32 CPU linear layers with torch's kernels or with oneDNN's on
+        weights packed once (workers/backends/packed_linear.py). `auto` packs only when the model
+        is large enough for kernels to matter (hidden size >= PACK_MIN_HIDDEN), a probe batch's
+        outputs agree with torch's (float32 both: only rounding may differ) and a timed probe
+        batch runs at least PACK_MIN_SPEEDUP times faster. Returns what was chosen and why."""
+        if spec.cpu_linear == "torch":
+            return "torch: configured"
+        not_applicable = ""
+        if self._device != "cpu" or self.dtype != "float32":
+            not_applicable = (
+                f"packing is for float32 on CPU, and this replica runs {self.dtype} on {self.device}"
+            )
+        elif spec.compile:
+            not_applicable = "the encoder is compiled (compile)"
+        elif not onednn_linear_available():
+            not_applicable = "this torch build has no oneDNN packed linear operators"
+            if spec.cpu_linear == "onednn":
+                raise ModelLoadError(f"cpu_linear onednn: {not_applicable}")
+        if not_applicable:
+            if spec.cpu_linear == "onednn":
+                warnings.append(f"cpu_linear onednn: {not_applicable}; serving torch's linear layers")
+            return f"torch: {not_applicable}"
+        if spec.cpu_linear == "auto" and self.hidden_size < PACK_MIN_HIDDEN:
+            return f"torch: hidden size {self.hidden_size} is under {PACK_MIN_HIDDEN}, too small to measure"
+        packing = PackedLinears(self.model)
+        if spec.cpu_linear == "onednn":
+            packing.keep_packed()
+            return f"onednn: configured ({len(packing)} layers packed)"
+        layers = len(packing)
+        packing.use_torch()
+        reference = _probe_probs(self.model)
+        packing.use_packed()
+        agreement, diff = _agreement(reference, _probe_probs(self.model))
+        if agreement < 1.0 or diff > PACK_MAX_PROB_DIFF:
+            packing.keep_torch()
+            reason = (
+                f"oneDNN's packed layers disagreed with torch's on the probe batch (top-1 agreement "
+                f"{agreement:.3f}, largest probability difference {diff:.3g})"
+            )
+            warnings.append(f"cpu_linear auto: {reason}; serving torch's linear layers")
+            return f"torch: {reason}"
+        torch_s, packed_s = _time_linear_kernels(self.model, packing)
+        speedup = torch_s / packed_s
+        timing = f"probe batch {torch_s * 1e3:.1f} ms with torch's layers, {packed_s * 1e3:.1f} ms packed"
+        if speedup >= PACK_MIN_SPEEDUP:
+            packing.keep_packed()
+            return f"onednn: {speedup:.2f}x faster than torch's float32 linear ({timing}; {layers} layers)"
+        packing.keep_torch()
+        return f"torch: oneDNN's packed layers are not faster on this CPU ({speedup:.2f}x; {timing})"
 
     def _inputs(self, batch: EncodedBatch) -> dict[str, Any]:
         # Arrays arrive read-only from Ray's object store: torch.tensor copies them.
@@ -329,6 +388,15 @@ BF16_MAX_PROB_DIFF = 0.05
 BF16_TIE_PROB = 1e-3
 # bfloat16 must beat float32 by this much on the timed probe batch to be picked.
 BF16_MIN_SPEEDUP = 1.1
+CPU_LINEAR_CHOICES = ("auto", "onednn", "torch")
+# cpu_linear auto: oneDNN's packed layers must beat torch's by this much on the timed probe batch,
+# agree on every top-1 (near-ties aside) and differ by at most this much in any probability: both
+# are float32, so only the order of additions differs (about 1e-6 on bert-base).
+PACK_MIN_SPEEDUP = 1.05
+PACK_MAX_PROB_DIFF = 1e-4
+# Smaller models (the tests' tiny ones) are not measured: their passes take microseconds, and
+# kernel choice is lost in the noise.
+PACK_MIN_HIDDEN = 256
 
 
 def cpu_has_bf16() -> bool:
@@ -341,44 +409,78 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _probe(reference: Any, candidate: Any) -> tuple[float, float]:
-    """Run a fixed random batch through both models; compare their first output head: top-1
-    agreement (near-ties counted as agreeing, see BF16_TIE_PROB) and the largest probability
-    difference."""
-    generator = torch.Generator().manual_seed(0)
-    vocab = int(reference.config.vocab_size)
-    length = min(48, int(reference.config.max_position_embeddings))
-    ids = torch.randint(5, vocab, (4, length), generator=generator)
+def _probe_ids(model: Any, length: int, seed: int) -> torch.Tensor:
+    """A fixed random batch of 4 x `length` token ids (at most the model's positions)."""
+    generator = torch.Generator().manual_seed(seed)
+    length = min(length, int(model.config.max_position_embeddings))
+    return torch.randint(5, int(model.config.vocab_size), (4, length), generator=generator)
+
+
+def _probe_probs(model: Any) -> torch.Tensor:
+    """The model's first output head on a fixed random batch (4 x 48 tokens), as probabilities."""
     with torch.inference_mode():
-        ref = _first_output(reference(input_ids=ids)).float().softmax(-1)
-        low = _first_output(candidate(input_ids=ids)).float().softmax(-1)
-    # A position agrees when the candidate's top-1 is float32's top-1, or a token float32 itself
-    # scores within BF16_TIE_PROB of it: a near-tie whose order rounding may flip either way.
-    picked = ref.gather(-1, low.argmax(-1, keepdim=True)).squeeze(-1)
+        probs: torch.Tensor = (
+            _first_output(model(input_ids=_probe_ids(model, 48, seed=0))).float().softmax(-1)
+        )
+        return probs
+
+
+def _agreement(ref: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """Top-1 agreement of `other` with `ref` (near-ties counted as agreeing, see BF16_TIE_PROB)
+    and the largest probability difference."""
+    # A position agrees when the candidate's top-1 is the reference's top-1, or a token the
+    # reference itself scores within BF16_TIE_PROB of it: a near-tie rounding may flip either way.
+    picked = ref.gather(-1, other.argmax(-1, keepdim=True)).squeeze(-1)
     agreement = float((ref.amax(-1) - picked <= BF16_TIE_PROB).float().mean())
-    diff = float((ref - low).abs().max())
-    return agreement, diff
+    return agreement, float((ref - other).abs().max())
+
+
+def _probe(reference: Any, candidate: Any) -> tuple[float, float]:
+    """Run a fixed random batch through both models and compare their first output head."""
+    return _agreement(_probe_probs(reference), _probe_probs(candidate))
+
+
+def _time_passes(passes: tuple[Callable[[], Any], ...], rounds: int = 2) -> tuple[float, ...]:
+    """Seconds each of `passes` takes: the best of `rounds`, the passes alternating after one
+    untimed run each (this machine's speed drifts; only interleaved figures compare)."""
+    best = [math.inf] * len(passes)
+    with torch.inference_mode():
+        for run in passes:
+            run()
+        for _ in range(rounds):
+            for i, run in enumerate(passes):
+                start = time.perf_counter()
+                run()
+                best[i] = min(best[i], time.perf_counter() - start)
+    return tuple(best)
 
 
 def _time_encoders(reference: Any, candidate: Any, rounds: int = 2) -> tuple[float, float]:
     """Seconds one encoder forward pass of a fixed batch (4 x 64 tokens: the size of batch a
-    loaded replica runs) takes in each model: the best of `rounds`, the two models alternating
-    after one untimed pass each."""
-    generator = torch.Generator().manual_seed(1)
-    vocab = int(reference.config.vocab_size)
-    length = min(64, int(reference.config.max_position_embeddings))
-    ids = torch.randint(5, vocab, (4, length), generator=generator)
-    models = (reference.base_model, candidate.base_model)
-    best = [math.inf, math.inf]
-    with torch.inference_mode():
-        for encoder in models:
-            encoder(input_ids=ids)
-        for _ in range(rounds):
-            for i, encoder in enumerate(models):
-                start = time.perf_counter()
-                encoder(input_ids=ids)
-                best[i] = min(best[i], time.perf_counter() - start)
-    return best[0], best[1]
+    loaded replica runs) takes in each model (_time_passes)."""
+    ids = _probe_ids(reference, 64, seed=1)
+    first, second = _time_passes(
+        (lambda: reference.base_model(input_ids=ids), lambda: candidate.base_model(input_ids=ids)), rounds
+    )
+    return first, second
+
+
+def _time_linear_kernels(model: Any, packing: PackedLinears, rounds: int = 2) -> tuple[float, float]:
+    """Seconds the model's encoder takes on the probe batch of _time_encoders with torch's linear
+    layers and with the packed ones (_time_passes; each timed pass starts by swapping the layers
+    in, a few microseconds)."""
+    ids = _probe_ids(model, 64, seed=1)
+
+    def with_torch() -> Any:
+        packing.use_torch()
+        return model.base_model(input_ids=ids)
+
+    def packed() -> Any:
+        packing.use_packed()
+        return model.base_model(input_ids=ids)
+
+    first, second = _time_passes((with_torch, packed), rounds)
+    return first, second
 
 
 def _first_output(output: Any) -> Any:

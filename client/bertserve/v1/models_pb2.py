@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x65rtserve/v1/models.proto\x12\x0c\x62\x65rtserve.v1\"\xd7\x01\n\x06Limits\x12\x1b\n\x13max_sequence_length\x18\x01 \x01(\r\x12\x1e\n\x16max_inputs_per_request\x18\x02 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x03 \x01(\r\x12\x11\n\tmax_top_k\x18\x04 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x06 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x07 \x01(\x01\x12\x1e\n\x16min_padding_efficiency\x18\x08 \x01(\x01\"\xe3\x01\n\x0bReplicaInfo\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.bertserve.v1.ReplicaState\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x05 \x01(\x04\x12\x11\n\tsequences\x18\x06 \x01(\x04\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x10\n\x08restarts\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x14\n\x0c\x64type_choice\x18\n \x01(\t\x12\x0c\n\x04\x63pus\x18\x0b \x03(\r\"\xe5\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12!\n\x05tasks\x18\x04 \x03(\x0e\x32\x12.bertserve.v1.Task\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x16\n\x0eready_replicas\x18\x07 \x01(\r\x12\x16\n\x0etotal_replicas\x18\x08 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\r\n\x05\x64type\x18\n \x01(\t\x12\x12\n\nmask_token\x18\x0b \x01(\t\x12$\n\x06limits\x18\x0c \x01(\x0b\x32\x14.bertserve.v1.Limits\x12+\n\x08replicas\x18\r \x03(\x0b\x32\x19.bertserve.v1.ReplicaInfo\x12\x0c\n\x04\x64\x65mo\x18\x0e \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0f \x01(\t\x12\x12\n\nis_default\x18\x10 \x01(\x08\x12\x0e\n\x06labels\x18\x11 \x03(\t\x12\x14\n\x0c\x61rchitecture\x18\x12 \x01(\t\x12\'\n\x0b\x64\x65\x66\x61ult_for\x18\x13 \x03(\x0e\x32\x12.bertserve.v1.Task\x12\x14\n\x0cproblem_type\x18\x14 \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.bertserve.v1.ModelInfo\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\">\n\x14GetModelInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.bertserve.v1.ModelInfo*\xbb\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_FILL_MASK\x10\x01\x12\x16\n\x12TASK_NEXT_SENTENCE\x10\x02\x12\x1a\n\x16TASK_CLASSIFY_SEQUENCE\x10\x03\x12\x18\n\x14TASK_CLASSIFY_TOKENS\x10\x04\x12\x18\n\x14TASK_ANSWER_QUESTION\x10\x05\x12\x0e\n\nTASK_EMBED\x10\x06\x12\x11\n\rTASK_TOKENIZE\x10\x07*\xcf\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x01\x12\x17\n\x13REPLICA_STATE_READY\x10\x02\x12\x1c\n\x18REPLICA_STATE_RESTARTING\x10\x03\x12\x16\n\x12REPLICA_STATE_DEAD\x10\x04\x12\x19\n\x15REPLICA_STATE_PENDING\x10\x05\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x65rtserve/v1/models.proto\x12\x0c\x62\x65rtserve.v1\"\xd7\x01\n\x06Limits\x12\x1b\n\x13max_sequence_length\x18\x01 \x01(\r\x12\x1e\n\x16max_inputs_per_request\x18\x02 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x03 \x01(\r\x12\x11\n\tmax_top_k\x18\x04 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x06 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x07 \x01(\x01\x12\x1e\n\x16min_padding_efficiency\x18\x08 \x01(\x01\"\xfe\x01\n\x0bReplicaInfo\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.bertserve.v1.ReplicaState\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x05 \x01(\x04\x12\x11\n\tsequences\x18\x06 \x01(\x04\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x10\n\x08restarts\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x14\n\x0c\x64type_choice\x18\n \x01(\t\x12\x0c\n\x04\x63pus\x18\x0b \x03(\r\x12\x19\n\x11\x63pu_linear_choice\x18\x0c \x01(\t\"\xe5\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12!\n\x05tasks\x18\x04 \x03(\x0e\x32\x12.bertserve.v1.Task\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x16\n\x0eready_replicas\x18\x07 \x01(\r\x12\x16\n\x0etotal_replicas\x18\x08 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\r\n\x05\x64type\x18\n \x01(\t\x12\x12\n\nmask_token\x18\x0b \x01(\t\x12$\n\x06limits\x18\x0c \x01(\x0b\x32\x14.bertserve.v1.Limits\x12+\n\x08replicas\x18\r \x03(\x0b\x32\x19.bertserve.v1.ReplicaInfo\x12\x0c\n\x04\x64\x65mo\x18\x0e \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0f \x01(\t\x12\x12\n\nis_default\x18\x10 \x01(\x08\x12\x0e\n\x06labels\x18\x11 \x03(\t\x12\x14\n\x0c\x61rchitecture\x18\x12 \x01(\t\x12\'\n\x0b\x64\x65\x66\x61ult_for\x18\x13 \x03(\x0e\x32\x12.bertserve.v1.Task\x12\x14\n\x0cproblem_type\x18\x14 \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.bertserve.v1.ModelInfo\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\">\n\x14GetModelInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.bertserve.v1.ModelInfo*\xbb\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_FILL_MASK\x10\x01\x12\x16\n\x12TASK_NEXT_SENTENCE\x10\x02\x12\x1a\n\x16TASK_CLASSIFY_SEQUENCE\x10\x03\x12\x18\n\x14TASK_CLASSIFY_TOKENS\x10\x04\x12\x18\n\x14TASK_ANSWER_QUESTION\x10\x05\x12\x0e\n\nTASK_EMBED\x10\x06\x12\x11\n\rTASK_TOKENIZE\x10\x07*\xcf\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x01\x12\x17\n\x13REPLICA_STATE_READY\x10\x02\x12\x1c\n\x18REPLICA_STATE_RESTARTING\x10\x03\x12\x16\n\x12REPLICA_STATE_DEAD\x10\x04\x12\x19\n\x15REPLICA_STATE_PENDING\x10\x05\x12\x1a\n\x16REPLICA_STATE_DRAINING\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bertserve.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=1166
-  _globals['_TASK']._serialized_end=1353
-  _globals['_REPLICASTATE']._serialized_start=1356
-  _globals['_REPLICASTATE']._serialized_end=1563
+  _globals['_TASK']._serialized_start=1193
+  _globals['_TASK']._serialized_end=1380
+  _globals['_REPLICASTATE']._serialized_start=1383
+  _globals['_REPLICASTATE']._serialized_end=1590
   _globals['_LIMITS']._serialized_start=44
   _globals['_LIMITS']._serialized_end=259
   _globals['_REPLICAINFO']._serialized_start=262
-  _globals['_REPLICAINFO']._serialized_end=489
-  _globals['_MODELINFO']._serialized_start=492
-  _globals['_MODELINFO']._serialized_end=977
-  _globals['_LISTMODELSREQUEST']._serialized_start=979
-  _globals['_LISTMODELSREQUEST']._serialized_end=998
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1000
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1061
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1063
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1099
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1101
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1163
+  _globals['_REPLICAINFO']._serialized_end=516
+  _globals['_MODELINFO']._serialized_start=519
+  _globals['_MODELINFO']._serialized_end=1004
+  _globals['_LISTMODELSREQUEST']._serialized_start=1006
+  _globals['_LISTMODELSREQUEST']._serialized_end=1025
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1027
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1088
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1090
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1126
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1128
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1190
 # @@protoc_insertion_point(module_scope)

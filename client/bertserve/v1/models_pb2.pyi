@@ -156,6 +156,7 @@ class ReplicaInfo(_message.Message):
     DTYPE_FIELD_NUMBER: _builtins.int
     DTYPE_CHOICE_FIELD_NUMBER: _builtins.int
     CPUS_FIELD_NUMBER: _builtins.int
+    CPU_LINEAR_CHOICE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     state: Global___ReplicaState.ValueType
     device: _builtins.str
@@ -174,6 +175,11 @@ class ReplicaInfo(_message.Message):
     dtype_choice: _builtins.str
     """How the replica chose its dtype: "configured", or for auto what its accuracy and speed
     probes measured (e.g. "float32: bfloat16 is not faster on this CPU (0.68x; ...)").
+    """
+    cpu_linear_choice: _builtins.str
+    """Which float32 linear kernels a CPU replica runs (cpu_linear), and why: "torch: configured",
+    "onednn: 1.18x faster than torch's float32 linear (probe batch ...)", "torch: oneDNN's packed
+    layers are not faster on this CPU (...)", "torch: packing is for float32 on CPU, ...".
     """
     @_builtins.property
     def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -195,10 +201,11 @@ class ReplicaInfo(_message.Message):
         dtype: _builtins.str = ...,
         dtype_choice: _builtins.str = ...,
         cpus: _abc.Iterable[_builtins.int] | None = ...,
+        cpu_linear_choice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "cpus", b"cpus", "device", b"device", "dtype", b"dtype", "dtype_choice", b"dtype_choice", "node_id", b"node_id", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "cpu_linear_choice", b"cpu_linear_choice", "cpus", b"cpus", "device", b"device", "dtype", b"dtype", "dtype_choice", b"dtype_choice", "node_id", b"node_id", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "sequences", b"sequences", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
