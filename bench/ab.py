@@ -150,6 +150,12 @@ def main() -> None:
         "--single-client", type=int, default=0, help="single-client latency: requests per configuration"
     )
     parser.add_argument("--block", type=int, default=12, help="single-client requests per block")
+    parser.add_argument(
+        "--bare-linear",
+        default="torch",
+        choices=("torch", "onednn"),
+        help="the bare pass's float32 linear kernels (match the servers' cpu_linear choice)",
+    )
     ns = parser.parse_args()
     checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
     servers = {
@@ -171,7 +177,7 @@ def main() -> None:
         for server in servers.values():
             server.start()
         if ns.single_client:
-            with BareForwardProcess(checkpoint, ns.dtype, ns.threads) as bare:
+            with BareForwardProcess(checkpoint, ns.dtype, ns.threads, linear=ns.bare_linear) as bare:
                 result = asyncio.run(single_client(servers, ns.single_client, ns.block, bare))
             print(json.dumps({"a": ns.a, "b": ns.b, "a_tree": ns.a_tree, "b_tree": ns.b_tree, **result}))
             return

@@ -19,10 +19,12 @@ from typing import IO
 
 
 class BareForwardProcess:
-    def __init__(self, checkpoint: str, dtype: str, threads: int, device: str = "cpu") -> None:
+    def __init__(
+        self, checkpoint: str, dtype: str, threads: int, device: str = "cpu", linear: str = "torch"
+    ) -> None:
         self._cmd = [sys.executable, "-m", "bench.baselines.pipeline", "--checkpoint", checkpoint]
         self._cmd += ["--out", str(Path("/dev/null")), "--threads", str(threads)]
-        self._cmd += ["--bare-serve", dtype, "--device", device]
+        self._cmd += ["--bare-serve", dtype, "--device", device, "--bare-linear", linear]
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:

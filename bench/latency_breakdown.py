@@ -47,7 +47,7 @@ def measure(
         replicas=ns.replicas,
         threads=ns.threads,
         metrics_port=_free_port(),
-        extra=extra,
+        extra=[*extra, "--cpu-linear", ns.cpu_linear],
     )
     rows: list[tuple[float, ...]] = []
     client_blocks: list[list[float]] = []
@@ -98,10 +98,16 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--requests", type=int, default=96, help="per transport")
     parser.add_argument("--transports", default="ray,channel", help="comma-separated: ray, channel")
+    parser.add_argument(
+        "--cpu-linear",
+        default="torch",
+        choices=("torch", "onednn"),
+        help="the replicas' and the bare pass's float32 linear kernels (cpu_linear)",
+    )
     ns = parser.parse_args()
     checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
     results: dict[str, dict[str, float]] = {}
-    with BareForwardProcess(checkpoint, ns.dtype, ns.threads) as bare:
+    with BareForwardProcess(checkpoint, ns.dtype, ns.threads, linear=ns.cpu_linear) as bare:
         for name in ns.transports.split(","):
             results[name] = measure(checkpoint, ns, TRANSPORTS[name], bare)
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)

@@ -118,6 +118,12 @@ class Plan:
         )
 
 
+def bare_linear(choices: Sequence[str]) -> str:
+    """The bare pass's linear kernels: "onednn" when every replica packed its layers (cpu_linear),
+    else torch's."""
+    return "onednn" if choices and all(c.startswith("onednn") for c in choices) else "torch"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -418,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(results["bertserve_config"]), file=sys.stderr, flush=True)
         phase("bertserve_start")
-        with BareForwardProcess(checkpoint, dtype, threads, ns.device) as bare:
+        # The bare pass runs the replicas' linear kernels: over the bare pass measures the server.
+        linear = bare_linear(results["bertserve_config"]["cpu_linear_choice"])
+        results["bertserve_config"]["bare_linear"] = linear
+        with BareForwardProcess(checkpoint, dtype, threads, ns.device, linear) as bare:
             results["points"] += asyncio.run(_measure_bertserve(server, plan, ns.replicas, bare))
         phase("bertserve_points")
     finally:

@@ -62,9 +62,11 @@ def throughput(pipe: Any, items: list[Item], batch_size: int, seconds: float) ->
 
 class BareForward:
     """Encoder + MLM head at the mask, one input at a time, in-process (no tokenization): what a
-    replica computes for a single short request, without a server around it."""
+    replica computes for a single short request, without a server around it. `linear`: the
+    replicas' float32 linear kernels (cpu_linear: "torch", or "onednn" on packed weights), so
+    that the comparison with the server measures the server and not a kernel choice."""
 
-    def __init__(self, checkpoint: str, dtype: str, texts: list[str]) -> None:
+    def __init__(self, checkpoint: str, dtype: str, texts: list[str], linear: str = "torch") -> None:
         import torch
         from transformers import AutoTokenizer, BertForPreTraining
 
@@ -76,6 +78,10 @@ class BareForward:
             .eval()
             .to(DEVICE)
         )
+        if linear == "onednn":
+            from bertserve.workers.backends.packed_linear import PackedLinears
+
+            PackedLinears(self.model).keep_packed()
         self.encoded = []
         for text in texts:
             inputs = tokenizer(text, return_tensors="pt").to(DEVICE)
@@ -103,10 +109,10 @@ class BareForward:
         return times
 
 
-def serve_bare(checkpoint: str, dtype: str) -> None:
+def serve_bare(checkpoint: str, dtype: str, linear: str) -> None:
     """--bare-serve: load once, then for each line N on stdin time the next N single-client
     inputs and print their milliseconds as a JSON list (bench/bare.py drives this)."""
-    bare = BareForward(checkpoint, dtype, [it.text for it in workloads.single_client_items()])
+    bare = BareForward(checkpoint, dtype, [it.text for it in workloads.single_client_items()], linear)
     print("ready", flush=True)
     for line in sys.stdin:
         if not line.strip():
@@ -157,6 +163,12 @@ def main() -> None:
     parser.add_argument(
         "--bare-serve", default="", help="time bare forward passes on request (stdin), in this dtype"
     )
+    parser.add_argument(
+        "--bare-linear",
+        default="torch",
+        choices=["torch", "onednn"],
+        help="the bare pass's float32 linear kernels (the replicas' cpu_linear choice)",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=0.0, help="per point (default 3 quick, 12 full)")
     parser.add_argument("--max-length", type=int, default=512, help="the model's longest input, tokens")
@@ -168,7 +180,7 @@ def main() -> None:
 
     torch.set_num_threads(ns.threads)
     if ns.bare_serve:
-        serve_bare(ns.checkpoint, ns.bare_serve)
+        serve_bare(ns.checkpoint, ns.bare_serve, ns.bare_linear)
         return
     if ns.bare_only:
         # The single-client run's inputs (the first 64 of them, twice), one at a time.

@@ -376,3 +376,20 @@ def test_an_ab_side_can_run_another_checkouts_server_code(tmp_path: Path) -> Non
         server._package_of(str(tmp_path / "nothing-here"))
     assert server.stop() == 0  # never started: its work folder goes all the same
     assert not server.workdir.exists()
+
+
+def test_the_bare_pass_runs_the_replicas_linear_kernels(tiny_checkpoint: Path) -> None:
+    from bench.baselines.pipeline import BareForward
+    from bench.run import bare_linear
+    from bench.workloads import single_client_items
+    from bertserve.workers.backends.packed_linear import count_packed
+
+    assert bare_linear([]) == "torch"
+    assert bare_linear(["onednn: 1.27x faster than torch's float32 linear (...)"] * 2) == "onednn"
+    # Replicas that chose differently (each measures its own CPU): the bare pass keeps torch's.
+    assert bare_linear(["onednn: 1.06x faster ...", "torch: oneDNN's packed layers are not ..."]) == "torch"
+    texts = [it.text for it in single_client_items()[:4]]
+    plain = BareForward(str(tiny_checkpoint), "float32", texts)
+    packed = BareForward(str(tiny_checkpoint), "float32", texts, linear="onednn")
+    assert count_packed(plain.model) == 0 and count_packed(packed.model) > 0
+    assert all(ms > 0 for ms in packed.run(4))
