@@ -192,3 +192,20 @@ def test_linear_kernel_timing_runs_each_variant_with_its_layers(tiny_checkpoint:
     assert 0 < torch_s < 5 and 0 < packed_s < 5
     layers = len(packing)
     assert seen == [0, layers] * 4  # one untimed pass each, then 3 alternating timed rounds
+
+
+def test_probe_timing_counts_the_replicas_cpu_time_not_time_spent_preempted() -> None:
+    import time
+
+    from bertserve.workers.backends.torch_bert import _time_passes
+
+    def waits() -> None:  # stands in for a pass that another process kept off the core
+        time.sleep(0.05)
+
+    def computes() -> None:
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    waited, computed = _time_passes((waits, computes), rounds=2)
+    assert waited < 0.005 and 0.018 < computed < 0.2
