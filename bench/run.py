@@ -410,14 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         # dtype auto is bertserve's default: its replicas choose (bf16 only where it agrees with
         # fp32 and is faster on this CPU); the bare forward pass and Ray Serve then use their choice.
-        choices = server.replica_dtypes("bert")
-        dtype = choices[0][0] if choices and choices[0][0] else ns.dtype
+        replicas = server.replicas("bert")
+        dtype = replicas[0].dtype if replicas and replicas[0].dtype else ns.dtype
         results["bertserve_config"] = {
             "dtype": dtype,
             "dtype_requested": ns.dtype,
-            "dtype_choice": sorted({choice for _, choice in choices}),
+            "dtype_choice": sorted({r.dtype_choice for r in replicas}),
             # Which float32 linear kernels each replica runs (cpu_linear auto measures them).
-            "cpu_linear_choice": sorted({r.cpu_linear_choice for r in server.replicas("bert")}),
+            "cpu_linear_choice": sorted({r.cpu_linear_choice for r in replicas}),
             "replicas": ns.replicas,
             "threads_per_replica": threads,
             "replica_cpus": server.replica_cpus(["bert", "classifier"]),

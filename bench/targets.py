@@ -151,11 +151,6 @@ class BertserveProcess:
             )
         return list(info.model.replicas)
 
-    def replica_dtypes(self, model: str) -> list[tuple[str, str]]:
-        """Each replica's (dtype, how it was chosen): with dtype auto the replicas decide on their
-        own CPU (workers/backends/torch_bert.py)."""
-        return [(r.dtype, r.dtype_choice) for r in self.replicas(model)]
-
     def replica_cpus(self, models: Sequence[str]) -> dict[str, list[list[int]]]:
         """The CPUs each replica is pinned to, per model ([] when unpinned: pin_replica_cpus)."""
         return {m: [list(r.cpus) for r in self.replicas(m)] for m in models}

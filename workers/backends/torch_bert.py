@@ -193,10 +193,10 @@ class TorchBertBackend:
         if spec.cpu_linear == "auto" and self.hidden_size < PACK_MIN_HIDDEN:
             return f"torch: hidden size {self.hidden_size} is under {PACK_MIN_HIDDEN}, too small to measure"
         packing = PackedLinears(self.model)
+        layers = len(packing)  # keep_packed() and keep_torch() let the list go
         if spec.cpu_linear == "onednn":
             packing.keep_packed()
-            return f"onednn: configured ({len(packing)} layers packed)"
-        layers = len(packing)
+            return f"onednn: configured ({layers} layers packed)"
         packing.use_torch()
         reference = _probe_probs(self.model)
         packing.use_packed()
