@@ -22,7 +22,10 @@ configuration's p50, the bare p50, and B - A as the median of the per-round diff
 block medians; then the same for each server's own overhead (`*_own_overhead_ms`: per request,
 latency minus the compute time its replica reported, so the machine's drift, which moves both,
 drops out; far less noisy than the comparison with the bare pass when the change is in the front
-end).
+end), and for the replica's compute (`*_compute_ms`, `b_minus_a_compute_ms`: a change that takes
+CPU from the replica shows there). The bare pass runs oneDNN's packed linear layers when every
+replica of both servers chose them (`--bare-linear auto`, as `python -m bench` does), torch's
+otherwise; the output's `bare_linear` says which.
 
 Either mode compares two versions of the code as well: `--a-tree DIR` (or `--b-tree DIR`) runs
 that side's server, replicas included, from another bertserve checkout, side by side in one run:
@@ -40,10 +43,10 @@ import statistics
 import sys
 from typing import Any
 
-from bench.bare import BareForwardProcess
+from bench.bare import BareForwardProcess, ServingReplicaReference
 from bench.loadgen import closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
-from bench.run import _free_port, _metric_delta
+from bench.run import _free_port, _metric_delta, bare_linear
 from bench.stats import block_bootstrap_interval
 from bench.targets import BertserveProcess, GrpcSenders
 from bench.workloads import fill_mask_items, single_client_items
@@ -85,19 +88,27 @@ async def single_client(
     try:
         send = {name: s.fill_mask(model=model) for name, s in senders.items()}
         items = single_client_items()
+        # Each configuration's bare blocks run on the CPUs of its serving replica (bench/bare.py),
+        # the first on the one that took the warm-up requests.
+        references = {
+            name: ServingReplicaReference(bare, lambda s=server: s.replicas(model))
+            for name, server in servers.items()
+        }
         for name in send:
             for item in items[:5]:
                 await send[name](item)
         ms: dict[str, list[list[float]]] = {name: [] for name in send}
         # Per block: the median of latency minus the replica's compute, request by request.
         own: dict[str, list[float]] = {name: [] for name in send}
+        # Per block: the replica's own compute p50, to show whether a change slows the replica.
+        compute: dict[str, list[float]] = {name: [] for name in send}
         bare_blocks: dict[str, list[list[float]]] = {name: [] for name in send}
         for r in range(max(1, requests // block)):
             at = r * block % len(items)
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
                 # One block of one configuration, after a block of the bare pass (bench.loadgen).
                 results, reference_ms = await interleaved_single_client(
-                    {name: send[name]}, items[at:] + items[:at], bare.measure, 1, block, warmup=0
+                    {name: send[name]}, items[at:] + items[:at], references[name], 1, block, warmup=0
                 )
                 result = results[name]
                 if result.errors:
@@ -105,11 +116,14 @@ async def single_client(
                 bare_blocks[name].append(reference_ms)
                 ms[name] += result.blocks_ms()
                 own[name].append(result.own_overhead_ms())
+                compute[name].append(result.compute_p50_ms())
     finally:
         for s in senders.values():
             await s.close()
     bare_p50 = statistics.median(t for blocks in bare_blocks.values() for times in blocks for t in times)
     out: dict[str, Any] = {"requests": requests, "block": block, "bare_p50_ms": round(bare_p50, 2)}
+    # The CPUs the bare pass ran on before each configuration's blocks ([] unpinned).
+    out["bare_cpus"] = {name: sorted({tuple(c) for c in r.block_cpus}) for name, r in references.items()}
     for name, blocks in ms.items():
         p50 = statistics.median(t for times in blocks for t in times)
         out[f"{name}_p50_ms"] = round(p50, 2)
@@ -125,6 +139,12 @@ async def single_client(
         out[f"{name}_own_overhead_ms"] = round(statistics.median(own[name]), 2)
     own_diffs = [b - a for a, b in zip(own["a"], own["b"], strict=True)]
     out["b_minus_a_own_overhead_ms"] = round(statistics.median(own_diffs), 2)
+    # And for the replica's compute: a front-end change that steals CPU from the replica shows
+    # here, and would not in the own overhead.
+    for name in ("a", "b"):
+        out[f"{name}_compute_ms"] = round(statistics.median(compute[name]), 2)
+    compute_diffs = [b - a for a, b in zip(compute["a"], compute["b"], strict=True)]
+    out["b_minus_a_compute_ms"] = round(statistics.median(compute_diffs), 2)
     return out
 
 
@@ -152,9 +172,10 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=12, help="single-client requests per block")
     parser.add_argument(
         "--bare-linear",
-        default="torch",
-        choices=("torch", "onednn"),
-        help="the bare pass's float32 linear kernels (match the servers' cpu_linear choice)",
+        default="auto",
+        choices=("auto", "torch", "onednn"),
+        help="the bare pass's float32 linear kernels; auto: oneDNN's when every replica of both "
+        "servers chose them (cpu_linear), as the benchmark's bare pass",
     )
     ns = parser.parse_args()
     checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
@@ -177,9 +198,14 @@ def main() -> None:
         for server in servers.values():
             server.start()
         if ns.single_client:
-            with BareForwardProcess(checkpoint, ns.dtype, ns.threads, linear=ns.bare_linear) as bare:
+            linear = ns.bare_linear
+            if linear == "auto":
+                choices = [r.cpu_linear_choice for s in servers.values() for r in s.replicas("bert")]
+                linear = bare_linear(choices)
+            with BareForwardProcess(checkpoint, ns.dtype, ns.threads, linear=linear) as bare:
                 result = asyncio.run(single_client(servers, ns.single_client, ns.block, bare))
-            print(json.dumps({"a": ns.a, "b": ns.b, "a_tree": ns.a_tree, "b_tree": ns.b_tree, **result}))
+            names = {"a": ns.a, "b": ns.b, "a_tree": ns.a_tree, "b_tree": ns.b_tree}
+            print(json.dumps({**names, "bare_linear": linear, **result}))
             return
         for r in range(ns.rounds):
             for name in ("a", "b") if r % 2 == 0 else ("b", "a"):

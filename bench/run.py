@@ -22,13 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import report, workloads
-from bench.bare import BareForwardProcess
+from bench.bare import BareForwardProcess, ServingReplicaReference
 from bench.loadgen import RunResult, Send, closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.stats import block_bootstrap_interval
@@ -198,15 +198,21 @@ def _metric_delta(before: dict[str, float], after: dict[str, float], model: str)
 
 
 async def single_client_point(
-    send: Any, sync_send: Any, bare: BareForwardProcess, plan: Plan
+    send: Any,
+    sync_send: Any,
+    bare: BareForwardProcess,
+    plan: Plan,
+    replicas: Callable[[], list[Any]] | None = None,
 ) -> tuple[RunResult, dict[str, Any]]:
     """The single-client latency run, with the asyncio stub (the point's figures) and with the
     blocking stub (`sync_*`), interleaved with the bare forward pass of the same inputs
-    (bench/bare.py), and what the report needs of the comparison."""
+    (bench/bare.py), and what the report needs of the comparison. `replicas` (GetModelInfo's
+    replicas of the model): the bare pass then runs on the serving replica's CPUs."""
+    reference = ServingReplicaReference(bare, replicas) if replicas is not None else None
     results, bare_ms = await interleaved_single_client(
         {"aio": send, "sync": sync_send},
         single_client_items(),
-        bare.measure,
+        reference or bare.measure,
         plan.single_client_blocks,
         plan.single_client_block,
     )
@@ -225,6 +231,8 @@ async def single_client_point(
         "bare_forward_ms": round(statistics.median(bare_ms), 2),
         "bare_forward_samples": len(bare_ms),
         "interleaved_blocks": plan.single_client_blocks,
+        # The CPUs the bare pass ran on, per block: the serving replica's ([] unpinned).
+        "bare_cpus": reference.block_cpus if reference is not None else None,
         "overhead_ci90_ms": interval(results["aio"]),
         "sync_p50_ms": round(sync.percentile_ms(50), 2),
         "sync_p90_ms": round(sync.percentile_ms(90), 2),
@@ -267,10 +275,15 @@ async def _measure_bertserve(
     try:
         fm = senders.fill_mask(model="bert")
         # The machine's speed drifts over minutes: the bare forward pass of the same inputs is
-        # measured in blocks interleaved with the single client's (bench/bare.py).
+        # measured in blocks interleaved with the single client's, on the serving replica's
+        # CPUs (bench/bare.py).
         sync_fm, sync_close = blocking_fill_mask(server.address, model="bert")
         try:
-            await point("short", "unary", single_client_point(fm, sync_fm, bare, plan))
+            await point(
+                "short",
+                "unary",
+                single_client_point(fm, sync_fm, bare, plan, lambda: server.replicas("bert")),
+            )
         finally:
             sync_close()
         saturated = 0.0

@@ -111,12 +111,24 @@ class BareForward:
 
 def serve_bare(checkpoint: str, dtype: str, linear: str) -> None:
     """--bare-serve: load once, then for each line N on stdin time the next N single-client
-    inputs and print their milliseconds as a JSON list (bench/bare.py drives this)."""
+    inputs and print their milliseconds as a JSON list; a line `pin CPUS` (comma-separated, empty
+    for every CPU this process started with) moves every thread onto those CPUs and prints
+    `pinned` (bench/bare.py drives this)."""
+    import os
+
+    from bertserve.workers.affinity import pin_process
+
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     bare = BareForward(checkpoint, dtype, [it.text for it in workloads.single_client_items()], linear)
     print("ready", flush=True)
     for line in sys.stdin:
         if not line.strip():
             break
+        if line.startswith("pin"):
+            cpus = [int(c) for c in line[3:].strip().split(",") if c]
+            pin_process(cpus or allowed)
+            print("pinned", flush=True)
+            continue
         print(json.dumps(bare.run(int(line))), flush=True)
 
 

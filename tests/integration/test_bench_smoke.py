@@ -65,3 +65,6 @@ def test_the_benchmark_runs_end_to_end(
     mixed = [p for p in results["points"] if p["target"] == "bertserve" and p["workload"] == "mixed"]
     assert all(0 < p["padding_efficiency"] <= 1 and p["mean_batch_size"] >= 1 for p in mixed)
     assert (out / "results.md").is_file() and (out / "results.png").stat().st_size > 10_000
+    # The single client's bare pass ran on the serving replica's CPUs, every block (bench/bare.py).
+    (single,) = [p for p in results["points"] if p["target"] == "bertserve" and p["workload"] == "short"]
+    assert single["bare_cpus"] == [cpus["bert"][0]] * single["interleaved_blocks"]

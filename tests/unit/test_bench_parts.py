@@ -393,3 +393,45 @@ def test_the_bare_pass_runs_the_replicas_linear_kernels(tiny_checkpoint: Path) -
     packed = BareForward(str(tiny_checkpoint), "float32", texts, linear="onednn")
     assert count_packed(plain.model) == 0 and count_packed(packed.model) > 0
     assert all(ms > 0 for ms in packed.run(4))
+
+
+def test_the_bare_pass_follows_the_replica_that_served_the_client() -> None:
+    from types import SimpleNamespace
+
+    from bench.bare import ServingReplicaReference
+
+    class Bare:
+        cpus: tuple[int, ...] = ()
+
+        def __init__(self) -> None:
+            self.pins: list[tuple[int, ...]] = []
+
+        def pin(self, cpus: tuple[int, ...]) -> None:
+            self.pins.append(tuple(cpus))
+            self.cpus = tuple(cpus)
+
+        def measure(self, n: int) -> list[float]:
+            return [1.0] * n
+
+    batches = {"bert-0": 3, "bert-1": 5}
+    cpus = {"bert-0": [0], "bert-1": [1]}
+
+    def replicas() -> list[Any]:
+        return [SimpleNamespace(replica_id=r, batches=b, cpus=cpus[r]) for r, b in batches.items()]
+
+    bare: Any = Bare()
+    reference = ServingReplicaReference(bare, replicas)
+    assert reference(2) == [1.0, 1.0] and bare.pins == []  # nothing served yet: left where it is
+    batches["bert-1"] += 4  # the warm-up and a block on bert-1
+    reference(2)
+    batches["bert-1"] += 2
+    reference(2)  # still bert-1: no second pin
+    batches["bert-0"] += 3
+    batches["bert-1"] += 1  # the client moved to bert-0 (more of the block's batches there)
+    reference(2)
+    assert bare.pins == [(1,), (0,)]
+    assert reference.block_cpus == [[], [1], [1], [0]]
+    cpus["bert-0"] = []  # an unpinned replica: the bare pass runs unpinned too
+    batches["bert-0"] += 1
+    reference(2)
+    assert bare.pins[-1] == () and reference.block_cpus[-1] == []
