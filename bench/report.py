@@ -40,6 +40,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     if single and bare:
         out["single_client_short_p50_ms"] = single["p50_ms"]
         out["bare_forward_p50_ms"] = bare
+        if single.get("bare_cpus") is not None:  # the serving replica's CPUs (bench/bare.py)
+            out["bare_forward_cpus"] = [list(c) for c in sorted({tuple(c) for c in single["bare_cpus"]})]
         out["latency_overhead_ms"] = round(single["p50_ms"] - bare, 2)
         if single.get("overhead_ci90_ms"):
             out["latency_overhead_ci90_ms"] = single["overhead_ci90_ms"]

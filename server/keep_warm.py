@@ -6,7 +6,8 @@ Why: on the 2-vCPU development VM a do-nothing gRPC round trip costs about 0.44 
 but 1.5-1.7 ms after 50 ms of idleness (the length of a forward pass), most of it inside gRPC's
 own threads rather than the wake-up of one process (bench/grpc_floor.py). Pinging every 3 ms cut
 the front end's time around the replica's compute by about 0.5 ms there, but end-to-end
-single-client latency did not show it, so it is off by default (docs/benchmarks.md).
+single-client latency did not show it, so it is off by default (docs/benchmarks.md). On a 2-vCPU
+AMD EPYC VM it saved nothing and slowed the replica's forward pass by 0.6-1.5 ms.
 
 Cost and scope: one loopback health check (a full in-process gRPC round trip) per `keep_warm_ms`,
 only while between 1 and `max_inflight` requests are admitted (server/scheduling/admission.py):

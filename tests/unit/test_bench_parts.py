@@ -259,6 +259,7 @@ def _results() -> dict[str, object]:
                 "p90_ms": 61.0,
                 "p99_ms": 62.0,
                 "bare_forward_ms": 57.5,
+                "bare_cpus": [[1], [1], [0]],
                 "overhead_ci90_ms": [1.9, 3.4],
                 "own_overhead_ms": 2.1,
                 "replica_compute_p50_ms": 57.9,
@@ -309,6 +310,7 @@ def test_headline_ratios_come_from_the_same_run(tmp_path: Path) -> None:
     assert h["latency_overhead_ci90_ms"] == [1.9, 3.4]
     assert h["own_overhead_ms"] == 2.1 and h["replica_compute_over_bare_ms"] == 0.4
     assert "own_overhead_sync_stub_ms" not in h
+    assert h["bare_forward_cpus"] == [[0], [1]]  # where the bare pass ran: the serving replica's CPUs
     markdown = (tmp_path / "results.md").read_text()
     assert "| vs_pipeline | 1.5 |" in markdown and "python -m bench --quick" in markdown
     assert "| float32 | mixed | 8 | not timed: batch 1 ran at 0.20x | |" in markdown
