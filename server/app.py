@@ -190,6 +190,7 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> 
             max_queued=s.max_queued_requests,
             min_padding_efficiency=s.min_padding_efficiency,
             fill_queued=s.fill_queued_batches,
+            share=s.share_batches,
         ),
         batches_per_replica=s.batches_per_replica,
         replica_choice=s.replica_choice,

@@ -64,6 +64,7 @@ MODEL_FIELDS = (
     "min_padding_efficiency",
     "batches_per_replica",
     "fill_queued_batches",
+    "share_batches",
     "replica_choice",
     "max_queued_requests",
     "max_inflight_requests",

@@ -123,6 +123,12 @@ class Settings:
         "that batch is expected to end (a line fitted to recent batches' time against padded "
         "tokens), so requests arriving meanwhile join it; off: it is sent once max_wait_ms has passed",
     )
+    share_batches: bool = _f(
+        True,
+        "split the waiting inputs between replicas that can start them about as soon (an idle "
+        "one, or one whose running batch ends before half the whole batch would have run), "
+        "instead of one replica taking them all while another idles or runs single inputs",
+    )
     replica_choice: str = _f(
         "warm",
         "router: which of several equally loaded replicas takes the next batch: warm (of idle ones, "

@@ -97,6 +97,25 @@ class Router:
         ready = [r for r in self._source.replicas() if r.ready]
         return bool(ready) and all(r.inflight == 0 for r in ready)
 
+    def idle_replicas(self) -> int:
+        return sum(1 for r in self._source.replicas() if r.ready and r.inflight == 0)
+
+    def free_slot_start(self, replica: Replica, now: float) -> float | None:
+        """When a batch in `replica`'s slot that `acquire` just reserved would start: `now` if
+        nothing else is in flight there, else when its running batch is expected to end; None
+        when that is not known (no estimate)."""
+        return self._next_start(replica, max(0, replica.inflight - 1), now)
+
+    def free_slot_starts(self, now: float, exclude: Replica) -> list[float | None]:
+        """When a batch would start in a free slot of every other ready replica that has one."""
+        return [self._next_start(r, r.inflight, now) for r in self._free() if r is not exclude]
+
+    def _next_start(self, replica: Replica, in_flight: int, now: float) -> float | None:
+        if in_flight <= 0:
+            return now
+        running = self.running_batch(replica)
+        return None if running is None else max(now, running[0] + running[1])
+
     def acquire_idle(self) -> Replica | None:
         """A slot on the idle ready replica that `acquire` would choose, or None when no replica
         is idle; never waits (scheduling is single-threaded, so nothing can change meanwhile)."""

@@ -632,3 +632,55 @@ def test_a_queued_batch_leaves_as_soon_as_another_tasks_running_batch_ends() -> 
         await y.stop()
 
     _run(main())
+
+
+def test_a_request_of_several_inputs_to_an_idle_server_is_shared_between_its_replicas() -> None:
+    async def main(share: bool) -> list[int]:
+        a, b = FakeReplica("a"), FakeReplica("b")
+        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b)), _limits(share=share))
+        batcher.start()
+        items = [_item(4, tag=i) for i in range(6)]
+        batcher.submit(items)
+        results = await asyncio.gather(*(it.future for it in items))
+        assert [r.output[0] for r in results] == list(range(6))  # each input its own result
+        await batcher.stop()
+        return sorted(len(call) for replica in (a, b) for call in replica.calls)
+
+    assert _run(main(share=True)) == [3, 3]
+    assert _run(main(share=False)) == [6]
+
+
+def test_waiting_inputs_are_shared_with_a_replica_whose_batch_ends_before_half_of_theirs() -> None:
+    """Replica X runs a batch due to end in 0.1 s as 8 inputs arrive and Y is idle: Y takes 4 and
+    X's queued slot the other 4 (its batch of 4 would start before half of Y's batch of 8 had
+    run), rather than Y taking all 8 in one batch twice as long."""
+
+    async def main(share: bool) -> tuple[list[list[int]], list[list[int]]]:
+        a, b = TimedReplica("a", compute_us=100_000), TimedReplica("b", compute_us=100_000)
+        router = Router(Pool(a, b), depth=2)
+        limits = _limits(max_wait_s=0.01, fill_queued=True, share=share)
+        batcher = Batcher("t", EchoKernel(), router, limits)
+        batcher.start()
+        learn = _item(4, tag=9)  # 4 tokens take 0.1 s
+        batcher.submit([learn])
+        x = a if (await learn.future).replica_id == "a" else b
+        y = b if x is a else a
+        await asyncio.sleep(0)  # the bookkeeping (the batch time) runs a turn later
+        x.gate, y.gate = asyncio.Event(), asyncio.Event()
+        running = _item(4, tag=0)
+        batcher.submit([running])  # to X, the warm one: due to end 0.1 s from now
+        await x.started.wait()
+        arriving = [_item(4, tag=i) for i in range(1, 9)]
+        batcher.submit(arriving)
+        await asyncio.sleep(0.3)  # X's queued batch leaves ahead of its running batch's end
+        x.gate.set()
+        y.gate.set()
+        await asyncio.gather(running.future, *(it.future for it in arriving))
+        await batcher.stop()
+        tags = [[[ids[0] for ids in call] for call in r.calls] for r in (x, y)]
+        return tags[0], tags[1]
+
+    x_calls, y_calls = _run(main(share=True))
+    assert x_calls == [[9], [0], [5, 6, 7, 8]] and y_calls == [[1, 2, 3, 4]]
+    x_calls, y_calls = _run(main(share=False))
+    assert x_calls == [[9], [0]] and y_calls == [[1, 2, 3, 4, 5, 6, 7, 8]]
