@@ -43,7 +43,7 @@ import statistics
 import sys
 from typing import Any
 
-from bench.bare import BareForwardProcess, ServingReplicaReference
+from bench.bare import BareForwardProcess, ServingReplicaReference, distinct_cpus
 from bench.loadgen import closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import _free_port, _metric_delta, bare_linear
@@ -123,7 +123,7 @@ async def single_client(
     bare_p50 = statistics.median(t for blocks in bare_blocks.values() for times in blocks for t in times)
     out: dict[str, Any] = {"requests": requests, "block": block, "bare_p50_ms": round(bare_p50, 2)}
     # The CPUs the bare pass ran on before each configuration's blocks ([] unpinned).
-    out["bare_cpus"] = {name: sorted({tuple(c) for c in r.block_cpus}) for name, r in references.items()}
+    out["bare_cpus"] = {name: distinct_cpus(r.block_cpus) for name, r in references.items()}
     for name, blocks in ms.items():
         p50 = statistics.median(t for times in blocks for t in times)
         out[f"{name}_p50_ms"] = round(p50, 2)

@@ -87,6 +87,11 @@ class BareForwardProcess:
         self.stop()
 
 
+def distinct_cpus(block_cpus: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The different CPU sets among the bare pass's blocks (ServingReplicaReference.block_cpus), sorted."""
+    return [list(c) for c in sorted({tuple(c) for c in block_cpus})]
+
+
 class ServingReplicaReference:
     """The reference of a single-client run (bench/loadgen.interleaved_single_client): before each
     block of bare passes, find the replica that served the requests since the previous block (the

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.bare import distinct_cpus
+
 
 def _best(points: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     chosen = [p for p in points if all(p.get(k) == v for k, v in match.items()) and not p.get("errors")]
@@ -41,7 +43,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         out["single_client_short_p50_ms"] = single["p50_ms"]
         out["bare_forward_p50_ms"] = bare
         if single.get("bare_cpus") is not None:  # the serving replica's CPUs (bench/bare.py)
-            out["bare_forward_cpus"] = [list(c) for c in sorted({tuple(c) for c in single["bare_cpus"]})]
+            out["bare_forward_cpus"] = distinct_cpus(single["bare_cpus"])
         out["latency_overhead_ms"] = round(single["p50_ms"] - bare, 2)
         if single.get("overhead_ci90_ms"):
             out["latency_overhead_ci90_ms"] = single["overhead_ci90_ms"]

@@ -165,8 +165,8 @@ class Batcher:
             # Nothing else waits and no replica has work: send the batch now, as the dispatcher
             # would on its next turn (one event-loop turn sooner for a lone request). Not under
             # load: there the dispatcher's turn lets requests arriving in this one join the batch.
-            # Every replica is idle: a request of several inputs is shared between them.
-            batch = self._next_batch(self._router.idle_replicas() if self._limits.share else 1)
+            # Every ready replica is idle: a request of several inputs is shared between them.
+            batch = self._next_batch(self._router.ready_replicas if self._limits.share else 1)
             if batch:
                 replica = self._router.acquire_idle()
                 assert replica is not None  # all_idle: a ready replica has no work

@@ -97,9 +97,6 @@ class Router:
         ready = [r for r in self._source.replicas() if r.ready]
         return bool(ready) and all(r.inflight == 0 for r in ready)
 
-    def idle_replicas(self) -> int:
-        return sum(1 for r in self._source.replicas() if r.ready and r.inflight == 0)
-
     def free_slot_start(self, replica: Replica, now: float) -> float | None:
         """When a batch in `replica`'s slot that `acquire` just reserved would start: `now` if
         nothing else is in flight there, else when its running batch is expected to end; None
