@@ -9,6 +9,7 @@ on the device, and only [masks, k] arrays travel back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from bertserve.workers import heads
+from bertserve.workers.backends.last_layer import ReadPositions, mask_slots
 from bertserve.workers.backends.packed_linear import PackedLinears, onednn_linear_available
 from bertserve.workers.errors import first_line
 from bertserve.workers.protocol import (
@@ -117,6 +119,9 @@ class TorchBertBackend:
         self.cpu_linear_choice = self._choose_cpu_linear(spec, warnings)
         self.warnings = tuple(warnings)
         self.compiled = False
+        # The last layer at the read positions only (workers/backends/last_layer.py); the
+        # compiled encoder keeps the model's own forward.
+        self._read = None if spec.compile else ReadPositions.install(self.model)
         if not spec.compile:
             self.warm_up()
             return
@@ -249,9 +254,15 @@ class TorchBertBackend:
     def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput:
         start = time.perf_counter()
         with torch.inference_mode():
-            hidden = self.model.bert(**self._inputs(batch)).last_hidden_state
             rows = torch.tensor(args.mask_rows, device=self._device)
-            cols = torch.tensor(args.mask_cols, device=self._device)
+            if self._read is None:
+                hidden = self.model.bert(**self._inputs(batch)).last_hidden_state
+                cols = torch.tensor(args.mask_cols, device=self._device)
+            else:
+                positions, slots = mask_slots(args.mask_rows, args.mask_cols, len(batch.input_ids))
+                with self._read.at(torch.tensor(positions, device=self._device)):
+                    hidden = self.model.bert(**self._inputs(batch)).last_hidden_state
+                cols = torch.tensor(slots, device=self._device)
             logits = self.model.cls.predictions(hidden[rows, cols]).float()
             probs = logits.softmax(dim=-1)
             k = min(args.top_k, probs.shape[-1])
@@ -272,16 +283,25 @@ class TorchBertBackend:
         self._sync()
         return _with_time(out, start)
 
+    def _at_cls(self, batch: EncodedBatch, reads_cls: bool = True) -> contextlib.AbstractContextManager[None]:
+        """The last layer at [CLS] alone, for heads that read nothing else."""
+        if self._read is None or not reads_cls:
+            return contextlib.nullcontext()
+        return self._read.at(torch.zeros((len(batch.input_ids), 1), dtype=torch.long, device=self._device))
+
     def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
         start = time.perf_counter()
         with torch.inference_mode():
-            pooled = self.model.bert(**self._inputs(batch)).pooler_output
+            with self._at_cls(batch):
+                pooled = self.model.bert(**self._inputs(batch)).pooler_output
             logits = self.model.cls.seq_relationship(pooled).float().cpu().numpy()
         return NextSentenceOutput(logits=logits, compute_us=_elapsed_us(start))
 
     def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput:
         start = time.perf_counter()
-        with torch.inference_mode():
+        # BertForSequenceClassification reads [CLS] only, through the pooler.
+        reads_cls = type(self.model).__name__ == "BertForSequenceClassification"
+        with torch.inference_mode(), self._at_cls(batch, reads_cls):
             logits = self.model(**self._inputs(batch)).logits.float().cpu().numpy()
         return LogitsOutput(logits=logits, compute_us=_elapsed_us(start))
 
