@@ -255,15 +255,15 @@ class TorchBertBackend:
         start = time.perf_counter()
         with torch.inference_mode():
             rows = torch.tensor(args.mask_rows, device=self._device)
-            if self._read is None:
+            # With the stand-in, the last hidden state has a row per mask slot, not per token.
+            positions, cols = (
+                (None, args.mask_cols)
+                if self._read is None
+                else mask_slots(args.mask_rows, args.mask_cols, len(batch.input_ids))
+            )
+            with self._reading(positions):
                 hidden = self.model.bert(**self._inputs(batch)).last_hidden_state
-                cols = torch.tensor(args.mask_cols, device=self._device)
-            else:
-                positions, slots = mask_slots(args.mask_rows, args.mask_cols, len(batch.input_ids))
-                with self._read.at(torch.tensor(positions, device=self._device)):
-                    hidden = self.model.bert(**self._inputs(batch)).last_hidden_state
-                cols = torch.tensor(slots, device=self._device)
-            logits = self.model.cls.predictions(hidden[rows, cols]).float()
+            logits = self.model.cls.predictions(hidden[rows, torch.tensor(cols, device=self._device)]).float()
             probs = logits.softmax(dim=-1)
             k = min(args.top_k, probs.shape[-1])
             top_scores, top_ids = probs.topk(k, dim=-1)
@@ -283,11 +283,15 @@ class TorchBertBackend:
         self._sync()
         return _with_time(out, start)
 
+    def _reading(self, positions: np.ndarray[Any, Any] | None) -> contextlib.AbstractContextManager[None]:
+        """The last layer at `positions` ((batch, K)) alone; None, or no stand-in: in full."""
+        if self._read is None or positions is None:
+            return contextlib.nullcontext()
+        return self._read.at(torch.as_tensor(positions, device=self._device))
+
     def _at_cls(self, batch: EncodedBatch, reads_cls: bool = True) -> contextlib.AbstractContextManager[None]:
         """The last layer at [CLS] alone, for heads that read nothing else."""
-        if self._read is None or not reads_cls:
-            return contextlib.nullcontext()
-        return self._read.at(torch.zeros((len(batch.input_ids), 1), dtype=torch.long, device=self._device))
+        return self._reading(np.zeros((len(batch.input_ids), 1), dtype=np.int64) if reads_cls else None)
 
     def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
         start = time.perf_counter()
