@@ -54,7 +54,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                 out["latency_overhead_sync_stub_ci90_ms"] = single["sync_overhead_ci90_ms"]
         # The overhead in two parts: what bertserve and gRPC add to each request over its own
         # forward pass (paired per request: drift-free), and the replica's forward pass against
-        # the bare one (docs/benchmarks.md, "Reading the latency figures").
+        # the bare one (docs/benchmarks.md, "Reading the figures").
         if single.get("own_overhead_ms") is not None:
             out["own_overhead_ms"] = single["own_overhead_ms"]
         if single.get("sync_own_overhead_ms") is not None:
