@@ -5,12 +5,13 @@
 # every node, and building them all from this one image gives you that.
 #
 # Base image: python:3.11-slim, not nvidia/cuda.
-#   * PyPI's Linux torch wheels are CUDA builds. They bring their own CUDA runtime, cuBLAS,
-#     cuDNN and NCCL as nvidia-* wheels. The only other thing a GPU needs is the driver
-#     (libcuda), and the NVIDIA Container Toolkit mounts that from the host when a container
-#     reserves a GPU (compose: deploy.resources.reservations.devices). An nvidia/cuda
-#     runtime base would add a second copy of the CUDA libraries (several GB) that torch
-#     never loads, and that base has no Python, so one would have to be installed on top.
+#   * PyPI's torch wheel for Linux x86_64 is a CUDA build. It brings its own CUDA runtime,
+#     cuBLAS, cuDNN and NCCL as nvidia-* wheels (several GB). The only other thing a GPU
+#     needs is the driver (libcuda), and the NVIDIA Container Toolkit mounts that from the
+#     host when a container reserves a GPU (compose: deploy.resources.reservations.devices).
+#     An nvidia/cuda runtime base would add a second copy of the CUDA libraries (several GB)
+#     that torch never loads, and that base has no Python, so one would have to be
+#     installed on top.
 #   * 3.11 is the version the project type-checks against (tool.mypy python_version).
 #   * The front end and the head use no GPU. They run the same image without a GPU
 #     reservation (the front end never imports torch).
@@ -38,16 +39,21 @@ RUN groupadd --system --gid 1000 bertserve \
 
 WORKDIR /opt/bertserve/src
 
-# torch gets its own layer, before the project sources, so that editing code does not
-# download it again (the `pip install .` below then finds torch>=2.4 met and keeps it).
-# PyPI's default torch wheel is a CUDA build on Linux. It needs a host NVIDIA driver recent
-# enough for its CUDA version. For older drivers, take the wheel from PyTorch's index for an
-# older CUDA, e.g.
-#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
-# (never .../whl/cpu: the GPU workers need CUDA). TORCH_SPEC can pin a version.
-ARG TORCH_INDEX_URL=https://pypi.org/simple
-ARG TORCH_SPEC="torch>=2.4"
-RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
+# Versions: constraints.txt pins torch, transformers, ray, grpcio, protobuf and a few more, the
+# same file the Makefile installs with, so the image runs what the tests ran. It is copied first
+# and on its own, so that editing code does not invalidate the torch layer.
+COPY constraints.txt ./
+
+# torch gets its own layer, before the project sources, so that editing code does not download
+# it again (the `pip install` below finds the pinned torch already there and keeps it).
+# The version comes from constraints.txt; TORCH_INDEX picks the build. The default, PyPI, gives
+# the CUDA build (with its nvidia-* wheels), which needs a host NVIDIA driver recent enough for
+# its CUDA version. For an older driver, take a build for an older CUDA from PyTorch's index, e.g.
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 ...
+# Never .../whl/cpu here: this one image also runs the GPU workers, which need CUDA. (For a
+# CPU-only set-up outside Docker, see the Makefile's TORCH_INDEX.)
+ARG TORCH_INDEX=https://pypi.org/simple
+RUN pip install --constraint constraints.txt --index-url "${TORCH_INDEX}" torch
 
 # Copy only what the two distributions need to build. The client ships the generated gRPC
 # stubs (client/bertserve/v1), so protos/ and scripts/ are not needed.
@@ -57,16 +63,17 @@ COPY server/ ./server/
 COPY workers/ ./workers/
 
 # Both distributions go in one resolve, so bertserve's pin `bertserve-client==0.1.0` is met
-# by the local client and not looked up on PyPI.
-RUN pip install ./client . \
+# by the local client and not looked up on PyPI. constraints.txt pins the key dependencies.
+RUN pip install --constraint constraints.txt ./client . \
  && bertserve --help >/dev/null \
  && ray --version
 
 USER bertserve
 WORKDIR /home/bertserve
 
-# The front end's gRPC port (the `serve` default, --port 50051).
-EXPOSE 50051
+# The front end's gRPC port (the `serve` default, --port 50051) and the Prometheus metrics
+# port that docker-compose.yml passes to the front end (--metrics-port 9464; off by default).
+EXPOSE 50051 9464
 
 # Each compose service passes its own command. With no command, the image prints the CLI usage.
 CMD ["bertserve", "--help"]

@@ -1,11 +1,15 @@
-"""Static checks of the container deployment files: Dockerfile, .dockerignore, docker-compose.yml.
+"""Static checks of the deployment files: Dockerfile, .dockerignore, docker-compose.yml, and the
+versions the Makefile and the Dockerfile install (constraints.txt).
 
 No Docker engine is needed. Each check compares the files with the code that really runs them:
 - the `bertserve` argv is parsed by the CLI's own argparse parser and then validated by
   `settings.from_sources`;
 - the `ray` argv is checked against the option table printed by the installed
   `ray <subcommand> --help`;
-- COPY sources and package directories are checked against the tree and pyproject.toml.
+- COPY sources and package directories are checked against the tree and pyproject.toml;
+- the Makefile's installs are read from `make -n`, the Dockerfile's from its RUN steps: both use
+  constraints.txt, whose pins lie inside pyproject.toml's ranges;
+- docs/metrics.md's scrape target is checked against the compose front end's --metrics-port.
 So renaming a flag, a package directory or a port on one side, and not the other, fails here.
 """
 
@@ -709,3 +713,214 @@ def test_dockerignore_keeps_local_state_tests_and_caches_out_of_the_context() ->
         assert _is_ignored(path), f"{path} would be sent to the Docker build context"
     for path in ("server/cli.py", "workers/pool.py", "client/bertserve/v1/common_pb2.py", "pyproject.toml"):
         assert not _is_ignored(path), f".dockerignore excludes {path}, which the image needs"
+
+
+# =========================================================================== compose: every command, metrics
+
+
+def test_every_compose_command_and_healthcheck_is_accepted_by_the_cli_it_runs(
+    services: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each argv a container runs (command, each entrypoint step, health check) is a project
+    executable, and its own parser (bertserve's argparse, the installed ray CLI) accepts it."""
+    checked = 0
+    for name, service in services.items():
+        argvs = [(f"{name}.command", argv) for argv in _invocations(name, service)]
+        if "healthcheck" in service:
+            argvs.append((f"{name}.healthcheck", _healthcheck_argv(name, service)))
+        for where, argv in argvs:
+            assert argv[0] in ("bertserve", "ray"), f"{where} runs {argv[0]!r}, which the image lacks"
+            if argv[0] == "bertserve":
+                _parse_bertserve(argv, where, capsys)
+            else:
+                _check_ray_argv(argv, where)
+            checked += 1
+    assert checked >= 6, f"expected the three services' commands and two health checks, checked {checked}"
+
+
+def _frontend_metrics_port(services: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> int:
+    ns = _parse_bertserve(_invocations("frontend", services["frontend"])[-1], "frontend.command", capsys)
+    port = int(ns.metrics_port or 0)
+    assert port > 0, "the frontend should serve Prometheus metrics: pass --metrics-port (docs/metrics.md)"
+    return port
+
+
+def test_frontend_serves_metrics_on_a_port_that_compose_and_the_image_expose(
+    services: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = _frontend_metrics_port(services, capsys)
+    frontend = services["frontend"]
+    exposed = {int(_interpolate(str(p)).split("/")[0]) for p in frontend.get("expose") or []}
+    published = {
+        int(_interpolate(str(p)).split("/")[0].rsplit(":", 1)[-1]) for p in frontend.get("ports") or []
+    }
+    assert port in exposed | published, (
+        f"frontend serves metrics on {port} but exposes {sorted(exposed)} and publishes {sorted(published)}"
+    )
+    dockerfile_exposed = {
+        int(p.split("/")[0])
+        for instr, args in _dockerfile_instructions()
+        if instr == "EXPOSE"
+        for p in args.split()
+    }
+    assert port in dockerfile_exposed, (
+        f"the Dockerfile should EXPOSE the metrics port {port} as it does the gRPC port"
+    )
+
+
+def test_docs_metrics_scrape_target_is_the_compose_frontend_and_its_metrics_port(
+    services: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    targets = re.findall(r"targets:\s*\[([^\]]*)\]", text)
+    assert targets, "docs/metrics.md shows no Prometheus scrape target"
+    port = _frontend_metrics_port(services, capsys)
+    for group in targets:
+        for target in re.findall(r"[\"']([^\"']+)[\"']", group):
+            host, target_port = _host_port(target)
+            assert host in services, (
+                f"docs/metrics.md scrapes {target}, but docker-compose.yml has no service {host!r} "
+                f"(services: {sorted(services)})"
+            )
+            assert host == "frontend" and target_port == port, (
+                f"docs/metrics.md scrapes {target}; the front end serves metrics on frontend:{port}"
+            )
+
+
+# =========================================================================== pinned versions
+
+
+CONSTRAINTS = ROOT / "constraints.txt"
+KEY_PINS = ("torch", "transformers", "ray", "grpcio", "protobuf")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _constraint_pins() -> dict[str, str]:
+    """{canonical name: version} of constraints.txt's `name==version` lines."""
+    from packaging.requirements import Requirement
+
+    pins: dict[str, str] = {}
+    for raw in CONSTRAINTS.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        specs = list(req.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", (
+            f"constraints.txt: pin exact versions (name==X.Y.Z), not {line!r}"
+        )
+        assert not req.extras, f"constraints.txt: pip refuses extras in constraints ({line!r})"
+        pins[_canonical(req.name)] = specs[0].version
+    return pins
+
+
+def test_constraints_pin_the_key_packages_inside_pyproject_ranges() -> None:
+    from packaging.requirements import Requirement
+
+    pins = _constraint_pins()
+    missing = [name for name in KEY_PINS if name not in pins]
+    assert not missing, f"constraints.txt does not pin {missing}"
+    project = _pyproject()["project"]
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    declared = [
+        *project["dependencies"],
+        *(d for extra in project.get("optional-dependencies", {}).values() for d in extra),
+        *client["dependencies"],
+    ]
+    for line in declared:
+        req = Requirement(line)
+        version = pins.get(_canonical(req.name))
+        if version is not None:
+            assert req.specifier.contains(version, prereleases=True), (
+                f"constraints.txt pins {req.name}=={version}, outside pyproject's {line!r}"
+            )
+
+
+def _make_dry_run(tmp_path: Path, *args: str) -> list[str]:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no `make` on this machine")
+    done = subprocess.run(
+        [make, "-n", "--no-print-directory", f"VENV={tmp_path / 'venv'}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"make -n {' '.join(args)} failed: {done.stderr[-500:]}"
+    return [line for line in done.stdout.splitlines() if not line.startswith("echo ")]
+
+
+def _pip_installs(lines: list[str]) -> list[str]:
+    return [line for line in lines if re.search(r"\bpip install\b", line)]
+
+
+def _uses_constraints(line: str) -> bool:
+    m = re.search(r"(?:--constraint|-c)[ =](\S+)", line)
+    return bool(m) and (ROOT / m.group(1).strip("\"'")).resolve() == CONSTRAINTS.resolve()
+
+
+def test_make_serve_installs_the_runtime_only_and_make_test_adds_the_dev_extras(tmp_path: Path) -> None:
+    serve = _pip_installs(_make_dry_run(tmp_path, "serve"))
+    assert serve, "make serve installs nothing into a fresh venv"
+    assert not any("[dev]" in line for line in serve), f"make serve installs the dev extras: {serve}"
+    test = _pip_installs(_make_dry_run(tmp_path, "test"))
+    assert any("[dev]" in line for line in test), f"make test does not install .[dev]: {test}"
+    # A venv set up by `make serve` (runtime stamp only): `make test` must still add the dev extras.
+    (tmp_path / "venv").mkdir()
+    runtime_stamps = [
+        line.split()[-1] for line in _make_dry_run(tmp_path, "setup") if line.startswith("touch ")
+    ]
+    assert len(runtime_stamps) == 1, f"make setup should touch one stamp: {runtime_stamps}"
+    Path(runtime_stamps[0]).touch()
+    after_serve = _pip_installs(_make_dry_run(tmp_path, "test"))
+    assert after_serve and all("[dev]" in line for line in after_serve), (
+        f"after `make serve`, `make test` should install only the dev extras, runs {after_serve}"
+    )
+
+
+def test_makefile_installs_every_package_with_the_constraints_file(tmp_path: Path) -> None:
+    installs = _pip_installs(_make_dry_run(tmp_path, "-B", "setup-dev"))
+    packages = [line for line in installs if not re.search(r"--upgrade pip\s*$", line)]
+    assert len(packages) >= 3, f"expected torch, runtime and dev installs: {installs}"
+    for line in packages:
+        assert _uses_constraints(line), f"the Makefile installs without --constraint constraints.txt: {line}"
+        assert not re.search(r"\b[\w.-]+\s*(==|>=|<=|~=)", line), (
+            f"the Makefile names a version itself; pins belong in constraints.txt: {line}"
+        )
+    (torch,) = [line for line in packages if re.search(r"\btorch\b", line)]
+    assert "--index-url" not in torch, "by default the torch install should use pip's configured index"
+    cpu = "https://download.pytorch.org/whl/cpu"
+    (torch_cpu,) = [
+        line
+        for line in _pip_installs(_make_dry_run(tmp_path, "-B", "setup", f"TORCH_INDEX={cpu}"))
+        if re.search(r"\btorch\b", line)
+    ]
+    assert f"--index-url {cpu}" in torch_cpu, f"TORCH_INDEX does not reach the torch install: {torch_cpu}"
+
+
+def test_dockerfile_installs_every_package_with_the_same_constraints_file() -> None:
+    instructions = _dockerfile_instructions()
+    pip_runs = [i for i, (instr, args) in enumerate(instructions) if instr == "RUN" and "pip install" in args]
+    assert pip_runs, "the Dockerfile installs nothing with pip"
+    copied_at = [
+        i
+        for i, (instr, args) in enumerate(instructions)
+        if instr == "COPY" and "constraints.txt" in shlex.split(args)[:-1]
+    ]
+    assert copied_at and copied_at[0] < pip_runs[0], "COPY constraints.txt before the first pip install"
+    for i in pip_runs:
+        args = instructions[i][1]
+        for command in re.split(r"&&|;", args):
+            if "pip install" not in command:
+                continue
+            assert re.search(r"(?:--constraint|-c)[ =]\"?constraints\.txt", command), (
+                f"the Dockerfile installs without --constraint constraints.txt: {command.strip()}"
+            )
+            assert not re.search(r"[\w.-]+\s*(==|>=|<=|~=|<|>)\s*\d", command), (
+                f"the Dockerfile names a version itself; pins belong in constraints.txt: {command.strip()}"
+            )
