@@ -1,6 +1,7 @@
 """AnswerQuestion: extractive QA with the semantics of the Hugging Face question-answering
-pipeline (doc_stride windows over long contexts, top_k, max_answer_len,
-handle_impossible_answer); server/tasks/qa.py plans the windows and decodes the spans."""
+pipeline of transformers 4.57.6 (doc_stride windows over long contexts, top_k, max_answer_len,
+handle_impossible_answer), except that a question longer than max_question_len tokens is
+rejected; server/tasks/qa.py plans the windows and decodes the spans."""
 
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ def prepare(query: AnswerQuestionQuery, tokenizer: TextTokenizer, limits: Reques
                     max_question_len=query.max_question_len,
                 )
             )
+        except qa.QuestionTooLong as exc:
+            # Rejected rather than cut: a shortened question is another question.
+            raise InvalidInput(
+                f"inputs[{i}].question is {exc.tokens} tokens long; max_question_len is {exc.limit}"
+            ) from None
         except ValueError as exc:
             raise InvalidInput(f"inputs[{i}]: {exc}") from None
         check_windows(len(plans[-1].windows), f"inputs[{i}].context", "use a smaller doc_stride")

@@ -1,29 +1,38 @@
 """Extractive question answering: windows before the model, answer spans after it.
 
-Reproduces the Hugging Face `question-answering` pipeline (transformers 4.x, fast tokenizer,
-question first, as for every BERT-family model) with numpy and the `tokenizers` library only.
-transformers 5 removed that pipeline; its last behaviour (v4.53) is the reference:
+Reproduces the Hugging Face `question-answering` pipeline of transformers 4.57.6, the last 4.x
+release (fast tokenizer, question first, as for every BERT-family model), with numpy and the
+`tokenizers` library only; transformers 5 removed that pipeline. tests/support/hf4_reference.py
+runs the real 4.57.6 pipeline as the tests' reference.
 
 - Windows. max_seq_len defaults to min(model_max_length, 384) (`default_max_length`), doc_stride
   to min(max_seq_len // 2, 128) (`default_doc_stride`). The pair (question, context) is encoded
   with truncation "only_second", stride doc_stride and overflowing tokens, without padding: each
   window is [CLS] question [SEP] part of the context [SEP], consecutive parts sharing doc_stride
-  tokens. The question itself is never cut: `max_question_len` only applies to slow (Python)
-  tokenizers, so with a fast tokenizer the pipeline ignores it, and so does `plan`. A question that
-  leaves no room for the context is an error (the tokenizer's "sequence too short"); so is a
-  doc_stride larger than max_seq_len, or one the tokenizer rejects.
+  tokens. The question itself is never cut. A question longer than `max_question_len` tokens is
+  rejected (`QuestionTooLong`): the pipeline's fast-tokenizer path ignores max_question_len (only
+  its slow-tokenizer path truncates the question), and a silently shortened question would be
+  a different question. A question that leaves no room for the context is an error (the
+  tokenizer's "sequence too short"); so is a doc_stride larger than max_seq_len, or one the
+  tokenizer rejects.
 - Scores, per window. Tokens outside the context cannot be in an answer (p_mask), except [CLS],
   which stays in the softmax. Their logits are set to -10000, start and end logits go through a
   float32 softmax each, the null score is p_start[0] * p_end[0], then position 0 is zeroed. A
-  span (s, e) scores p_start[s] * p_end[e] when s <= e < s + max_answer_len, else 0. The window's
-  top_k spans are taken over the whole [L, L] score matrix (argmax for top_k 1, else a partition
-  and a sort) and those with a token outside the context are dropped.
+  span (s, e) scores p_start[s] * p_end[e] when s <= e < s + max_answer_len, else 0. Each window
+  contributes its best `candidates_per_window(top_k)` = top_k * 2 + 10 entries of the whole
+  [L, L] score matrix (argmax for 1, else a partition and a sort), less those with a token
+  outside the context. When the window has fewer spans that score above zero, score-0 entries
+  fill the count as in the pipeline: spans starting at [CLS] (their text starts the context),
+  spans ending before they start (empty text) and spans longer than max_answer_len.
 - Answers, over windows in order. A span's characters come from the words of its first and last
   tokens as far as they lie in that window (`align_to_words`), else from the token offsets (also
   when a token has no word, such as [CLS]). Spans whose texts are equal ignoring case are merged
   into the first one seen, their scores added. With `handle_impossible_answer`, the empty answer
-  (smallest null score over the windows, start = end = 0) joins them; all are sorted by score
-  (a stable sort, best first) and cut to top_k.
+  (smallest null score over the windows, start = end = 0) joins them, unmerged; all are sorted by
+  score (a stable sort, best first) and cut to top_k.
+- One deliberate difference: when a window's [L, L] matrix has exactly as many entries as the
+  candidates asked for, the pipeline fails (numpy's argpartition with kth = size); here every
+  entry is taken, sorted.
 """
 
 from __future__ import annotations
@@ -44,11 +53,22 @@ MASKED_LOGIT = np.float32(-10000.0)
 """What the pipeline writes over the logits of tokens that cannot be in an answer."""
 _NULL_SCORE_START = 1000000.0
 """The pipeline's starting value for the smallest null score (larger than any probability)."""
+_QUESTION = 0
 _CONTEXT = 1
-"""Sequence index of the context in a (question, context) pair."""
+"""Sequence indices of the question and the context in a (question, context) pair."""
 
 _Span = tuple[int, int]
 _F32 = npt.NDArray[np.float32]
+
+
+class QuestionTooLong(ValueError):
+    """The question has more tokens than max_question_len. The message names neither the
+    question nor its tokens."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"the question is {tokens} tokens long; max_question_len is {limit}")
+        self.tokens = tokens
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -108,14 +128,15 @@ def plan(
 ) -> QAPlan:
     """Windows exactly as the pipeline makes them for max_seq_len=max_length and doc_stride
     (None: the pipeline's default). Raises ValueError, with a one-line message that never
-    echoes the texts, when the question is too long for the window or doc_stride is invalid.
+    echoes the texts, when the question is too long for the window or doc_stride is invalid,
+    and its subclass QuestionTooLong when the question has more than max_question_len tokens
+    (special tokens not counted). The question is never truncated.
 
-    max_question_len is accepted for the pipeline's signature and, as there with a fast
-    tokenizer, not used: the question is never truncated. cls_token_id: the token kept
-    answerable for the null answer; by default the first token of the window when that is a
-    special token ([CLS] for BERT, <s> for RoBERTa).
+    cls_token_id: the token kept answerable for the null answer; by default the first token of
+    the window when that is a special token ([CLS] for BERT, <s> for RoBERTa).
     """
-    del max_question_len  # only the pipeline's slow-tokenizer path reads it
+    if max_question_len < 1:
+        raise ValueError(f"max_question_len must be at least 1, got {max_question_len}")
     if max_length < 1:
         raise ValueError(f"max_seq_len must be at least 1, got {max_length}")
     stride = default_doc_stride(max_length) if doc_stride is None else doc_stride
@@ -136,6 +157,9 @@ def plan(
         )
 
     whole = _copy(tokenizer, None, 0).encode(question, context)
+    question_tokens = sum(1 for seq in whole.sequence_ids if seq == _QUESTION)
+    if question_tokens > max_question_len:
+        raise QuestionTooLong(question_tokens, max_question_len)
     if len(whole.ids) <= max_length:
         encodings = [whole]
     else:
@@ -169,13 +193,16 @@ def decode(
     max_answer_len: int = 15,
     handle_impossible_answer: bool = False,
     align_to_words: bool = True,
+    candidates: int | None = None,
 ) -> list[Answer]:
     """Best answers over all windows, best first, at most top_k, as the pipeline returns them.
 
     start_logits[i], end_logits[i]: the raw logits of window i, [len(windows[i].ids)] (float32;
     other float types are converted, as the pipeline converts bfloat16). With
     handle_impossible_answer the empty answer (text "", start = end = 0) is among the candidates
-    with the smallest null score over the windows.
+    with the smallest null score over the windows. candidates: the spans each window keeps
+    before equal texts merge; None (the server's choice) is the pipeline's
+    `candidates_per_window`, top_k alone is what transformers <= 4.53 kept.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -187,6 +214,10 @@ def decode(
             f"expected start and end logits for {n} windows, got {len(start_logits)} and {len(end_logits)}"
         )
 
+    if candidates is None:
+        candidates = candidates_per_window(top_k, align_to_words)
+    elif candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
     null_score = _NULL_SCORE_START
     merged: dict[str, _Candidate] = {}  # by lower-cased text, in the order first seen
     for i, window in enumerate(plan.windows):
@@ -195,7 +226,7 @@ def decode(
         if handle_impossible_answer:
             null_score = min(null_score, float(p_start[0] * p_end[0]))
         p_start[0] = p_end[0] = 0.0
-        for s, e, score in _top_spans(p_start, p_end, window.p_mask, top_k, max_answer_len):
+        for s, e, score in _top_spans(p_start, p_end, window.p_mask, candidates, max_answer_len):
             char_start, char_end = _characters(window, s, e, align_to_words)
             text = plan.context[char_start:char_end]
             seen = merged.setdefault(text.lower(), _Candidate(text, 0.0, char_start, char_end))
@@ -206,6 +237,13 @@ def decode(
         answers.append(Answer(text="", score=null_score, start=0, end=0))
     answers.sort(key=lambda answer: answer.score, reverse=True)  # stable, like the pipeline's sorted()
     return answers[:top_k]
+
+
+def candidates_per_window(top_k: int, align_to_words: bool) -> int:
+    """Spans each window contributes before equal texts merge: top_k * 2 + 10 with word
+    alignment (transformers >= 4.54: aligning spans to words makes several spans one text, and
+    the extra candidates keep the merged list from coming up short), else top_k."""
+    return top_k * 2 + 10 if align_to_words else top_k
 
 
 @dataclass
@@ -287,22 +325,26 @@ def _probabilities(logits: npt.ArrayLike, window: QAWindow, name: str) -> _F32:
 
 
 def _top_spans(
-    p_start: _F32, p_end: _F32, p_mask: Sequence[bool], top_k: int, max_answer_len: int
+    p_start: _F32, p_end: _F32, p_mask: Sequence[bool], count: int, max_answer_len: int
 ) -> list[tuple[int, int, float]]:
-    """The window's top_k (start, end, score) by the pipeline's selection, best first: over the
-    full [L, L] matrix of p_start[s] * p_end[e], zero outside s <= e < s + max_answer_len, then
-    without spans that touch a token outside the context."""
+    """The window's best `count` (start, end, score) by the pipeline's selection (its
+    `decode_spans`), best first: over the full [L, L] matrix of p_start[s] * p_end[e], zero
+    outside s <= e < s + max_answer_len, then without spans that touch a token outside the
+    context. The same numpy calls on the same float32 matrix, so that ties (score-0 entries)
+    come out in the pipeline's order."""
     length = p_start.shape[0]
     scores = p_start[:, None] * p_end[None, :]
     width = np.arange(length)[None, :] - np.arange(length)[:, None]  # e - s
     scores[(width < 0) | (width >= max_answer_len)] = 0.0
     flat = scores.reshape(-1)
-    if top_k == 1:
+    if count == 1:
         order = np.array([np.argmax(flat)])
-    elif flat.size <= top_k:
+    elif flat.size <= count:
+        # The pipeline sorts only when flat.size < count; at flat.size == count its argpartition
+        # fails (kth out of bounds). Every entry, sorted, is what it would have chosen.
         order = np.argsort(-flat)
     else:
-        chosen = np.argpartition(-flat, top_k)[:top_k]
+        chosen = np.argpartition(-flat, count)[:count]
         order = chosen[np.argsort(-flat[chosen])]
     spans = []
     for index in order.tolist():
