@@ -27,8 +27,10 @@ class QuestionContext(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     question: _builtins.str
     context: _builtins.str
-    """Any length: a context longer than the model's window is split into overlapping windows
-    (`doc_stride`) and the best spans across windows are returned.
+    """Any length. Each window is [CLS] question [SEP] part of the context [SEP], at most
+    min(the model's maximum length, 384) tokens, as the Hugging Face pipeline makes them; a
+    longer context runs over several windows whose consecutive context parts share
+    `doc_stride` tokens, and the best answers over all windows are returned.
     """
     def __init__(
         self,
@@ -56,19 +58,27 @@ class AnswerQuestionRequest(_message.Message):
     MAX_QUESTION_LEN_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
-    """Answers per input, best first. Unset: 1."""
+    """Answers per input, best first. Unset: 1. As in the question-answering pipeline of
+    transformers 4.57.6: each window contributes its top_k * 2 + 10 best spans, spans with
+    the same text (ignoring case) are merged by adding their scores, and the list is cut to
+    top_k. On a short context spans of score 0 can fill the list, as in the pipeline.
+    """
     max_answer_len: _builtins.int
     """Longest answer in tokens. Unset: 15."""
     doc_stride: _builtins.int
-    """Tokens shared by consecutive context windows. Unset: min(128, window / 2), as the
-    Hugging Face pipeline.
+    """Context tokens shared by consecutive windows. Unset: min(128, window / 2) with the
+    window above (128 for a 512-token model), as the Hugging Face pipeline.
     """
     handle_impossible_answer: _builtins.bool
     """Also consider "no answer" (the empty span); it is returned, with empty text and
     start = end = 0, when it scores among the top_k.
     """
     max_question_len: _builtins.int
-    """Questions longer than this many tokens are rejected. Unset: 64."""
+    """A question of more tokens than this (special tokens not counted) is rejected with
+    INVALID_ARGUMENT naming `inputs[i].question`, its length and the limit; questions are
+    never cut. Unset: 64. (The Hugging Face pipeline ignores this option with a fast
+    tokenizer; bertserve rejects instead.)
+    """
     model: _builtins.str
     """Model name; empty selects the default model for AnswerQuestion."""
     @_builtins.property

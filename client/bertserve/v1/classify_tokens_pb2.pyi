@@ -91,8 +91,11 @@ class ClassifyTokensRequest(_message.Message):
     """Model name; empty selects the default model for ClassifyTokens."""
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Texts of any length: a text longer than the model's window runs over overlapping
-        windows and the entities are merged back into the text's character offsets.
+        """Texts of any length. A text longer than the model's maximum length (N tokens) runs over
+        windows of N tokens ([CLS], up to N - 2 text tokens, [SEP]); consecutive windows share
+        N / 4 text tokens (rounded down: 128 for N = 512). Each token takes its prediction from
+        the one window where it is farthest from a cut (ties: the earlier window), so every token
+        is reported once, and entities come back in the text's character offsets.
         """
 
     @_builtins.property
@@ -136,7 +139,11 @@ class Entity(_message.Message):
     """Character offsets into the request's text: text[start:end]."""
     end: _builtins.int
     index: _builtins.int
-    """Aggregation NONE: the token's index in the model input ([CLS] is 0)."""
+    """Aggregation NONE: the token's position in the whole text's token sequence, special
+    tokens included ([CLS] is 0, the first text token 1), as the pipeline's `index` for a
+    text that fits the model. On a text split into windows it is still the position in the
+    whole text, not in the window that predicted it. Unset for the other aggregations.
+    """
     def __init__(
         self,
         *,

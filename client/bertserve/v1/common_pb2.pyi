@@ -30,9 +30,13 @@ class _TruncationPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trun
     TRUNCATION_POLICY_TRUNCATE: _TruncationPolicy.ValueType  # 2
     """Cut the input to the maximum length; the response reports `truncated = true`."""
     TRUNCATION_POLICY_SPLIT: _TruncationPolicy.ValueType  # 3
-    """ClassifySequence and Embed only: split a long text into overlapping windows of the
-    maximum length, run each, and report the mean of the windows' scores or vectors
-    (`InputStats.windows` says how many). Other RPCs answer INVALID_ARGUMENT.
+    """ClassifySequence and Embed only: split a long text into windows of the maximum length,
+    run each, and report the mean of the windows' scores or vectors, each window weighing the
+    same (`InputStats.windows` says how many). With a maximum length of N tokens, each window
+    is [CLS], up to W = N - 2 text tokens and [SEP]; consecutive windows share W / 4 text
+    tokens (rounded down: 127 of 510 for N = 512), so window k starts at text token
+    k * (W - W / 4), and the last one ends with the text (it may be shorter). Other RPCs
+    answer INVALID_ARGUMENT.
     """
 
 class TruncationPolicy(_TruncationPolicy, metaclass=_TruncationPolicyEnumTypeWrapper):
@@ -45,9 +49,13 @@ TRUNCATION_POLICY_REJECT: TruncationPolicy.ValueType  # 1
 TRUNCATION_POLICY_TRUNCATE: TruncationPolicy.ValueType  # 2
 """Cut the input to the maximum length; the response reports `truncated = true`."""
 TRUNCATION_POLICY_SPLIT: TruncationPolicy.ValueType  # 3
-"""ClassifySequence and Embed only: split a long text into overlapping windows of the
-maximum length, run each, and report the mean of the windows' scores or vectors
-(`InputStats.windows` says how many). Other RPCs answer INVALID_ARGUMENT.
+"""ClassifySequence and Embed only: split a long text into windows of the maximum length,
+run each, and report the mean of the windows' scores or vectors, each window weighing the
+same (`InputStats.windows` says how many). With a maximum length of N tokens, each window
+is [CLS], up to W = N - 2 text tokens and [SEP]; consecutive windows share W / 4 text
+tokens (rounded down: 127 of 510 for N = 512), so window k starts at text token
+k * (W - W / 4), and the last one ends with the text (it may be shorter). Other RPCs
+answer INVALID_ARGUMENT.
 """
 Global___TruncationPolicy: _TypeAlias = TruncationPolicy  # noqa: Y015
 
