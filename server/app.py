@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_reflection.v1alpha import reflection
 
-from bertserve.server import admin, config_file
+from bertserve.server import admin, config_file, core_calls, reflection
 from bertserve.server.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from bertserve.server.config_file import ModelEntry
 from bertserve.server.dataplane import DataPlane
 from bertserve.server.domain import RequestLimits
+from bertserve.server.drain import Drain, DrainInterceptor, stop_server
 from bertserve.server.health import SERVICE_NAME, HealthReporter
+from bertserve.server.interceptors import ParseGuard
 from bertserve.server.keep_warm import KeepWarm, loopback_target
 from bertserve.server.logs import configure_logging, get_logger
 from bertserve.server.metrics import Metrics
@@ -41,6 +45,7 @@ from bertserve.workers import heads
 from bertserve.workers.errors import ReplicaLoadError
 from bertserve.workers.pool import Placement, ReplicaPool
 from bertserve.workers.protocol import Task
+from bertserve.workers.ray_init import RayStartError, init_ray
 from bertserve.workers.spec import ReplicaSpec
 from bertserve.workers.tiny_bert import is_tiny_checkpoint
 
@@ -91,26 +96,18 @@ def ensure_demo_checkpoint(settings: Settings) -> Path:
 
 
 def _init_ray(settings: Settings) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
-    if settings.ray_address:
-        kwargs["address"] = settings.ray_address
-    else:
-        kwargs["address"] = "local"
-        kwargs["object_store_memory"] = 512 * 1024 * 1024
-        # Ray starts workers at nice 15, so a replica would yield its CPU to the front end, the
-        # load and Ray's own daemons mid-batch; an inference replica is the work that matters.
-        kwargs["_system_config"] = {"worker_niceness": 0}
-        if settings.ray_num_cpus:
-            kwargs["num_cpus"] = settings.ray_num_cpus
+    """Join --ray-address, or start a local Ray instance that listens on loopback only
+    (workers/ray_init.py)."""
     try:
-        ray.init(**kwargs)
-    except Exception as exc:
-        where = settings.ray_address or "a local Ray instance"
-        raise StartupError(f"cannot start or join {where}: {type(exc).__name__}: {exc}") from None
+        init_ray(
+            settings.ray_address or None,
+            num_cpus=settings.ray_num_cpus or None,
+            # Ray starts workers at nice 15, so a replica would yield its CPU to the front end, the
+            # load and Ray's own daemons mid-batch; an inference replica is the work that matters.
+            system_config={"worker_niceness": 0},
+        )
+    except RayStartError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _place(settings: Settings, total_replicas: int = 0) -> Placed:
@@ -244,9 +241,13 @@ def _check_cpu_budget(settings: Settings, placements: list[tuple[ModelEntry, Pla
 
 
 async def build_models(
-    settings: Settings, on_change: Any, metrics: Metrics | None = None
+    settings: Settings,
+    on_change: Any,
+    metrics: Metrics | None = None,
+    after_ray_init: Callable[[], None] | None = None,
 ) -> tuple[list[ServedModel], dict[Task, str]]:
-    """Resolve every configured model, check its head against its tasks, place its replicas."""
+    """Resolve every configured model, check its head against its tasks, place its replicas.
+    `after_ray_init` runs as soon as Ray is up (run() puts its signal handlers back then)."""
     try:
         entries = config_file.model_entries(settings)
     except config_file.ConfigError as exc:
@@ -255,6 +256,8 @@ async def build_models(
     for entry, ckpt in zip(entries, checkpoints, strict=True):
         _precheck(entry, ckpt)
     _init_ray(settings)
+    if after_ray_init is not None:
+        after_ray_init()
     total = sum(e.settings.replicas for e in entries)
     placements = [(e, _place(e.settings, total)) for e in entries]
     _check_cpu_budget(settings, placements)
@@ -290,6 +293,7 @@ def _served_model(
         threads=placed.threads,
         backend=s.backend,
         fake_delay_ms=s.fake_delay_ms,
+        fake_load_ms=s.fake_load_ms,
         tasks=tuple(t for t in entry.tasks if t is not Task.TOKENIZE),
         compile=s.compile,
         cpu_linear=s.cpu_linear,
@@ -329,6 +333,12 @@ class Server:
         # Recorded whether or not they are served over HTTP (--metrics-port).
         self.metrics = Metrics()
         self.keep_warm: KeepWarm | None = None
+        self.drain = Drain(on_hold=lambda: self.metrics.call_rejected("shutting_down"))
+        self.auth: BearerTokenInterceptor | None = None
+        self.core_calls: core_calls.CoreCalls | None = None
+        self._inflight_at_drain = 0
+        # Called once Ray is up: Ray's core worker installs its own SIGTERM handler (run()).
+        self.after_ray_init: Callable[[], None] | None = None
 
     def _serve_metrics(self) -> None:
         """Serve GET /metrics on --metrics-port, first: a taken port fails start-up at once."""
@@ -351,28 +361,36 @@ class Server:
         except SecurityConfigError as exc:
             raise StartupError(str(exc)) from None
         self._serve_metrics()
-        models, defaults = await build_models(s, self.health.schedule_update, self.metrics)
+        models, defaults = await build_models(
+            s, self.health.schedule_update, self.metrics, after_ray_init=self.after_ray_init
+        )
         try:
             self.registry = ModelRegistry(models, defaults)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         self.health.attach(self.registry)
+        # Outermost first: the drain sees every call; then bytes that do not parse get
+        # INVALID_ARGUMENT on every service; then the bearer token.
+        interceptors: list[grpc.aio.ServerInterceptor] = [DrainInterceptor(self.drain), ParseGuard()]
+        if token:
+            self.auth = BearerTokenInterceptor(token, on_reject=self.metrics.call_rejected)
+            interceptors.append(self.auth)
+        servers_before = core_calls.server_ids()
         server = grpc.aio.server(
-            interceptors=[BearerTokenInterceptor(token)] if token else None,
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", s.max_receive_message_length),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ],
         )
         # Malformed request bytes get INVALID_ARGUMENT (the generated registration answers UNKNOWN).
-        add_to_server(BertServicer(DataPlane(self.registry), metrics=self.metrics), server)
+        add_to_server(BertServicer(DataPlane(self.registry), metrics=self.metrics, drain=self.drain), server)
         from grpc_health.v1 import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         names: tuple[str, ...] = (
             bert_service_pb2.DESCRIPTOR.services_by_name["BertService"].full_name,
             "grpc.health.v1.Health",
-            reflection.SERVICE_NAME,
         )
         if s.admin_enabled:
             # Not in security.OPEN_SERVICES: with a bearer token configured, it needs the token.
@@ -380,7 +398,7 @@ class Server:
             names = (*names, admin.SERVICE_NAME)
             if not token:
                 _log.warning("admin_without_auth", notice="AdminService is open to every client")
-        reflection.enable_server_reflection(names, server)
+        reflection.enable(names, server)
         address = f"{s.host}:{s.port}"
         try:
             if credentials is None:
@@ -394,6 +412,9 @@ class Server:
         await self.health.update()
         await server.start()
         self.grpc_server = server
+        self.core_calls = core_calls.CoreCalls.created_since(servers_before)
+        if s.port_file:  # the port answers from now on (NOT_SERVING until a replica is warm)
+            Path(s.port_file).write_text(str(self.port))
         _log.info(
             "grpc_listening",
             host=s.host,
@@ -424,8 +445,6 @@ class Server:
                 default_for=[t.value for t in self.registry.default_for(model)],
             )
         self._start_keep_warm(credentials is not None)
-        if s.port_file:
-            Path(s.port_file).write_text(str(self.port))
 
     def _start_keep_warm(self, tls: bool) -> None:
         """Ping the own health service while a lone request waits (server/keep_warm.py)."""
@@ -446,13 +465,45 @@ class Server:
             model.admission.on_busy = self.keep_warm.wake
         self.keep_warm.start()
 
+    def note_signal(self) -> None:
+        """Count, in the signal handler itself, the calls gRPC core holds that the server has not
+        read: received before the signal, they are served (drain.py)."""
+        self.drain.mark_signal(None if self.core_calls is None else self.core_calls.live())
+
+    def begin_drain(self) -> None:
+        """Phase 1 of the drain: from here on a call received after the signal is held, not
+        served (drain.py)."""
+        if self.drain.draining:
+            return
+        self.drain.begin()
+        self._inflight_at_drain = self.drain.active
+        _log.info(
+            "drain_started",
+            calls_in_flight=self.drain.active,
+            calls_received_not_read=self.drain.received_unread,
+        )
+
     async def stop(self) -> None:
-        """Drain: health NOT_SERVING, finish in-flight calls within the grace period, release replicas."""
+        """Drain (drain.py): new calls held, health NOT_SERVING, the calls received before finish
+        within the grace period, then the port closes and the held calls get UNAVAILABLE; then
+        the replicas are released."""
+        self.begin_drain()
         await self.health.shutting_down()
         if self.keep_warm is not None:
             await self.keep_warm.stop()
         if self.grpc_server is not None:
-            await self.grpc_server.stop(self.settings.grace_period_s)
+            settled = await stop_server(
+                self.grpc_server, self.drain, self.settings.grace_period_s, time.monotonic
+            )
+            _log.info(
+                "drained",
+                calls_in_flight_at_signal=self._inflight_at_drain,
+                calls_unread_at_signal=self.drain.received_unread,
+                finished_in_grace_period=settled,
+                refused_while_draining=self.drain.refused,
+            )
+        if self.auth is not None:
+            self.auth.log_left_out()
         if self.registry is not None:
             for model in self.registry.all():
                 await model.stop()
@@ -461,30 +512,58 @@ class Server:
 
 
 async def run(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; 0 after a drain, 1 when start-up failed.
+
+    A signal during start-up drains too: the port may already answer calls while replicas warm.
+    """
     configure_logging(settings.log_level, settings.log_format)
     server = Server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
+    def on_signal() -> None:
+        server.begin_drain()
+        stop.set()
+
+    def handle(signum: int, frame: object) -> None:
+        # A plain signal handler runs at the next bytecode, before the event loop's current turn
+        # ends: the count of calls received before the signal is taken here, the drain begins
+        # on the loop.
+        server.note_signal()
+        loop.call_soon_threadsafe(on_signal, context=contextvars.Context())
+
     def install_signal_handlers() -> None:
-        # Again after ray.init(): Ray's core worker installs its own SIGTERM handler.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            signal.signal(sig, handle)
 
     install_signal_handlers()
+    # ray.init() puts Ray's own SIGTERM handler in place (it exits at once, code 15): ours goes back
+    # right after it, before the port opens.
+    server.after_ray_init = install_signal_handlers
     try:
-        try:
-            await server.start()
-        except (StartupError, CheckpointError) as exc:
-            print(f"bertserve: error: {exc}", file=sys.stderr)
-            await server.stop()
-            return 1
-        install_signal_handlers()
-        await stop.wait()
+        starting = asyncio.create_task(server.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            stopping.cancel()
+            try:
+                starting.result()
+            except (StartupError, CheckpointError) as exc:
+                print(f"bertserve: error: {exc}", file=sys.stderr)
+                await server.stop()
+                return 1
+            await stop.wait()
+        else:
+            _log.info("shutdown_requested_during_startup")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StartupError, CheckpointError):
+                await starting
         _log.info("shutdown_requested", grace_period_s=settings.grace_period_s)
         await server.stop()
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with contextlib.suppress(Exception):
             import ray
 

@@ -58,6 +58,7 @@ MODEL_FIELDS = (
     "autoscale_down_cooldown_s",
     "backend",
     "fake_delay_ms",
+    "fake_load_ms",
     "max_batch_size",
     "max_batch_tokens",
     "max_wait_ms",

@@ -14,7 +14,7 @@ SERVICE_NAME = "bertserve.v1.BertService"
 
 
 class DrainingHealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
-    """grpc.health.v1 Check and Watch, as grpc_health's asyncio servicer, plus `drain()`: on
+    """grpc.health.v1 Check, List and Watch, as grpc_health's asyncio servicer, plus `drain()`: on
     shutdown every status turns NOT_SERVING for good, and each Watch stream, once it has sent
     NOT_SERVING, ends (OK). The gRPC server's graceful stop waits for every open call, and a Watch
     never ends by itself: one open Watch (a load balancer's) would hold every SIGTERM for the
@@ -46,6 +46,16 @@ class DrainingHealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[mi
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
         return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        """Every service's status ("" is the whole server)."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status) for name, status in self._status.items()
+            }
+        )
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -36,3 +38,29 @@ def get_logger(**fields: object) -> structlog.typing.FilteringBoundLogger:
     """A lazy logger: safe at module level, it follows configure_logging() called later."""
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("bertserve", **fields)
     return logger
+
+
+class Throttle:
+    """At most one log line per key and `interval_s` for events that a client can repeat at will
+    (a rejected token on every call). `note(key)` returns None when the line is to be left out,
+    else how many lines of that key were left out since the last one (0 for the first)."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def note(self, key: str) -> int | None:
+        now = self._clock()
+        last = self._logged_at.get(key)
+        if last is not None and now - last < self._interval_s:
+            self._left_out[key] = self._left_out.get(key, 0) + 1
+            return None
+        self._logged_at[key] = now
+        return self._left_out.pop(key, 0)
+
+    def left_out(self) -> dict[str, int]:
+        """The lines left out since each key's last one, forgetting them (for a final summary)."""
+        counts, self._left_out = {k: n for k, n in self._left_out.items() if n}, {}
+        return counts

@@ -56,6 +56,8 @@ REPLICA_STATES = ("starting", "ready", "restarting", "dead")
 # Why admission turned a request away (server/scheduling/admission.py): max_inflight_requests,
 # max_queued_tokens, or a batcher's own queue bound (max_queued_requests).
 ADMISSION_REASONS = ("inflight", "queued_tokens", "queued_inputs")
+# Why a call was refused before any servicer ran (server/security.py, server/drain.py).
+REJECTED_CALL_REASONS = ("missing_token", "invalid_token", "shutting_down")
 
 # The model that is answering the current request: set by the model registry when it picks
 # one, so that a request failing after that point (queue full, deadline, bad input for that
@@ -282,6 +284,15 @@ class Metrics:
             ("model", "reason"),
             registry=r,
         )
+        self.rejected_calls = Counter(
+            "bertserve_rejected_calls_total",
+            "Calls refused before any servicer ran: reason=missing_token or invalid_token "
+            "(UNAUTHENTICATED), shutting_down (UNAVAILABLE, held during a drain).",
+            ("reason",),
+            registry=r,
+        )
+        for reason in REJECTED_CALL_REASONS:
+            self.rejected_calls.labels(reason)
         self.keep_warm_pings = Counter(
             "bertserve_keep_warm_pings_total",
             "Loopback health checks the front end sent to keep its reply path warm (--keep-warm-ms).",
@@ -295,6 +306,10 @@ class Metrics:
     def observe_request(self, rpc: str, model: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, model, code).inc()
         self.request_duration.labels(rpc, model).observe(seconds)
+
+    def call_rejected(self, reason: str) -> None:
+        """A call refused before any servicer ran (one of REJECTED_CALL_REASONS)."""
+        self.rejected_calls.labels(reason).inc()
 
     def batcher(self, model: str, task: str) -> BatcherMetrics:
         return BatcherMetrics(self, model, task)

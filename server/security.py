@@ -13,8 +13,6 @@ the server with one line. The token itself is never logged, echoed in an error o
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import ssl
@@ -26,7 +24,8 @@ import grpc
 import grpc.aio
 
 from bertserve.server.errors import Unauthenticated, status_for
-from bertserve.server.logs import get_logger
+from bertserve.server.interceptors import refusal_handler, service_of
+from bertserve.server.logs import Throttle, get_logger
 from bertserve.server.settings import Settings
 
 _log = get_logger(component="security")
@@ -136,14 +135,9 @@ def auth_token(settings: Settings) -> str | None:
     return None
 
 
-def _service_of(method: str) -> str:
-    """`/package.Service/Method` → `package.Service`."""
-    return method.lstrip("/").split("/", 1)[0]
-
-
 def is_open(method: str) -> bool:
     """Whether a full method name answers without a token."""
-    return _service_of(method) in OPEN_SERVICES
+    return service_of(method) in OPEN_SERVICES
 
 
 def _presented_tokens(metadata: Sequence[tuple[str, str | bytes]] | None) -> list[bytes]:
@@ -164,10 +158,22 @@ def _digest(token: str) -> bytes:
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Rejects calls without the right `authorization: Bearer <token>` metadata with
-    UNAUTHENTICATED, before the request is read or a servicer runs; `OPEN_SERVICES` pass."""
+    UNAUTHENTICATED, before the request is read or a servicer runs; `OPEN_SERVICES` pass.
 
-    def __init__(self, token: str) -> None:
+    A client can send rejected calls as fast as it likes, so the log gets one `unauthenticated`
+    line per reason and `log_interval_s` (with the count left out since the previous one), and
+    `on_reject(reason)` counts every one (bertserve_rejected_calls_total).
+    """
+
+    def __init__(
+        self,
+        token: str,
+        on_reject: Callable[[str], None] | None = None,
+        throttle: Throttle | None = None,
+    ) -> None:
         self._token = _digest(token)
+        self._on_reject = on_reject
+        self._throttle = throttle or Throttle()
 
     def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool | None:
         """True for the right token, False for a wrong one, None when none was presented."""
@@ -188,29 +194,19 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         verdict = self.authorized(handler_call_details.invocation_metadata)
         if verdict:
             return await continuation(handler_call_details)
+        key = "missing_token" if verdict is None else "invalid_token"
         reason = "missing bearer token" if verdict is None else "invalid bearer token"
-        _log.warning("unauthenticated", rpc=method, reason=reason)
-        return _deny_handler(reason)
+        if self._on_reject is not None:
+            self._on_reject(key)
+        left_out = self._throttle.note(key)
+        if left_out is not None:
+            _log.warning("unauthenticated", rpc=method, reason=reason, not_logged_since_last=left_out)
+        error = Unauthenticated(
+            f"{reason}: this server requires the metadata '{AUTH_METADATA_KEY}: Bearer <token>'"
+        )
+        return refusal_handler(status_for(error), error.message)
 
-
-async def _first(requests: Any) -> None:
-    async for _ in requests:
-        return
-
-
-def _deny_handler(reason: str) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler that fails the call. A stream-stream handler without deserializers serves any
-    call shape (a unary call is a stream of one message on the wire) and never parses the
-    unauthenticated request."""
-    error = Unauthenticated(
-        f"{reason}: this server requires the metadata '{AUTH_METADATA_KEY}: Bearer <token>'"
-    )
-
-    async def deny(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        # Take the first message off the wire (raw bytes, never parsed) before failing the call: a
-        # client still sending its request while the call ends could see INTERNAL instead.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(_first(requests), timeout=0.2)
-        await context.abort(status_for(error), error.message)
-
-    return grpc.stream_stream_rpc_method_handler(deny)
+    def log_left_out(self) -> None:
+        """Log the rejections not logged yet (at shutdown)."""
+        for key, count in self._throttle.left_out().items():
+            _log.warning("unauthenticated", reason=key.replace("_", " "), not_logged_since_last=count)

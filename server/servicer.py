@@ -21,6 +21,7 @@ from google.protobuf import message_factory
 
 from bertserve.server import convert
 from bertserve.server.dataplane import DataPlane
+from bertserve.server.drain import SHUTTING_DOWN, Drain
 from bertserve.server.errors import Internal, InvalidInput, ServingError, status_for, trailers_for
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, begin_request, current_model
@@ -189,8 +190,10 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         dataplane: DataPlane,
         max_stream_inflight: int = 128,
         metrics: Metrics | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self._dp = dataplane
+        self._drain = drain
         self._max_stream_inflight = max_stream_inflight
         self._metrics = metrics
         # Stream requests read and not yet answered, over every open stream (each stream holds at
@@ -347,21 +350,38 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
                 await out.put(reply)
 
         async def reader() -> None:
+            async for sreq in requests:
+                if isinstance(sreq, Malformed):
+                    malformed.append(sreq)
+                    return
+                await permits.acquire()
+                hold(1)
+                task = asyncio.create_task(answer(sreq))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        async def finisher() -> None:
+            """After the last request is read (or reading stopped), wait for every answer."""
             try:
-                async for sreq in requests:
-                    if isinstance(sreq, Malformed):
-                        malformed.append(sreq)
-                        break
-                    await permits.acquire()
-                    hold(1)
-                    task = asyncio.create_task(answer(sreq))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                await asyncio.wait([read_task])
                 await asyncio.gather(*tasks, return_exceptions=True)
             finally:
                 await out.put(_DONE)
 
         read_task = asyncio.create_task(reader())
+        # On shutdown the stream stops reading: what it read is answered, then it ends
+        # UNAVAILABLE (drain.py). A stream whose client had finished sending ends OK.
+        cut: list[bool] = []
+
+        def stop_reading(_: object) -> None:
+            if not read_task.done():
+                cut.append(True)
+                read_task.cancel()
+
+        draining = None if self._drain is None else asyncio.create_task(self._drain.began.wait())
+        if draining is not None:
+            draining.add_done_callback(stop_reading)
+        finish_task = asyncio.create_task(finisher())
         try:
             while (item := await out.get()) is not _DONE:
                 yield item
@@ -374,9 +394,14 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
                     rpc, current_model(), grpc.StatusCode.INVALID_ARGUMENT.name, time.perf_counter()
                 )
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
+            if cut:
+                _log.info("stream_cut_by_shutdown")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         finally:
             hold(-held)
-            read_task.cancel()
-            for task in list(tasks):
-                task.cancel()
-            await asyncio.gather(read_task, *tasks, return_exceptions=True)
+            for task in (read_task, finish_task, draining, *tasks):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(
+                read_task, finish_task, *([draining] if draining else []), *tasks, return_exceptions=True
+            )

@@ -108,6 +108,9 @@ class Settings:
         "torch", "replica backend: torch, or fake (synthetic outputs, for tests)", ("torch", "fake")
     )
     fake_delay_ms: float = _f(0.0, "fake backend: compute time per batch, in milliseconds")
+    fake_load_ms: float = _f(
+        0.0, "fake backend: load time of every replica but a model's first, in milliseconds (start-up tests)"
+    )
     # Batching
     max_batch_size: int = _f(32, "most sequences in one batch")
     max_batch_tokens: int = _f(16384, "most padded tokens (batch size x longest sequence) in one batch")
@@ -161,7 +164,7 @@ class Settings:
     # Network
     host: str = _f("127.0.0.1", "address to bind; use 0.0.0.0 to listen on every interface")
     port: int = _f(50051, "gRPC port (0: pick a free one)")
-    port_file: str = _f("", "write the bound port to this file once serving (for scripts and tests)")
+    port_file: str = _f("", "write the bound port to this file once it accepts calls (for scripts and tests)")
     keep_warm_ms: float = _f(
         0.0,
         "while a lone request waits on a replica, call the server's own health service every this "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 from bertserve.workers.affinity import CpuClaim, claim_cpus, pin_process
@@ -51,6 +52,8 @@ class Replica:
         if pinning:
             self._cpus = claim_cpus(spec.threads, slot=spec.cpu_slot_base + index, any_free=False)
             pin_process(self._cpus.cpus)
+        if spec.backend == "fake" and index > 0 and spec.fake_load_ms > 0:
+            time.sleep(spec.fake_load_ms / 1000.0)  # a late replica, for start-up tests
         try:
             self._backend = create_backend(spec)
         except Exception as exc:

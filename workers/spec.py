@@ -18,6 +18,8 @@ class ReplicaSpec:
     threads: torch intra-op threads (CPU replicas).
     backend: "torch" (the real model) or "fake" (tests: no weights, deterministic outputs).
     fake_delay_ms: per-batch compute time of the fake backend, in milliseconds.
+    fake_load_ms: load time of the fake backend in every replica but the model's first (index 0),
+        in milliseconds: a replica that warms up late, for start-up tests.
     tasks: tasks the configuration asks of this model; loading fails when the head cannot serve one.
     compile: torch.compile the encoder at load time (the warm-up batch compiles it).
     cpu_linear: float32 CPU linear layers: "torch" (torch's kernels), "onednn" (oneDNN's, on
@@ -37,6 +39,7 @@ class ReplicaSpec:
     threads: int = 1
     backend: str = "torch"
     fake_delay_ms: float = 0.0
+    fake_load_ms: float = 0.0
     tasks: tuple[Task, ...] = ()
     compile: bool = False
     cpu_linear: str = "auto"

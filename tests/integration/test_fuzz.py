@@ -91,6 +91,7 @@ def fuzz_server(
                     "max_wait_ms": 1,
                     "max_inputs_per_request": MAX_INPUTS,
                     "max_text_chars": MAX_TEXT_CHARS,
+                    "admin_enabled": True,  # its ScaleModel is fuzzed too
                 },
                 "models": [{"name": m, "checkpoint": str(p)} for m, p in checkpoints.items()],
             }
@@ -595,6 +596,75 @@ def test_raw_bytes_to_every_method(channel: grpc.Channel, method: str) -> None:
         assert not clean_details(details, {"marker": MARKER}), details
         if not valid or (streaming and valid < len(messages)):
             assert code == grpc.StatusCode.INVALID_ARGUMENT and "is not a valid bertserve.v1." in details
+
+    check()
+
+
+def _other_methods() -> list[tuple[str, Any]]:
+    """Every method the server registers besides BertService's: (path, its descriptor)."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from bertserve.server import reflection
+    from bertserve.v1 import admin_pb2
+
+    reflection._v1_messages()  # adds grpc.reflection.v1 to the default pool
+    pool = reflection_pb2.DESCRIPTOR.pool
+    services = [
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        pool.FindServiceByName(reflection.V1_SERVICE),
+    ]
+    return [(f"/{s.full_name}/{m.name}", m) for s in services for m in s.methods]
+
+
+OTHER_METHODS = _other_methods()
+
+
+@pytest.mark.parametrize(("path", "method"), OTHER_METHODS, ids=[p for p, _ in OTHER_METHODS])
+def test_raw_bytes_to_every_other_registered_method(channel: grpc.Channel, path: str, method: Any) -> None:
+    """AdminService, health (Check, Watch) and reflection (v1, v1alpha) answer bytes that do not
+    parse with INVALID_ARGUMENT too, unary and streamed, never UNKNOWN."""
+    request_class = message_factory.GetMessageClass(method.input_type)
+
+    def parses(payload: bytes) -> bool:
+        try:
+            request_class.FromString(payload)
+        except DecodeError:
+            return False
+        return True
+
+    @settings(FUZZ, max_examples=25)
+    @given(payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=3))
+    def check(payloads: list[bytes]) -> None:
+        if not method.client_streaming:
+            payloads = payloads[:1]
+        if all(parses(p) for p in payloads):
+            return  # a valid request: not what this test is about (it may scale or watch forever)
+        if method.client_streaming:
+            call: Any = channel.stream_stream(path, request_serializer=None, response_deserializer=None)(
+                iter(payloads), timeout=30
+            )
+        elif method.server_streaming:
+            call = channel.unary_stream(path, request_serializer=None, response_deserializer=None)(
+                payloads[0], timeout=30
+            )
+        else:
+            call = None
+        try:
+            if call is None:
+                channel.unary_unary(path, request_serializer=None, response_deserializer=None)(
+                    payloads[0], timeout=30
+                )
+            else:
+                for _ in call:
+                    pass
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+        TRIED[(f"raw:{path}", code.name)] += 1
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{path} answered {code.name}: {details!r}"
+        assert "is not a valid message" in details and not clean_details(details), details
 
     check()
 

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bertserve.v1 import bert_service_pb2_grpc, common_pb2, fill_mask_pb2
 from bertserve_client import AsyncBertClient, BertClient, BertServeError
 from tests.support.pki import Pki, make_pki
+from tests.support.probes import free_port, metric
 from tests.support.server import BERTSERVE, RunningServer, start_server
 
 pytestmark = pytest.mark.integration
@@ -88,10 +89,21 @@ def secure(
     _stop(server)
 
 
+PLAIN_METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def plain(tiny_checkpoint: Path) -> Iterator[RunningServer]:
     server = start_server(
-        [*_light(tiny_checkpoint), "--max-receive-message-length", str(MAX_MESSAGE), "--keep-warm-ms", "2"],
+        [
+            *_light(tiny_checkpoint),
+            "--max-receive-message-length",
+            str(MAX_MESSAGE),
+            "--keep-warm-ms",
+            "2",
+            "--metrics-port",
+            str(PLAIN_METRICS_PORT),
+        ],
         env={"BERTSERVE_AUTH_TOKEN": ENV_TOKEN},
     )
     yield server
@@ -314,6 +326,29 @@ def test_plain_server_takes_its_token_from_the_environment(plain: RunningServer)
     with BertClient(plain.address, timeout=WAIT_S, token=ENV_TOKEN) as client:
         assert client.list_models().models
     assert plain.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_rejected_calls_are_counted_and_logged_once_per_reason_and_minute(plain: RunningServer) -> None:
+    """A client can repeat a rejected call at will: the log gets one `unauthenticated` line per
+    reason and minute (with how many were left out), the metric counts every one."""
+
+    def lines() -> int:
+        return plain.log().count('"event": "unauthenticated"')
+
+    def rejected(reason: str) -> float:
+        return metric(PLAIN_METRICS_PORT, "bertserve_rejected_calls_total", reason=reason)
+
+    missing_before, invalid_before = rejected("missing_token"), rejected("invalid_token")
+    logged_before = lines()
+    with BertClient(plain.address, timeout=WAIT_S, retries=0) as client:
+        for _ in range(40):
+            assert _code(client.list_models) is grpc.StatusCode.UNAUTHENTICATED
+    with BertClient(plain.address, timeout=WAIT_S, retries=0, token=WRONG_TOKEN) as client:
+        for _ in range(40):
+            assert _code(client.list_models) is grpc.StatusCode.UNAUTHENTICATED
+    assert rejected("missing_token") == missing_before + 40
+    assert rejected("invalid_token") == invalid_before + 40
+    assert lines() - logged_before <= 2  # at most the first of each reason in this minute
 
 
 # -- Start-up failures (before Ray starts) ------------------------------------------------------

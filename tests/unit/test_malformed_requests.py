@@ -134,3 +134,88 @@ async def _until_error(call: Any) -> Any:
             yield reply
     except grpc.aio.AioRpcError:
         return
+
+
+# ---- every other service: the ParseGuard interceptor (server/interceptors.py) -------------------
+
+
+async def _serve_library_services() -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    """Health and reflection (v1 and v1alpha): library servicers, behind ParseGuard as in app.py."""
+    from grpc_health.v1 import health_pb2_grpc
+
+    from bertserve.server import reflection
+    from bertserve.server.health import DrainingHealthServicer
+    from bertserve.server.interceptors import ParseGuard
+
+    server = grpc.aio.server(interceptors=[ParseGuard()])
+    health_pb2_grpc.add_HealthServicer_to_server(DrainingHealthServicer(), server)
+    reflection.enable(["grpc.health.v1.Health"], server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    ("method", "streaming"),
+    [
+        ("/grpc.health.v1.Health/Check", False),
+        ("/grpc.health.v1.Health/Watch", False),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", True),
+    ],
+)
+def test_library_services_answer_malformed_bytes_with_invalid_argument(method: str, streaming: bool) -> None:
+    async def main() -> tuple[grpc.StatusCode, str]:
+        server, channel = await _serve_library_services()
+        try:
+            if streaming:
+                call: Any = channel.stream_stream(method)(iter([CORRUPT]), timeout=10)
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    async for _ in call:
+                        pass
+            elif method.endswith("Watch"):
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    async for _ in channel.unary_stream(method)(BAD_UTF8, timeout=10):
+                        pass
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await channel.unary_unary(method)(BAD_UTF8, timeout=10)
+            return failed.value.code(), failed.value.details() or ""
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    code, details = run(main())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f"the request is not a valid message for {method}"
+
+
+def test_reflection_v1_lists_the_services_like_v1alpha() -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from bertserve.server import reflection
+
+    async def main() -> dict[str, list[str]]:
+        server, channel = await _serve_library_services()
+        listed: dict[str, list[str]] = {}
+        try:
+            v1_request, v1_response = reflection._v1_messages()
+            for name, request, response in (
+                ("v1alpha", reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse),
+                ("v1", v1_request, v1_response),
+            ):
+                call = channel.stream_stream(
+                    f"/grpc.reflection.{name}.ServerReflection/ServerReflectionInfo",
+                    request_serializer=request.SerializeToString,
+                    response_deserializer=response.FromString,
+                )(iter([request(list_services="")]), timeout=10)
+                async for reply in call:
+                    listed[name] = sorted(s.name for s in reply.list_services_response.service)
+            return listed
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    listed = run(main())
+    assert listed["v1"] == listed["v1alpha"]
+    assert set(reflection.SERVICE_NAMES) <= set(listed["v1"])
