@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import contextvars
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from bertserve.server import admin, config_file, core_calls, reflection
+from bertserve.server import admin, config_file, core_calls, demo, reflection
 from bertserve.server.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from bertserve.server.config_file import ModelEntry
 from bertserve.server.dataplane import DataPlane
@@ -25,7 +24,7 @@ from bertserve.server.drain import Drain, DrainInterceptor, stop_server
 from bertserve.server.health import SERVICE_NAME, HealthReporter
 from bertserve.server.interceptors import ParseGuard
 from bertserve.server.keep_warm import KeepWarm, loopback_target
-from bertserve.server.logs import configure_logging, get_logger
+from bertserve.server.logs import adopt_library_logger, configure_logging, get_logger
 from bertserve.server.metrics import Metrics
 from bertserve.server.models import ModelConfig, ModelRegistry, ServedModel
 from bertserve.server.scheduling.admission import AdmissionLimits
@@ -49,7 +48,6 @@ from bertserve.workers.ray_init import RayStartError, init_ray
 from bertserve.workers.spec import ReplicaSpec
 from bertserve.workers.tiny_bert import is_tiny_checkpoint
 
-DEMO_NOTICE = "DEMO MODEL: random weights and a generated vocabulary; its predictions are meaningless."
 _log = get_logger(component="app")
 
 
@@ -65,49 +63,23 @@ class Placed:
     placement: Placement
 
 
-def ensure_demo_checkpoint(settings: Settings) -> Path:
-    """Build the demo checkpoint once (in a subprocess: the front end never imports torch)."""
-    target = Path(settings.demo_dir).expanduser()
-    if is_tiny_checkpoint(target):
-        return target
-    _log.info("building_demo_checkpoint", path=str(target))
-    tmp = target.with_name(target.name + ".partial")
-    cmd = [
-        sys.executable,
-        "-m",
-        "bertserve.workers.tiny_bert",
-        str(tmp),
-        "--hidden",
-        "128",
-        "--layers",
-        "4",
-        "--max-positions",
-        "512",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise StartupError(f"could not build the demo checkpoint in {target}: {done.stderr.strip()[-300:]}")
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
-
-
 def _init_ray(settings: Settings) -> None:
     """Join --ray-address, or start a local Ray instance that listens on loopback only
     (workers/ray_init.py)."""
     try:
         init_ray(
             settings.ray_address or None,
-            num_cpus=settings.ray_num_cpus or None,
+            num_cpus=demo.ray_cpus(settings) if settings.demo else settings.ray_num_cpus or None,
+            # Replicas' output stays in Ray's log files (/tmp/ray/session_latest/logs): the
+            # server's own log is JSON events only; what replicas report reaches it as events.
+            log_to_driver=False,
             # Ray starts workers at nice 15, so a replica would yield its CPU to the front end, the
             # load and Ray's own daemons mid-batch; an inference replica is the work that matters.
             system_config={"worker_niceness": 0},
         )
     except RayStartError as exc:
         raise StartupError(str(exc)) from None
+    adopt_library_logger("ray")  # ray.init() gives Ray's logger its own handler again
 
 
 def _place(settings: Settings, total_replicas: int = 0) -> Placed:
@@ -135,8 +107,6 @@ def _place(settings: Settings, total_replicas: int = 0) -> Placed:
 
 
 def _checkpoint_of(settings: Settings) -> Checkpoint:
-    if settings.demo:
-        return resolve_checkpoint(str(ensure_demo_checkpoint(settings)))
     return resolve_checkpoint(settings.model, settings.revision)
 
 
@@ -168,7 +138,7 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> 
     id2label = config.get("id2label") or {}
     labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label)))
     # Random-weight checkpoints made by workers/tiny_bert.py are flagged as demos wherever they are served.
-    demo = s.demo or is_tiny_checkpoint(checkpoint.files_dir)
+    is_demo = s.demo or is_tiny_checkpoint(checkpoint.files_dir)
     return ModelConfig(
         name=entry.name,
         checkpoint=checkpoint,
@@ -199,8 +169,8 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: Placed) -> 
         architecture=heads.architecture(config),
         labels=labels,
         problem_type=str(config.get("problem_type") or ""),
-        demo=demo,
-        description=DEMO_NOTICE if demo else "",
+        demo=is_demo,
+        description=demo.DEMO_NOTICE if is_demo else "",
     )
 
 
@@ -249,8 +219,8 @@ async def build_models(
     """Resolve every configured model, check its head against its tasks, place its replicas.
     `after_ray_init` runs as soon as Ray is up (run() puts its signal handlers back then)."""
     try:
-        entries = config_file.model_entries(settings)
-    except config_file.ConfigError as exc:
+        entries = demo.entries(settings) if settings.demo else config_file.model_entries(settings)
+    except (config_file.ConfigError, demo.DemoBuildError) as exc:
         raise StartupError(str(exc)) from None
     checkpoints = [_checkpoint_of(e.settings) for e in entries]
     for entry, ckpt in zip(entries, checkpoints, strict=True):
@@ -427,7 +397,7 @@ class Server:
             _log.warning("auth_token_without_tls", notice="clients send the bearer token in plaintext")
         for model in models:
             if model.config.demo:
-                _log.warning("demo_model", model=model.name, notice=DEMO_NOTICE)
+                _log.warning("demo_model", model=model.name, notice=demo.DEMO_NOTICE)
         try:
             await asyncio.gather(*(m.start(s.startup_timeout_s) for m in models))
             self.registry.refresh_defaults()
@@ -445,6 +415,31 @@ class Server:
                 default_for=[t.value for t in self.registry.default_for(model)],
             )
         self._start_keep_warm(credentials is not None)
+        self._say_ready(tls=credentials is not None)
+
+    def _say_ready(self, tls: bool) -> None:
+        """The last start-up line: where the server listens and a first call to try."""
+        assert self.registry is not None
+        host = self.settings.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        address = f"{shown}:{self.port}"
+        message = f"bertserve is serving {len(self.registry.all())} model(s) on {address}"
+        if tls or self.auth is not None:
+            command = f"bertserve health --address {address}"  # a first call needs no credentials
+        elif any(m.serves(Task.FILL_MASK) for m in self.registry.all()):
+            command = (
+                'python -c "from bertserve_client import BertClient; '
+                f"print(BertClient('{address}').fill_mask('Paris is the [MASK] of France.'))\""
+            )
+        else:
+            command = (
+                'python -c "from bertserve_client import BertClient; '
+                f"print(BertClient('{address}').tokenize('Hello world'))\""
+            )
+        if self.settings.log_format == "console":
+            print(f"{message}. Try: {command}", file=sys.stderr, flush=True)
+        else:
+            _log.info("ready", address=address, message=message, try_command=command)
 
     def _start_keep_warm(self, tls: bool) -> None:
         """Ping the own health service while a lone request waits (server/keep_warm.py)."""

@@ -11,13 +11,17 @@ import structlog
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog once per process. Input text is only ever logged at DEBUG."""
+    """Configure structlog once per process. Input text is only ever logged at DEBUG.
+
+    Libraries' own logging (Ray, gRPC, asyncio) and Python warnings go through the same renderer,
+    so that with `fmt="json"` every line on stderr is one JSON object."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
+    _route_stdlib_logging(renderer, max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -32,6 +36,34 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         # filtered-out debug line then costs nothing). configure_logging runs first in the server.
         cache_logger_on_first_use=True,
     )
+
+
+def _route_stdlib_logging(renderer: structlog.types.Processor, level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    adopt_library_logger("ray")
+
+
+def adopt_library_logger(name: str) -> None:
+    """Send a library logger that installs its own handlers (Ray does, on import and in
+    `ray.init`) through the root handler configured above."""
+    logger = logging.getLogger(name)
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    logger.propagate = True
 
 
 def get_logger(**fields: object) -> structlog.typing.FilteringBoundLogger:

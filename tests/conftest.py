@@ -19,6 +19,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The models of `serve --demo`, built as the server builds them; pass `--demo-dir` this."""
+    from bertserve.workers.tiny_bert import build_demo_set
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo_set(root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
     """`bertserve serve` on the tiny checkpoint with two CPU replicas, shared by the session.
 

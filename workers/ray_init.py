@@ -50,6 +50,7 @@ def init_ray(
     num_gpus: int | None = None,
     object_store_mb: int = 512,
     system_config: dict[str, Any] | None = None,
+    log_to_driver: bool = True,
 ) -> None:
     """Join the Ray cluster at `address`, or start a local loopback-only instance; no-op when
     Ray is up already."""
@@ -57,7 +58,11 @@ def init_ray(
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": "WARNING",
+        "log_to_driver": log_to_driver,
+    }
     if address:
         kwargs["address"] = address
     else:

@@ -7,6 +7,7 @@ Predictions of these models are meaningless: the weights are random.
     python -m bertserve.workers.tiny_bert OUT_DIR [--seed 0] [--hidden 64] [--layers 2]
         [--head pretraining|masked-lm|sequence-classification|token-classification|
                 question-answering|encoder] [--labels A,B,C] [--multi-label]
+    python -m bertserve.workers.tiny_bert --demo-set OUT_DIR    # the models of `serve --demo`
 """
 
 from __future__ import annotations
@@ -82,6 +83,27 @@ DEFAULT_LABELS = {
 }
 
 
+# The models of `bertserve serve --demo` (server/demo.py): name -> (head, seed), all of DEMO_SHAPE.
+DEMO_SET = {
+    "demo": ("pretraining", 0),
+    "demo-emotion": ("sequence-classification", 1),
+    "demo-ner": ("token-classification", 2),
+    "demo-squad": ("question-answering", 3),
+}
+DEMO_SHAPE = TinyBertShape(
+    hidden_size=128, num_hidden_layers=4, intermediate_size=256, max_position_embeddings=512
+)
+
+
+def build_demo_set(out_dir: str | Path) -> dict[str, Path]:
+    """Every model of DEMO_SET, each in its own directory under out_dir."""
+    root = Path(out_dir)
+    return {
+        name: build_tiny_bert(root / name, seed=seed, shape=DEMO_SHAPE, head=head)
+        for name, (head, seed) in DEMO_SET.items()
+    }
+
+
 def build_tiny_bert(
     out_dir: str | Path,
     *,
@@ -152,6 +174,7 @@ def is_tiny_checkpoint(path: str | Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build a tiny random-weight BERT checkpoint.")
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--demo-set", action="store_true", help="build every model of `serve --demo`")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden", type=int, default=TinyBertShape.hidden_size)
     parser.add_argument("--layers", type=int, default=TinyBertShape.num_hidden_layers)
@@ -160,6 +183,10 @@ def main() -> None:
     parser.add_argument("--labels", default="", help="comma-separated id2label names")
     parser.add_argument("--multi-label", action="store_true")
     ns = parser.parse_args()
+    if ns.demo_set:
+        for path in build_demo_set(ns.out_dir).values():
+            print(path)
+        return
     shape = TinyBertShape(
         hidden_size=ns.hidden,
         num_hidden_layers=ns.layers,

@@ -17,25 +17,43 @@ from tests.support.server import RunningServer, start_server
 pytestmark = pytest.mark.integration
 
 
-def test_demo_model_is_built_once_served_offline_and_flagged_meaningless(tmp_path: Path) -> None:
+def test_demo_models_are_built_once_served_offline_flagged_meaningless_and_log_json(
+    tmp_path: Path,
+) -> None:
+    """`--demo` builds its four models once, serves every task offline, flags each model as
+    meaningless, ends its start-up with a `ready` event naming the address and a call to try,
+    and its log is one JSON object per line from start to end."""
     demo_dir = tmp_path / "demo"
     env = {"HF_HUB_OFFLINE": "1"}
-    running = start_server(["--demo", "--demo-dir", str(demo_dir), "--ray-num-cpus", "1"], env=env)
+    running = start_server(["--demo", "--demo-dir", str(demo_dir)], env=env)
     try:
         with BertClient(running.address, timeout=30) as client:
-            info = client.model_info()
+            models = {m.name: m for m in client.list_models().models}
             response = client.fill_mask("Paris is the [MASK] of France.")
+            emotion = client.classify_sequence("I love it!")
+            entities = client.classify_tokens("Angela Merkel visited São Paulo.")
+            answers = client.answer_question("Where?", "The tower is in Paris.")
     finally:
         assert running.stop() == 0
-    assert info.name == "demo" and info.demo and "meaningless" in info.description
-    assert info.max_sequence_length == 512
+    assert sorted(models) == ["demo", "demo-emotion", "demo-ner", "demo-squad"]
+    assert all(m.demo and "meaningless" in m.description for m in models.values())
+    assert models["demo"].max_sequence_length == 512
+    assert list(models["demo-emotion"].labels) == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert "B-PER" in models["demo-ner"].labels
     assert len(response.results[0].masks[0].candidates) == 5
-    assert "predictions are meaningless" in running.log()
-    built = (demo_dir / MARKER_FILE).stat().st_mtime_ns
-    again = start_server(["--demo", "--demo-dir", str(demo_dir), "--ray-num-cpus", "1"], env=env)
+    assert emotion.model == "demo-emotion" and len(emotion.results[0].labels) == 6
+    assert entities.model == "demo-ner" and answers.model == "demo-squad" and answers.results[0].answers
+    events = [json.loads(line) for line in running.log().splitlines() if line.strip()]  # all JSON
+    ready = [e for e in events if e["event"] == "ready"]
+    assert len(ready) == 1 and ready[0]["address"] == running.address
+    assert running.address in ready[0]["try_command"]
+    assert events.index(ready[0]) > max(i for i, e in enumerate(events) if e["event"] == "serving")
+    built = (demo_dir / "demo" / MARKER_FILE).stat().st_mtime_ns
+    again = start_server(["--demo", "--demo-dir", str(demo_dir)], env=env)
     assert again.stop() == 0
-    assert (demo_dir / MARKER_FILE).stat().st_mtime_ns == built, "the cached demo checkpoint was rebuilt"
-    assert "building_demo_checkpoint" not in again.log()
+    rebuilt = (demo_dir / "demo" / MARKER_FILE).stat().st_mtime_ns != built
+    assert not rebuilt, "the cached demo models were rebuilt"
+    assert "building_demo_checkpoints" in running.log() and "building_demo_checkpoints" not in again.log()
 
 
 def test_logs_are_json_events_with_the_request_id_and_no_request_text(server: RunningServer) -> None:

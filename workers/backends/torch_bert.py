@@ -57,6 +57,10 @@ class TorchBertBackend:
             raise ModelLoadError(
                 f"unsupported cpu_linear {spec.cpu_linear!r}; choose one of {', '.join(CPU_LINEAR_CHOICES)}"
             )
+        # A replica's console output is no one's to read (it goes to Ray's log files): no
+        # progress bars, and transformers' own messages only when they are errors.
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
         if spec.device == "cpu":
             torch.set_num_threads(max(1, spec.threads))
         if spec.device == "cuda" and not torch.cuda.is_available():
