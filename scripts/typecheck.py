@@ -1,7 +1,7 @@
 """Run `mypy --strict` on the installed package names: `python scripts/typecheck.py`.
 
-The folders server/, workers/ and client/bertserve/v1 are installed as bertserve.server,
-bertserve.workers and bertserve.v1. Editable installs reach them through an import hook that
+The folders server/, workers/, jobs/ and client/bertserve/v1 are installed as bertserve.server,
+bertserve.workers, bertserve.jobs and bertserve.v1. Editable installs reach them through an import hook that
 mypy cannot follow, so this lays out links under .mypy-src/ with the installed names.
 """
 
@@ -13,7 +13,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINKS = {"server": ROOT / "server", "workers": ROOT / "workers", "v1": ROOT / "client" / "bertserve" / "v1"}
+LINKS = {
+    "server": ROOT / "server",
+    "workers": ROOT / "workers",
+    "jobs": ROOT / "jobs",
+    "v1": ROOT / "client" / "bertserve" / "v1",
+}
 
 
 def main() -> int:
@@ -32,6 +37,8 @@ def main() -> int:
         "bertserve.server",
         "-p",
         "bertserve.workers",
+        "-p",
+        "bertserve.jobs",
         "-p",
         "bertserve_client",
     ]
