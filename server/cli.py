@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bertserve.jobs.finetune import cli as finetune_cli
 from bertserve.server import settings as settings_mod
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scale.add_argument("--timeout", type=float, default=300.0, help="seconds")
     _add_connection_args(scale)
+    finetune_cli.add_parser(sub)
     return parser
 
 
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return _health(ns)
     if ns.command == "scale":
         return _scale(ns)
+    if ns.command == "finetune":
+        return finetune_cli.run(ns)
     try:
         settings = settings_mod.from_sources(vars(ns))
     except ValueError as exc:
