@@ -60,14 +60,14 @@ def _filler(rng: random.Random, low: int, high: int) -> list[str]:
     return [rng.choice(FILLER) for _ in range(rng.randint(low, high))]
 
 
-def classification_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """{"text": ..., "label": "joy"}: the cue word of the label among 4 to 12 filler words."""
+def classification_rows(n: int, seed: int = 0, length: tuple[int, int] = (4, 12)) -> list[dict[str, Any]]:
+    """{"text": ..., "label": "joy"}: the cue word of the label among `length` (low, high) filler words."""
     rng = random.Random(seed)
     labels = list(EMOTION_CUES)
     rows = []
     for _ in range(n):
         label = rng.choice(labels)
-        words = _filler(rng, 4, 12)
+        words = _filler(rng, *length)
         words.insert(rng.randint(0, len(words)), EMOTION_CUES[label])
         rows.append({"text": " ".join(words), "label": label})
     return rows
