@@ -27,19 +27,18 @@ EXAMPLES = """examples:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `finetune` to the `bertserve` subcommands."""
-    recipes = "; ".join(
-        f"{task}: lr {r.learning_rate:g}, {r.epochs:g} epochs, batch {r.batch_size}, {r.max_length} tokens"
+    recipes = "\n".join(
+        f"  {task}: lr {r.learning_rate:g}, {r.epochs:g} epochs, batch {r.batch_size}, {r.max_length} tokens"
         + (f", stride {r.doc_stride}" if r.doc_stride else "")
         for task, r in RECIPES.items()
     )
     p: argparse.ArgumentParser = subparsers.add_parser(
         "finetune",
         help="fine-tune a base checkpoint into a model `bertserve serve` can serve",
-        description="Fine-tune a BERT checkpoint for text classification, token classification or "
-        "extractive question answering, in this process or on Ray Train workers. The output is a "
-        "plain Hugging Face checkpoint with metrics.json and train_args.json. Defaults per task: "
-        + recipes
-        + ".",
+        description="Fine-tune a BERT checkpoint for text classification, token classification or\n"
+        "extractive question answering, in this process or on Ray Train workers. The output is a\n"
+        "plain Hugging Face checkpoint with metrics.json and train_args.json (docs/finetune.md).\n\n"
+        "defaults per task:\n" + recipes,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -134,7 +133,7 @@ def config_from(ns: argparse.Namespace) -> JobConfig:
         raise ValueError("--early-stopping-patience must be at least 1")
     if not ns.data and not ns.train_file:
         raise ValueError("give the data: --data NAME_OR_PATH or --train-file FILE")
-    return with_defaults(
+    job = with_defaults(
         ns.task,
         model=ns.model,
         output=str(ns.output),
@@ -160,6 +159,12 @@ def config_from(ns: argparse.Namespace) -> JobConfig:
         cpus_per_worker=ns.cpus_per_worker,
         storage_path=ns.storage_path,
     )
+    if job.workers and job.batch_size % job.workers:
+        raise ValueError(
+            f"--batch-size ({job.batch_size}) is the global batch: "
+            f"it must be a multiple of --workers ({job.workers})"
+        )
+    return job
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -164,6 +164,10 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     line = _error(capsys, "text-classification", "--data", "dair-ai/emotion", "--output", out)
     assert "'dair-ai/emotion'" in line and "offline" in line
     assert "give the data" in _error(capsys, "text-classification", "--output", out)
+    line = _error(
+        capsys, "text-classification", "--data", "x", "--workers", "3", "--batch-size", "16", "--output", out
+    )
+    assert "must be a multiple of --workers" in line
 
 
 def test_cli_refuses_a_non_empty_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
