@@ -1,4 +1,4 @@
-"""The protos pass `buf lint` with buf's STANDARD rules (protos/buf.yaml)."""
+"""The protos pass `buf lint` with buf's STANDARD and COMMENTS rules (protos/buf.yaml)."""
 
 from __future__ import annotations
 

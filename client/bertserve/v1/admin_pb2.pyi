@@ -19,6 +19,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ScaleModelRequest(_message.Message):
+    """Asks for a model's replica count to change."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
@@ -49,6 +51,8 @@ Global___ScaleModelRequest: _TypeAlias = ScaleModelRequest  # noqa: Y015
 
 @_typing.final
 class ScaleModelResponse(_message.Message):
+    """The outcome of a ScaleModel call."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int

@@ -21,11 +21,14 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class QuestionContext(_message.Message):
+    """One question about one context."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUESTION_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     question: _builtins.str
+    """The question; must not be empty, and at most `max_question_len` tokens long."""
     context: _builtins.str
     """Any length. Each window is [CLS] question [SEP] part of the context [SEP], at most
     min(the model's maximum length, 384) tokens, as the Hugging Face pipeline makes them; a
@@ -48,6 +51,8 @@ Global___QuestionContext: _TypeAlias = QuestionContext  # noqa: Y015
 
 @_typing.final
 class AnswerQuestionRequest(_message.Message):
+    """Extractive question answering for one or more question/context inputs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUTS_FIELD_NUMBER: _builtins.int
@@ -62,12 +67,14 @@ class AnswerQuestionRequest(_message.Message):
     transformers 4.57.6: each window contributes its top_k * 2 + 10 best spans, spans with
     the same text (ignoring case) are merged by adding their scores, and the list is cut to
     top_k. On a short context spans of score 0 can fill the list, as in the pipeline.
+    Must be in [1, Limits.max_top_k].
     """
     max_answer_len: _builtins.int
-    """Longest answer in tokens. Unset: 15."""
+    """Longest answer in tokens. Unset: 15; must be in [1, Limits.max_sequence_length]."""
     doc_stride: _builtins.int
     """Context tokens shared by consecutive windows. Unset: min(128, window / 2) with the
     window above (128 for a 512-token model), as the Hugging Face pipeline.
+    Must not be negative, and must leave room for context in a window with the question.
     """
     handle_impossible_answer: _builtins.bool
     """Also consider "no answer" (the empty span); it is returned, with empty text and
@@ -82,7 +89,9 @@ class AnswerQuestionRequest(_message.Message):
     model: _builtins.str
     """Model name; empty selects the default model for AnswerQuestion."""
     @_builtins.property
-    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuestionContext]: ...
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuestionContext]:
+        """The questions and their contexts."""
+
     def __init__(
         self,
         *,
@@ -119,6 +128,8 @@ Global___AnswerQuestionRequest: _TypeAlias = AnswerQuestionRequest  # noqa: Y015
 
 @_typing.final
 class Answer(_message.Message):
+    """One answer: a span of the context."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
@@ -126,10 +137,19 @@ class Answer(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
     text: _builtins.str
+    """The answer's text, context[start:end]; empty for "no answer"."""
     score: _builtins.float
+    """The pipeline's score: the probability of the span's start times that of its end, each a
+    softmax over its window's context tokens and [CLS]; spans with the same text (ignoring
+    case) add up, also across windows, so it can exceed 1 on a long context.
+    """
     start: _builtins.int
-    """Character offsets into the context: context[start:end] == text."""
+    """Character offsets into the context: context[start:end] == text. Unicode code points of
+    the context as sent (Python str indices), not UTF-16 code units (JavaScript, Java) nor
+    UTF-8 bytes (Go): see the note at the top of common.proto. 0 for "no answer".
+    """
     end: _builtins.int
+    """End offset, exclusive, in the same unit as `start`; 0 for "no answer"."""
     def __init__(
         self,
         *,
@@ -148,16 +168,20 @@ Global___Answer: _TypeAlias = Answer  # noqa: Y015
 
 @_typing.final
 class AnswerQuestionResult(_message.Message):
+    """The answers for one input."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ANSWERS_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Answer]:
-        """Best first."""
+        """Best first, at most top_k."""
 
     @_builtins.property
-    def input(self) -> _common_pb2.InputStats: ...
+    def input(self) -> _common_pb2.InputStats:
+        """What the model saw: tokens summed over the windows, and the number of windows."""
+
     def __init__(
         self,
         *,
@@ -174,16 +198,23 @@ Global___AnswerQuestionResult: _TypeAlias = AnswerQuestionResult  # noqa: Y015
 
 @_typing.final
 class AnswerQuestionResponse(_message.Message):
+    """The answers for every input."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model that answered."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnswerQuestionResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnswerQuestionResult]:
+        """One result per input, in request order."""
+
     @_builtins.property
-    def timing(self) -> _common_pb2.Timing: ...
+    def timing(self) -> _common_pb2.Timing:
+        """Where the request's time went."""
+
     def __init__(
         self,
         *,
@@ -201,13 +232,20 @@ Global___AnswerQuestionResponse: _TypeAlias = AnswerQuestionResponse  # noqa: Y0
 
 @_typing.final
 class AnswerQuestionStreamRequest(_message.Message):
+    """One request of an AnswerQuestionStream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Chosen by the client; echoed on the response for this request."""
     @_builtins.property
-    def request(self) -> Global___AnswerQuestionRequest: ...
+    def request(self) -> Global___AnswerQuestionRequest:
+        """The request, as a unary AnswerQuestion call takes it. Error messages name its fields from
+        the stream message, e.g. "request.inputs[0].question".
+        """
+
     def __init__(
         self,
         *,
@@ -224,16 +262,23 @@ Global___AnswerQuestionStreamRequest: _TypeAlias = AnswerQuestionStreamRequest  
 
 @_typing.final
 class AnswerQuestionStreamResponse(_message.Message):
+    """The answer to one AnswerQuestionStreamRequest; answers come back in completion order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the request this answers."""
     @_builtins.property
-    def response(self) -> Global___AnswerQuestionResponse: ...
+    def response(self) -> Global___AnswerQuestionResponse:
+        """The same response a unary AnswerQuestion call gives."""
+
     @_builtins.property
-    def error(self) -> _common_pb2.Error: ...
+    def error(self) -> _common_pb2.Error:
+        """This request failed; the stream goes on."""
+
     def __init__(
         self,
         *,

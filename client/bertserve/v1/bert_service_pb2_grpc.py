@@ -142,7 +142,8 @@ class BertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FillMaskStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """FillMask over one bidirectional stream: one response (or error) per request, by request_id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -155,7 +156,8 @@ class BertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def NextSentenceStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """NextSentence over one bidirectional stream: one response (or error) per request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -168,7 +170,8 @@ class BertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClassifySequenceStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """ClassifySequence over one bidirectional stream: one response (or error) per request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -181,7 +184,8 @@ class BertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClassifyTokensStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """ClassifyTokens over one bidirectional stream: one response (or error) per request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -194,7 +198,8 @@ class BertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AnswerQuestionStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """AnswerQuestion over one bidirectional stream: one response (or error) per request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -207,20 +212,23 @@ class BertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EmbedStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Embed over one bidirectional stream: one response (or error) per request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Tokenize(self, request, context):
-        """What the model sees: tokens, ids and character offsets.
+        """What the model sees: tokens, ids and character offsets (Unicode code points; see
+        common.proto).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TokenizeStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tokenize over one bidirectional stream: one response (or error) per request.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -233,7 +241,8 @@ class BertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One model's tasks, labels, limits and replicas; NOT_FOUND for an unknown name.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

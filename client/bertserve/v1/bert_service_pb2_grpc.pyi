@@ -47,27 +47,37 @@ class BertServiceStub:
     FillMask: _grpc.UnaryUnaryMultiCallable[_fill_mask_pb2.FillMaskRequest, _fill_mask_pb2.FillMaskResponse]
     """Masked-word prediction (pre-trained or masked-LM checkpoints)."""
     FillMaskStream: _grpc.StreamStreamMultiCallable[_fill_mask_pb2.FillMaskStreamRequest, _fill_mask_pb2.FillMaskStreamResponse]
+    """FillMask over one bidirectional stream: one response (or error) per request, by request_id."""
     NextSentence: _grpc.UnaryUnaryMultiCallable[_next_sentence_pb2.NextSentenceRequest, _next_sentence_pb2.NextSentenceResponse]
     """BERT's next-sentence head: does sentence B follow sentence A?"""
     NextSentenceStream: _grpc.StreamStreamMultiCallable[_next_sentence_pb2.NextSentenceStreamRequest, _next_sentence_pb2.NextSentenceStreamResponse]
+    """NextSentence over one bidirectional stream: one response (or error) per request."""
     ClassifySequence: _grpc.UnaryUnaryMultiCallable[_classify_sequence_pb2.ClassifySequenceRequest, _classify_sequence_pb2.ClassifySequenceResponse]
     """Text (or text-pair) classification with a fine-tuned sequence-classification checkpoint."""
     ClassifySequenceStream: _grpc.StreamStreamMultiCallable[_classify_sequence_pb2.ClassifySequenceStreamRequest, _classify_sequence_pb2.ClassifySequenceStreamResponse]
+    """ClassifySequence over one bidirectional stream: one response (or error) per request."""
     ClassifyTokens: _grpc.UnaryUnaryMultiCallable[_classify_tokens_pb2.ClassifyTokensRequest, _classify_tokens_pb2.ClassifyTokensResponse]
     """Token classification (NER) with a fine-tuned token-classification checkpoint."""
     ClassifyTokensStream: _grpc.StreamStreamMultiCallable[_classify_tokens_pb2.ClassifyTokensStreamRequest, _classify_tokens_pb2.ClassifyTokensStreamResponse]
+    """ClassifyTokens over one bidirectional stream: one response (or error) per request."""
     AnswerQuestion: _grpc.UnaryUnaryMultiCallable[_answer_question_pb2.AnswerQuestionRequest, _answer_question_pb2.AnswerQuestionResponse]
     """Extractive question answering with a fine-tuned question-answering checkpoint."""
     AnswerQuestionStream: _grpc.StreamStreamMultiCallable[_answer_question_pb2.AnswerQuestionStreamRequest, _answer_question_pb2.AnswerQuestionStreamResponse]
+    """AnswerQuestion over one bidirectional stream: one response (or error) per request."""
     Embed: _grpc.UnaryUnaryMultiCallable[_embed_pb2.EmbedRequest, _embed_pb2.EmbedResponse]
     """One vector per text from any model's encoder."""
     EmbedStream: _grpc.StreamStreamMultiCallable[_embed_pb2.EmbedStreamRequest, _embed_pb2.EmbedStreamResponse]
+    """Embed over one bidirectional stream: one response (or error) per request."""
     Tokenize: _grpc.UnaryUnaryMultiCallable[_tokenize_pb2.TokenizeRequest, _tokenize_pb2.TokenizeResponse]
-    """What the model sees: tokens, ids and character offsets."""
+    """What the model sees: tokens, ids and character offsets (Unicode code points; see
+    common.proto).
+    """
     TokenizeStream: _grpc.StreamStreamMultiCallable[_tokenize_pb2.TokenizeStreamRequest, _tokenize_pb2.TokenizeStreamResponse]
+    """Tokenize over one bidirectional stream: one response (or error) per request."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]
     """Models served, with their tasks, labels, limits and replicas."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetModelInfoRequest, _models_pb2.GetModelInfoResponse]
+    """One model's tasks, labels, limits and replicas; NOT_FOUND for an unknown name."""
 
 @_typing.type_check_only
 class BertServiceAsyncStub(BertServiceStub):
@@ -81,27 +91,37 @@ class BertServiceAsyncStub(BertServiceStub):
     FillMask: _aio.UnaryUnaryMultiCallable[_fill_mask_pb2.FillMaskRequest, _fill_mask_pb2.FillMaskResponse]  # type: ignore[assignment]
     """Masked-word prediction (pre-trained or masked-LM checkpoints)."""
     FillMaskStream: _aio.StreamStreamMultiCallable[_fill_mask_pb2.FillMaskStreamRequest, _fill_mask_pb2.FillMaskStreamResponse]  # type: ignore[assignment]
+    """FillMask over one bidirectional stream: one response (or error) per request, by request_id."""
     NextSentence: _aio.UnaryUnaryMultiCallable[_next_sentence_pb2.NextSentenceRequest, _next_sentence_pb2.NextSentenceResponse]  # type: ignore[assignment]
     """BERT's next-sentence head: does sentence B follow sentence A?"""
     NextSentenceStream: _aio.StreamStreamMultiCallable[_next_sentence_pb2.NextSentenceStreamRequest, _next_sentence_pb2.NextSentenceStreamResponse]  # type: ignore[assignment]
+    """NextSentence over one bidirectional stream: one response (or error) per request."""
     ClassifySequence: _aio.UnaryUnaryMultiCallable[_classify_sequence_pb2.ClassifySequenceRequest, _classify_sequence_pb2.ClassifySequenceResponse]  # type: ignore[assignment]
     """Text (or text-pair) classification with a fine-tuned sequence-classification checkpoint."""
     ClassifySequenceStream: _aio.StreamStreamMultiCallable[_classify_sequence_pb2.ClassifySequenceStreamRequest, _classify_sequence_pb2.ClassifySequenceStreamResponse]  # type: ignore[assignment]
+    """ClassifySequence over one bidirectional stream: one response (or error) per request."""
     ClassifyTokens: _aio.UnaryUnaryMultiCallable[_classify_tokens_pb2.ClassifyTokensRequest, _classify_tokens_pb2.ClassifyTokensResponse]  # type: ignore[assignment]
     """Token classification (NER) with a fine-tuned token-classification checkpoint."""
     ClassifyTokensStream: _aio.StreamStreamMultiCallable[_classify_tokens_pb2.ClassifyTokensStreamRequest, _classify_tokens_pb2.ClassifyTokensStreamResponse]  # type: ignore[assignment]
+    """ClassifyTokens over one bidirectional stream: one response (or error) per request."""
     AnswerQuestion: _aio.UnaryUnaryMultiCallable[_answer_question_pb2.AnswerQuestionRequest, _answer_question_pb2.AnswerQuestionResponse]  # type: ignore[assignment]
     """Extractive question answering with a fine-tuned question-answering checkpoint."""
     AnswerQuestionStream: _aio.StreamStreamMultiCallable[_answer_question_pb2.AnswerQuestionStreamRequest, _answer_question_pb2.AnswerQuestionStreamResponse]  # type: ignore[assignment]
+    """AnswerQuestion over one bidirectional stream: one response (or error) per request."""
     Embed: _aio.UnaryUnaryMultiCallable[_embed_pb2.EmbedRequest, _embed_pb2.EmbedResponse]  # type: ignore[assignment]
     """One vector per text from any model's encoder."""
     EmbedStream: _aio.StreamStreamMultiCallable[_embed_pb2.EmbedStreamRequest, _embed_pb2.EmbedStreamResponse]  # type: ignore[assignment]
+    """Embed over one bidirectional stream: one response (or error) per request."""
     Tokenize: _aio.UnaryUnaryMultiCallable[_tokenize_pb2.TokenizeRequest, _tokenize_pb2.TokenizeResponse]  # type: ignore[assignment]
-    """What the model sees: tokens, ids and character offsets."""
+    """What the model sees: tokens, ids and character offsets (Unicode code points; see
+    common.proto).
+    """
     TokenizeStream: _aio.StreamStreamMultiCallable[_tokenize_pb2.TokenizeStreamRequest, _tokenize_pb2.TokenizeStreamResponse]  # type: ignore[assignment]
+    """Tokenize over one bidirectional stream: one response (or error) per request."""
     ListModels: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Models served, with their tasks, labels, limits and replicas."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_models_pb2.GetModelInfoRequest, _models_pb2.GetModelInfoResponse]  # type: ignore[assignment]
+    """One model's tasks, labels, limits and replicas; NOT_FOUND for an unknown name."""
 
 class BertServiceServicer(metaclass=_abc_1.ABCMeta):
     """BERT inference. Every task has a unary RPC and a bidirectional stream; stream responses
@@ -123,7 +143,8 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_fill_mask_pb2.FillMaskStreamRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_fill_mask_pb2.FillMaskStreamResponse], _abc.AsyncIterator[_fill_mask_pb2.FillMaskStreamResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_fill_mask_pb2.FillMaskStreamResponse], _abc.AsyncIterator[_fill_mask_pb2.FillMaskStreamResponse]]:
+        """FillMask over one bidirectional stream: one response (or error) per request, by request_id."""
 
     @_abc_1.abstractmethod
     def NextSentence(
@@ -138,7 +159,8 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_next_sentence_pb2.NextSentenceStreamRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_next_sentence_pb2.NextSentenceStreamResponse], _abc.AsyncIterator[_next_sentence_pb2.NextSentenceStreamResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_next_sentence_pb2.NextSentenceStreamResponse], _abc.AsyncIterator[_next_sentence_pb2.NextSentenceStreamResponse]]:
+        """NextSentence over one bidirectional stream: one response (or error) per request."""
 
     @_abc_1.abstractmethod
     def ClassifySequence(
@@ -153,7 +175,8 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_classify_sequence_pb2.ClassifySequenceStreamRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_classify_sequence_pb2.ClassifySequenceStreamResponse], _abc.AsyncIterator[_classify_sequence_pb2.ClassifySequenceStreamResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_classify_sequence_pb2.ClassifySequenceStreamResponse], _abc.AsyncIterator[_classify_sequence_pb2.ClassifySequenceStreamResponse]]:
+        """ClassifySequence over one bidirectional stream: one response (or error) per request."""
 
     @_abc_1.abstractmethod
     def ClassifyTokens(
@@ -168,7 +191,8 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_classify_tokens_pb2.ClassifyTokensStreamRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_classify_tokens_pb2.ClassifyTokensStreamResponse], _abc.AsyncIterator[_classify_tokens_pb2.ClassifyTokensStreamResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_classify_tokens_pb2.ClassifyTokensStreamResponse], _abc.AsyncIterator[_classify_tokens_pb2.ClassifyTokensStreamResponse]]:
+        """ClassifyTokens over one bidirectional stream: one response (or error) per request."""
 
     @_abc_1.abstractmethod
     def AnswerQuestion(
@@ -183,7 +207,8 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_answer_question_pb2.AnswerQuestionStreamRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_answer_question_pb2.AnswerQuestionStreamResponse], _abc.AsyncIterator[_answer_question_pb2.AnswerQuestionStreamResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_answer_question_pb2.AnswerQuestionStreamResponse], _abc.AsyncIterator[_answer_question_pb2.AnswerQuestionStreamResponse]]:
+        """AnswerQuestion over one bidirectional stream: one response (or error) per request."""
 
     @_abc_1.abstractmethod
     def Embed(
@@ -198,7 +223,8 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_embed_pb2.EmbedStreamRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_embed_pb2.EmbedStreamResponse], _abc.AsyncIterator[_embed_pb2.EmbedStreamResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_embed_pb2.EmbedStreamResponse], _abc.AsyncIterator[_embed_pb2.EmbedStreamResponse]]:
+        """Embed over one bidirectional stream: one response (or error) per request."""
 
     @_abc_1.abstractmethod
     def Tokenize(
@@ -206,14 +232,17 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tokenize_pb2.TokenizeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tokenize_pb2.TokenizeResponse, _abc.Awaitable[_tokenize_pb2.TokenizeResponse]]:
-        """What the model sees: tokens, ids and character offsets."""
+        """What the model sees: tokens, ids and character offsets (Unicode code points; see
+        common.proto).
+        """
 
     @_abc_1.abstractmethod
     def TokenizeStream(
         self,
         request_iterator: _MaybeAsyncIterator[_tokenize_pb2.TokenizeStreamRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_tokenize_pb2.TokenizeStreamResponse], _abc.AsyncIterator[_tokenize_pb2.TokenizeStreamResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_tokenize_pb2.TokenizeStreamResponse], _abc.AsyncIterator[_tokenize_pb2.TokenizeStreamResponse]]:
+        """Tokenize over one bidirectional stream: one response (or error) per request."""
 
     @_abc_1.abstractmethod
     def ListModels(
@@ -228,6 +257,7 @@ class BertServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _models_pb2.GetModelInfoRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_models_pb2.GetModelInfoResponse, _abc.Awaitable[_models_pb2.GetModelInfoResponse]]: ...
+    ) -> _typing.Union[_models_pb2.GetModelInfoResponse, _abc.Awaitable[_models_pb2.GetModelInfoResponse]]:
+        """One model's tasks, labels, limits and replicas; NOT_FOUND for an unknown name."""
 
 def add_BertServiceServicer_to_server(servicer: BertServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

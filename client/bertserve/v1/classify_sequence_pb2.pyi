@@ -27,11 +27,14 @@ class _ScoreFunction:
 class _ScoreFunctionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScoreFunction.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SCORE_FUNCTION_UNSPECIFIED: _ScoreFunction.ValueType  # 0
-    """The checkpoint's default: sigmoid for `problem_type: multi_label_classification` or a
-    single label, softmax otherwise.
+    """The checkpoint's default, as the pipeline chooses it: sigmoid for `problem_type:
+    multi_label_classification` or a single label, none (raw logits) for `problem_type:
+    regression`, softmax otherwise.
     """
     SCORE_FUNCTION_SOFTMAX: _ScoreFunction.ValueType  # 1
+    """Softmax over the labels: scores from 0 to 1 that add up to 1."""
     SCORE_FUNCTION_SIGMOID: _ScoreFunction.ValueType  # 2
+    """Sigmoid of each logit on its own: scores from 0 to 1, independent of each other."""
     SCORE_FUNCTION_NONE: _ScoreFunction.ValueType  # 3
     """Raw logits."""
 
@@ -41,11 +44,14 @@ class ScoreFunction(_ScoreFunction, metaclass=_ScoreFunctionEnumTypeWrapper):
     """
 
 SCORE_FUNCTION_UNSPECIFIED: ScoreFunction.ValueType  # 0
-"""The checkpoint's default: sigmoid for `problem_type: multi_label_classification` or a
-single label, softmax otherwise.
+"""The checkpoint's default, as the pipeline chooses it: sigmoid for `problem_type:
+multi_label_classification` or a single label, none (raw logits) for `problem_type:
+regression`, softmax otherwise.
 """
 SCORE_FUNCTION_SOFTMAX: ScoreFunction.ValueType  # 1
+"""Softmax over the labels: scores from 0 to 1 that add up to 1."""
 SCORE_FUNCTION_SIGMOID: ScoreFunction.ValueType  # 2
+"""Sigmoid of each logit on its own: scores from 0 to 1, independent of each other."""
 SCORE_FUNCTION_NONE: ScoreFunction.ValueType  # 3
 """Raw logits."""
 Global___ScoreFunction: _TypeAlias = ScoreFunction  # noqa: Y015
@@ -59,6 +65,7 @@ class SequenceInput(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     TEXT_PAIR_FIELD_NUMBER: _builtins.int
     text: _builtins.str
+    """The text; must not be empty."""
     text_pair: _builtins.str
     """When set, it must not be empty."""
     def __init__(
@@ -79,6 +86,8 @@ Global___SequenceInput: _TypeAlias = SequenceInput  # noqa: Y015
 
 @_typing.final
 class ClassifySequenceRequest(_message.Message):
+    """Sequence classification of one or more texts or text pairs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUTS_FIELD_NUMBER: _builtins.int
@@ -87,8 +96,11 @@ class ClassifySequenceRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TRUNCATION_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
-    """Labels per input, best first. Unset: every label of the model."""
+    """Labels per input, best first. Unset: every label of the model. Must be at least 1; a value
+    above the number of labels returns every label (Limits.max_top_k does not apply).
+    """
     function_to_apply: Global___ScoreFunction.ValueType
+    """How logits become scores; unspecified: the checkpoint's default."""
     model: _builtins.str
     """Model name; empty selects the default model for ClassifySequence."""
     truncation: _common_pb2.TruncationPolicy.ValueType
@@ -96,7 +108,9 @@ class ClassifySequenceRequest(_message.Message):
     (split applies to single texts, not pairs).
     """
     @_builtins.property
-    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceInput]: ...
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceInput]:
+        """One model input (or, with SPLIT, one or more windows) per entry."""
+
     def __init__(
         self,
         *,
@@ -118,6 +132,8 @@ Global___ClassifySequenceRequest: _TypeAlias = ClassifySequenceRequest  # noqa: 
 
 @_typing.final
 class LabelScore(_message.Message):
+    """One label and its score."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LABEL_FIELD_NUMBER: _builtins.int
@@ -126,6 +142,9 @@ class LabelScore(_message.Message):
     label: _builtins.str
     """The label's name from the checkpoint's `id2label`."""
     score: _builtins.float
+    """The label's score under `function_to_apply`: a probability from 0 to 1 for softmax and
+    sigmoid, the raw logit for none; with SPLIT, the mean over the windows.
+    """
     label_id: _builtins.int
     """The label's index in the classifier's output."""
     def __init__(
@@ -145,6 +164,8 @@ Global___LabelScore: _TypeAlias = LabelScore  # noqa: Y015
 
 @_typing.final
 class ClassifySequenceResult(_message.Message):
+    """The labels of one input."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LABELS_FIELD_NUMBER: _builtins.int
@@ -154,7 +175,9 @@ class ClassifySequenceResult(_message.Message):
         """Best first."""
 
     @_builtins.property
-    def input(self) -> _common_pb2.InputStats: ...
+    def input(self) -> _common_pb2.InputStats:
+        """What the model saw of the input."""
+
     def __init__(
         self,
         *,
@@ -171,18 +194,23 @@ Global___ClassifySequenceResult: _TypeAlias = ClassifySequenceResult  # noqa: Y0
 
 @_typing.final
 class ClassifySequenceResponse(_message.Message):
+    """The labels of every input."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model that answered."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassifySequenceResult]:
         """One result per input, in request order."""
 
     @_builtins.property
-    def timing(self) -> _common_pb2.Timing: ...
+    def timing(self) -> _common_pb2.Timing:
+        """Where the request's time went."""
+
     def __init__(
         self,
         *,
@@ -200,13 +228,20 @@ Global___ClassifySequenceResponse: _TypeAlias = ClassifySequenceResponse  # noqa
 
 @_typing.final
 class ClassifySequenceStreamRequest(_message.Message):
+    """One request of a ClassifySequenceStream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Chosen by the client; echoed on the response for this request."""
     @_builtins.property
-    def request(self) -> Global___ClassifySequenceRequest: ...
+    def request(self) -> Global___ClassifySequenceRequest:
+        """The request, as a unary ClassifySequence call takes it. Error messages name its fields
+        from the stream message, e.g. "request.inputs[0].text".
+        """
+
     def __init__(
         self,
         *,
@@ -223,16 +258,23 @@ Global___ClassifySequenceStreamRequest: _TypeAlias = ClassifySequenceStreamReque
 
 @_typing.final
 class ClassifySequenceStreamResponse(_message.Message):
+    """The answer to one ClassifySequenceStreamRequest; answers come back in completion order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the request this answers."""
     @_builtins.property
-    def response(self) -> Global___ClassifySequenceResponse: ...
+    def response(self) -> Global___ClassifySequenceResponse:
+        """The same response a unary ClassifySequence call gives."""
+
     @_builtins.property
-    def error(self) -> _common_pb2.Error: ...
+    def error(self) -> _common_pb2.Error:
+        """This request failed; the stream goes on."""
+
     def __init__(
         self,
         *,

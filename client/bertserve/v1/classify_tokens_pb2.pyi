@@ -27,7 +27,7 @@ class _AggregationStrategy:
 class _AggregationStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AggregationStrategy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     AGGREGATION_STRATEGY_UNSPECIFIED: _AggregationStrategy.ValueType  # 0
-    """NONE, the pipeline's default."""
+    """NONE, the pipeline's default: one entity per token."""
     AGGREGATION_STRATEGY_NONE: _AggregationStrategy.ValueType  # 1
     """One entity per token, with its B-/I- label."""
     AGGREGATION_STRATEGY_SIMPLE: _AggregationStrategy.ValueType  # 2
@@ -45,7 +45,7 @@ class AggregationStrategy(_AggregationStrategy, metaclass=_AggregationStrategyEn
     """
 
 AGGREGATION_STRATEGY_UNSPECIFIED: AggregationStrategy.ValueType  # 0
-"""NONE, the pipeline's default."""
+"""NONE, the pipeline's default: one entity per token."""
 AGGREGATION_STRATEGY_NONE: AggregationStrategy.ValueType  # 1
 """One entity per token, with its B-/I- label."""
 AGGREGATION_STRATEGY_SIMPLE: AggregationStrategy.ValueType  # 2
@@ -60,11 +60,15 @@ Global___AggregationStrategy: _TypeAlias = AggregationStrategy  # noqa: Y015
 
 @_typing.final
 class LabelSet(_message.Message):
+    """A list of labels; a message so that "unset" and "empty" differ."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LABELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Label or entity-group names, e.g. "O", "B-PER" or "PER"."""
+
     def __init__(
         self,
         *,
@@ -80,6 +84,8 @@ Global___LabelSet: _TypeAlias = LabelSet  # noqa: Y015
 
 @_typing.final
 class ClassifyTokensRequest(_message.Message):
+    """Token classification (NER) of one or more texts."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXTS_FIELD_NUMBER: _builtins.int
@@ -87,6 +93,7 @@ class ClassifyTokensRequest(_message.Message):
     IGNORE_LABELS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     aggregation: Global___AggregationStrategy.ValueType
+    """How token predictions become entities; unspecified: NONE."""
     model: _builtins.str
     """Model name; empty selects the default model for ClassifyTokens."""
     @_builtins.property
@@ -122,6 +129,8 @@ Global___ClassifyTokensRequest: _TypeAlias = ClassifyTokensRequest  # noqa: Y015
 
 @_typing.final
 class Entity(_message.Message):
+    """One token (aggregation NONE) or one group of tokens or words (the other aggregations)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LABEL_FIELD_NUMBER: _builtins.int
@@ -133,11 +142,18 @@ class Entity(_message.Message):
     label: _builtins.str
     """The token's label (e.g. "B-PER") with aggregation NONE, else the group (e.g. "PER")."""
     score: _builtins.float
+    """Softmax probability of the label, from 0 to 1; for a group, the mean over its tokens or
+    words.
+    """
     word: _builtins.str
     """The entity's text as the model's tokenizer decodes it."""
     start: _builtins.int
-    """Character offsets into the request's text: text[start:end]."""
+    """Character offsets into the request's text: text[start:end]. Unicode code points of the
+    text as sent (Python str indices), not UTF-16 code units (JavaScript, Java) nor UTF-8
+    bytes (Go): see the note at the top of common.proto.
+    """
     end: _builtins.int
+    """End offset, exclusive, in the same unit as `start`."""
     index: _builtins.int
     """Aggregation NONE: the token's position in the whole text's token sequence, special
     tokens included ([CLS] is 0, the first text token 1), as the pipeline's `index` for a
@@ -166,6 +182,8 @@ Global___Entity: _TypeAlias = Entity  # noqa: Y015
 
 @_typing.final
 class ClassifyTokensResult(_message.Message):
+    """The entities of one text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTITIES_FIELD_NUMBER: _builtins.int
@@ -175,7 +193,9 @@ class ClassifyTokensResult(_message.Message):
         """In text order."""
 
     @_builtins.property
-    def input(self) -> _common_pb2.InputStats: ...
+    def input(self) -> _common_pb2.InputStats:
+        """What the model saw of the text (`windows` > 1 for a text longer than the model)."""
+
     def __init__(
         self,
         *,
@@ -192,16 +212,23 @@ Global___ClassifyTokensResult: _TypeAlias = ClassifyTokensResult  # noqa: Y015
 
 @_typing.final
 class ClassifyTokensResponse(_message.Message):
+    """The entities of every text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model that answered."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassifyTokensResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassifyTokensResult]:
+        """One result per text, in request order."""
+
     @_builtins.property
-    def timing(self) -> _common_pb2.Timing: ...
+    def timing(self) -> _common_pb2.Timing:
+        """Where the request's time went."""
+
     def __init__(
         self,
         *,
@@ -219,13 +246,20 @@ Global___ClassifyTokensResponse: _TypeAlias = ClassifyTokensResponse  # noqa: Y0
 
 @_typing.final
 class ClassifyTokensStreamRequest(_message.Message):
+    """One request of a ClassifyTokensStream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Chosen by the client; echoed on the response for this request."""
     @_builtins.property
-    def request(self) -> Global___ClassifyTokensRequest: ...
+    def request(self) -> Global___ClassifyTokensRequest:
+        """The request, as a unary ClassifyTokens call takes it. Error messages name its fields from
+        the stream message, e.g. "request.texts[0]".
+        """
+
     def __init__(
         self,
         *,
@@ -242,16 +276,23 @@ Global___ClassifyTokensStreamRequest: _TypeAlias = ClassifyTokensStreamRequest  
 
 @_typing.final
 class ClassifyTokensStreamResponse(_message.Message):
+    """The answer to one ClassifyTokensStreamRequest; answers come back in completion order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the request this answers."""
     @_builtins.property
-    def response(self) -> Global___ClassifyTokensResponse: ...
+    def response(self) -> Global___ClassifyTokensResponse:
+        """The same response a unary ClassifyTokens call gives."""
+
     @_builtins.property
-    def error(self) -> _common_pb2.Error: ...
+    def error(self) -> _common_pb2.Error:
+        """This request failed; the stream goes on."""
+
     def __init__(
         self,
         *,

@@ -40,7 +40,16 @@ class _TruncationPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trun
     """
 
 class TruncationPolicy(_TruncationPolicy, metaclass=_TruncationPolicyEnumTypeWrapper):
-    """What the server does with an input longer than the model's maximum sequence length."""
+    """Character offsets. Every `start` / `end` pair in this API (Entity, Answer, Token) counts
+    Unicode code points of the text exactly as the request sent it, as Python `str` indices:
+    text[start:end]. An emoji or other character outside the Basic Multilingual Plane counts 1.
+    JavaScript and Java strings count UTF-16 code units (such a character is 2 of them) and Go
+    strings count bytes of UTF-8 (1 to 4 per character), so callers in those languages convert
+    the offsets before slicing: for example Array.from(text).slice(start, end).join("") in
+    JavaScript, or string([]rune(text)[start:end]) in Go.
+
+    What the server does with an input longer than the model's maximum sequence length.
+    """
 
 TRUNCATION_POLICY_UNSPECIFIED: TruncationPolicy.ValueType  # 0
 """The server default: reject (INVALID_ARGUMENT)."""
@@ -93,7 +102,10 @@ Global___InputStats: _TypeAlias = InputStats  # noqa: Y015
 
 @_typing.final
 class Timing(_message.Message):
-    """Where the time of one request went, in microseconds (as text-embeddings-inference reports)."""
+    """Where the time of one request went, in microseconds (as text-embeddings-inference reports).
+    A request of several inputs may ride several batches: queue_us and inference_us are those of
+    its slowest input, so the parts need not add up to total_us.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -102,13 +114,17 @@ class Timing(_message.Message):
     INFERENCE_US_FIELD_NUMBER: _builtins.int
     TOTAL_US_FIELD_NUMBER: _builtins.int
     tokenization_us: _builtins.int
-    """Validation and tokenization in the front end."""
+    """Validation and tokenization in the front end, in microseconds."""
     queue_us: _builtins.int
-    """Waiting in the batcher queue and for a free replica."""
+    """Waiting in the batcher queue and for a free replica, in microseconds; 0 for Tokenize, which
+    runs no model.
+    """
     inference_us: _builtins.int
-    """Model forward pass of the batch(es) that carried this request, on the replica."""
+    """Model forward pass of the batch(es) that carried this request, on the replica, in
+    microseconds; 0 for Tokenize.
+    """
     total_us: _builtins.int
-    """Whole request as seen by the server, post-processing included."""
+    """Whole request as seen by the server, post-processing included, in microseconds."""
     def __init__(
         self,
         *,
@@ -139,7 +155,9 @@ class Error(_message.Message):
     code_name: _builtins.str
     """The status code's name, e.g. "INVALID_ARGUMENT"."""
     message: _builtins.str
-    """A message a person can act on. Never echoes the request's text."""
+    """A message a person can act on. Never echoes the request's text. Field paths in it start at
+    the stream message: "request.texts[0] is empty", where a unary call says "texts[0] is empty".
+    """
     def __init__(
         self,
         *,

@@ -27,7 +27,7 @@ class _Pooling:
 class _PoolingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pooling.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     POOLING_UNSPECIFIED: _Pooling.ValueType  # 0
-    """MEAN."""
+    """The server default: MEAN."""
     POOLING_CLS: _Pooling.ValueType  # 1
     """The [CLS] token's vector."""
     POOLING_MEAN: _Pooling.ValueType  # 2
@@ -37,7 +37,7 @@ class Pooling(_Pooling, metaclass=_PoolingEnumTypeWrapper):
     """How a text's token vectors (the encoder's last hidden state) become one vector."""
 
 POOLING_UNSPECIFIED: Pooling.ValueType  # 0
-"""MEAN."""
+"""The server default: MEAN."""
 POOLING_CLS: Pooling.ValueType  # 1
 """The [CLS] token's vector."""
 POOLING_MEAN: Pooling.ValueType  # 2
@@ -46,6 +46,8 @@ Global___Pooling: _TypeAlias = Pooling  # noqa: Y015
 
 @_typing.final
 class EmbedRequest(_message.Message):
+    """One vector per text from the model's encoder."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXTS_FIELD_NUMBER: _builtins.int
@@ -54,14 +56,17 @@ class EmbedRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TRUNCATION_FIELD_NUMBER: _builtins.int
     pooling: Global___Pooling.ValueType
+    """How token vectors become one vector; unspecified: MEAN."""
     normalize: _builtins.bool
-    """Scale each vector to unit L2 norm."""
+    """Scale each vector to unit L2 norm (after averaging the windows, with SPLIT)."""
     model: _builtins.str
     """Model name; empty selects the default model for Embed."""
     truncation: _common_pb2.TruncationPolicy.ValueType
     """Long inputs: reject (default), truncate, or split into windows and average the vectors."""
     @_builtins.property
-    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One model input (or, with SPLIT, one or more windows) per text."""
+
     def __init__(
         self,
         *,
@@ -81,14 +86,20 @@ Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
 
 @_typing.final
 class Embedding(_message.Message):
+    """The vector of one text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """`dimensions` float32 numbers; with SPLIT, the mean of the windows' vectors."""
+
     @_builtins.property
-    def input(self) -> _common_pb2.InputStats: ...
+    def input(self) -> _common_pb2.InputStats:
+        """What the model saw of the text."""
+
     def __init__(
         self,
         *,
@@ -105,6 +116,8 @@ Global___Embedding: _TypeAlias = Embedding  # noqa: Y015
 
 @_typing.final
 class EmbedResponse(_message.Message):
+    """The vectors of every text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
@@ -114,12 +127,15 @@ class EmbedResponse(_message.Message):
     dimensions: _builtins.int
     """Length of every vector (the model's hidden size)."""
     model: _builtins.str
+    """The model that answered."""
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
         """One per text, in request order."""
 
     @_builtins.property
-    def timing(self) -> _common_pb2.Timing: ...
+    def timing(self) -> _common_pb2.Timing:
+        """Where the request's time went."""
+
     def __init__(
         self,
         *,
@@ -138,13 +154,20 @@ Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
 
 @_typing.final
 class EmbedStreamRequest(_message.Message):
+    """One request of an EmbedStream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Chosen by the client; echoed on the response for this request."""
     @_builtins.property
-    def request(self) -> Global___EmbedRequest: ...
+    def request(self) -> Global___EmbedRequest:
+        """The request, as a unary Embed call takes it. Error messages name its fields from the
+        stream message, e.g. "request.texts[0]".
+        """
+
     def __init__(
         self,
         *,
@@ -161,16 +184,23 @@ Global___EmbedStreamRequest: _TypeAlias = EmbedStreamRequest  # noqa: Y015
 
 @_typing.final
 class EmbedStreamResponse(_message.Message):
+    """The answer to one EmbedStreamRequest; answers come back in completion order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the request this answers."""
     @_builtins.property
-    def response(self) -> Global___EmbedResponse: ...
+    def response(self) -> Global___EmbedResponse:
+        """The same response a unary Embed call gives."""
+
     @_builtins.property
-    def error(self) -> _common_pb2.Error: ...
+    def error(self) -> _common_pb2.Error:
+        """This request failed; the stream goes on."""
+
     def __init__(
         self,
         *,

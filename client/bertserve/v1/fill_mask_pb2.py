@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bertserve.v1 import common_pb2 as bertserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62\x65rtserve/v1/fill_mask.proto\x12\x0c\x62\x65rtserve.v1\x1a\x19\x62\x65rtserve/v1/common.proto\"\x92\x01\n\x0f\x46illMaskRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07targets\x18\x03 \x03(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x32\n\ntruncation\x18\x05 \x01(\x0e\x32\x1e.bertserve.v1.TruncationPolicyB\x08\n\x06_top_k\"v\n\x10\x46illMaskResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.bertserve.v1.FillMaskResult\x12\r\n\x05model\x18\x02 \x01(\t\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.bertserve.v1.Timing\"f\n\x0e\x46illMaskResult\x12+\n\x05masks\x18\x01 \x03(\x0b\x32\x1c.bertserve.v1.MaskPrediction\x12\'\n\x05input\x18\x02 \x01(\x0b\x32\x18.bertserve.v1.InputStats\"W\n\x0eMaskPrediction\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x33\n\ncandidates\x18\x02 \x03(\x0b\x32\x1f.bertserve.v1.FillMaskCandidate\"U\n\x11\x46illMaskCandidate\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x10\n\x08sequence\x18\x04 \x01(\t\"[\n\x15\x46illMaskStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.bertserve.v1.FillMaskRequest\"\x91\x01\n\x16\x46illMaskStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.bertserve.v1.FillMaskResponseH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.bertserve.v1.ErrorH\x00\x42\t\n\x07outcomeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62\x65rtserve/v1/fill_mask.proto\x12\x0c\x62\x65rtserve.v1\x1a\x19\x62\x65rtserve/v1/common.proto\"\x92\x01\n\x0f\x46illMaskRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07targets\x18\x03 \x03(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x32\n\ntruncation\x18\x05 \x01(\x0e\x32\x1e.bertserve.v1.TruncationPolicyB\x08\n\x06_top_k\"\xc7\x01\n\x10\x46illMaskResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.bertserve.v1.FillMaskResult\x12\r\n\x05model\x18\x02 \x01(\t\x12$\n\x06timing\x18\x03 \x01(\x0b\x32\x14.bertserve.v1.Timing\x12\x36\n\x10replaced_targets\x18\x04 \x03(\x0b\x32\x1c.bertserve.v1.ReplacedTarget\x12\x17\n\x0fignored_targets\x18\x05 \x03(\r\"@\n\x0eReplacedTarget\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\r\n\x05token\x18\x03 \x01(\t\"f\n\x0e\x46illMaskResult\x12+\n\x05masks\x18\x01 \x03(\x0b\x32\x1c.bertserve.v1.MaskPrediction\x12\'\n\x05input\x18\x02 \x01(\x0b\x32\x18.bertserve.v1.InputStats\"W\n\x0eMaskPrediction\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x33\n\ncandidates\x18\x02 \x03(\x0b\x32\x1f.bertserve.v1.FillMaskCandidate\"U\n\x11\x46illMaskCandidate\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x10\n\x08sequence\x18\x04 \x01(\t\"[\n\x15\x46illMaskStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.bertserve.v1.FillMaskRequest\"\x91\x01\n\x16\x46illMaskStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.bertserve.v1.FillMaskResponseH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.bertserve.v1.ErrorH\x00\x42\t\n\x07outcomeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FILLMASKREQUEST']._serialized_start=74
   _globals['_FILLMASKREQUEST']._serialized_end=220
-  _globals['_FILLMASKRESPONSE']._serialized_start=222
-  _globals['_FILLMASKRESPONSE']._serialized_end=340
-  _globals['_FILLMASKRESULT']._serialized_start=342
-  _globals['_FILLMASKRESULT']._serialized_end=444
-  _globals['_MASKPREDICTION']._serialized_start=446
-  _globals['_MASKPREDICTION']._serialized_end=533
-  _globals['_FILLMASKCANDIDATE']._serialized_start=535
-  _globals['_FILLMASKCANDIDATE']._serialized_end=620
-  _globals['_FILLMASKSTREAMREQUEST']._serialized_start=622
-  _globals['_FILLMASKSTREAMREQUEST']._serialized_end=713
-  _globals['_FILLMASKSTREAMRESPONSE']._serialized_start=716
-  _globals['_FILLMASKSTREAMRESPONSE']._serialized_end=861
+  _globals['_FILLMASKRESPONSE']._serialized_start=223
+  _globals['_FILLMASKRESPONSE']._serialized_end=422
+  _globals['_REPLACEDTARGET']._serialized_start=424
+  _globals['_REPLACEDTARGET']._serialized_end=488
+  _globals['_FILLMASKRESULT']._serialized_start=490
+  _globals['_FILLMASKRESULT']._serialized_end=592
+  _globals['_MASKPREDICTION']._serialized_start=594
+  _globals['_MASKPREDICTION']._serialized_end=681
+  _globals['_FILLMASKCANDIDATE']._serialized_start=683
+  _globals['_FILLMASKCANDIDATE']._serialized_end=768
+  _globals['_FILLMASKSTREAMREQUEST']._serialized_start=770
+  _globals['_FILLMASKSTREAMREQUEST']._serialized_end=861
+  _globals['_FILLMASKSTREAMRESPONSE']._serialized_start=864
+  _globals['_FILLMASKSTREAMRESPONSE']._serialized_end=1009
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class FillMaskRequest(_message.Message):
+    """Masked-word prediction for one or more texts, as the Hugging Face fill-mask pipeline."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXTS_FIELD_NUMBER: _builtins.int
@@ -29,19 +31,31 @@ class FillMaskRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TRUNCATION_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
-    """Candidates per mask. Unset means 5; must be in [1, Limits.max_top_k]."""
+    """Candidates per mask. Unset means 5; must be in [1, Limits.max_top_k]. With `targets`, at
+    most the number of distinct targets come back.
+    """
     model: _builtins.str
-    """Model name; empty selects the server's default model."""
+    """Model name; empty selects the default model for FillMask (ModelInfo.default_for)."""
     truncation: _common_pb2.TruncationPolicy.ValueType
-    """What to do with a text longer than the model's maximum sequence length."""
+    """What to do with a text longer than the model's maximum sequence length: reject (the
+    default) or truncate; SPLIT answers INVALID_ARGUMENT. A mask cut off by truncation is an
+    INVALID_ARGUMENT too.
+    """
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """One or more texts, each holding at least one mask token (see ModelInfo.mask_token, "[MASK]" for BERT)."""
+        """One or more texts, each holding at least one mask token (see ModelInfo.mask_token, "[MASK]"
+        for BERT). Each text is one model input: at most Limits.max_text_chars characters and,
+        unless `truncation` cuts it, Limits.max_sequence_length tokens.
+        """
 
     @_builtins.property
     def targets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Restrict the candidates to these words, as the Hugging Face fill-mask pipeline does
-        (a word outside the vocabulary is replaced by its first word piece).
+        """Restrict the candidates to these words, as the Hugging Face fill-mask pipeline does. A
+        target that is not one entry of the model's vocabulary is replaced by its first word piece
+        (e.g. "z" for "zzzzqqq"), as the pipeline does (it logs a warning), and the response lists
+        it in `replaced_targets`; a target that tokenizes to nothing (e.g. only control
+        characters) is left out and listed in `ignored_targets`. When no target is left, the
+        request is rejected with INVALID_ARGUMENT.
         """
 
     def __init__(
@@ -65,11 +79,15 @@ Global___FillMaskRequest: _TypeAlias = FillMaskRequest  # noqa: Y015
 
 @_typing.final
 class FillMaskResponse(_message.Message):
+    """The candidates for every mask of every text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
+    REPLACED_TARGETS_FIELD_NUMBER: _builtins.int
+    IGNORED_TARGETS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model that answered."""
     @_builtins.property
@@ -77,24 +95,76 @@ class FillMaskResponse(_message.Message):
         """One result per input text, in request order."""
 
     @_builtins.property
-    def timing(self) -> _common_pb2.Timing: ...
+    def timing(self) -> _common_pb2.Timing:
+        """Where the request's time went."""
+
+    @_builtins.property
+    def replaced_targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplacedTarget]:
+        """Targets of the request that are not one vocabulary entry and were replaced by their first
+        word piece, in request order. Empty when every target is a vocabulary entry (or there are
+        none). For an uncased model a cased target (e.g. "Paris" for "paris") is listed too, as the
+        pipeline warns about it too.
+        """
+
+    @_builtins.property
+    def ignored_targets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices into FillMaskRequest.targets of the targets that tokenize to nothing and were left
+        out, in request order.
+        """
+
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___FillMaskResult] | None = ...,
         model: _builtins.str = ...,
         timing: _common_pb2.Timing | None = ...,
+        replaced_targets: _abc.Iterable[Global___ReplacedTarget] | None = ...,
+        ignored_targets: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timing", b"timing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "results", b"results", "timing", b"timing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ignored_targets", b"ignored_targets", "model", b"model", "replaced_targets", b"replaced_targets", "results", b"results", "timing", b"timing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FillMaskResponse: _TypeAlias = FillMaskResponse  # noqa: Y015
 
 @_typing.final
+class ReplacedTarget(_message.Message):
+    """A FillMask target that is not one entry of the model's vocabulary, and the entry used in its
+    place (the target's first word piece, the Hugging Face pipeline's rule).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Index of the target in FillMaskRequest.targets."""
+    token_id: _builtins.int
+    """Vocabulary id of the entry used instead."""
+    token: _builtins.str
+    """That vocabulary entry, e.g. "z" for the target "zzzzqqq"."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        token_id: _builtins.int = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplacedTarget: _TypeAlias = ReplacedTarget  # noqa: Y015
+
+@_typing.final
 class FillMaskResult(_message.Message):
+    """The predictions for one input text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MASKS_FIELD_NUMBER: _builtins.int
@@ -104,7 +174,9 @@ class FillMaskResult(_message.Message):
         """One entry per mask token in the text, left to right."""
 
     @_builtins.property
-    def input(self) -> _common_pb2.InputStats: ...
+    def input(self) -> _common_pb2.InputStats:
+        """What the model saw of the text."""
+
     def __init__(
         self,
         *,
@@ -121,12 +193,14 @@ Global___FillMaskResult: _TypeAlias = FillMaskResult  # noqa: Y015
 
 @_typing.final
 class MaskPrediction(_message.Message):
+    """The candidates for one mask token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
     position: _builtins.int
-    """Token index of the mask in the model input (0 is [CLS])."""
+    """Token index of the mask in the model input (0 is [CLS]), not a character offset."""
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___FillMaskCandidate]:
         """Candidates, best first."""
@@ -147,6 +221,8 @@ Global___MaskPrediction: _TypeAlias = MaskPrediction  # noqa: Y015
 
 @_typing.final
 class FillMaskCandidate(_message.Message):
+    """One candidate word piece for a mask."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
@@ -158,7 +234,9 @@ class FillMaskCandidate(_message.Message):
     token: _builtins.str
     """The token decoded on its own."""
     score: _builtins.float
-    """Probability (softmax over the whole vocabulary)."""
+    """Probability (softmax over the whole vocabulary, from 0 to 1; with targets too, so the
+    scores of the targets need not add up to 1).
+    """
     sequence: _builtins.str
     """The input with this mask filled in (other masks kept), decoded as the Hugging Face pipeline does."""
     def __init__(
@@ -179,6 +257,8 @@ Global___FillMaskCandidate: _TypeAlias = FillMaskCandidate  # noqa: Y015
 
 @_typing.final
 class FillMaskStreamRequest(_message.Message):
+    """One request of a FillMaskStream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -186,7 +266,11 @@ class FillMaskStreamRequest(_message.Message):
     request_id: _builtins.str
     """Chosen by the client; echoed on the response for this request."""
     @_builtins.property
-    def request(self) -> Global___FillMaskRequest: ...
+    def request(self) -> Global___FillMaskRequest:
+        """The request, as a unary FillMask call takes it. Error messages name its fields from the
+        stream message, e.g. "request.texts[0]".
+        """
+
     def __init__(
         self,
         *,
@@ -203,6 +287,8 @@ Global___FillMaskStreamRequest: _TypeAlias = FillMaskStreamRequest  # noqa: Y015
 
 @_typing.final
 class FillMaskStreamResponse(_message.Message):
+    """The answer to one FillMaskStreamRequest; answers come back in completion order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -211,7 +297,9 @@ class FillMaskStreamResponse(_message.Message):
     request_id: _builtins.str
     """The request_id of the request this answers."""
     @_builtins.property
-    def response(self) -> Global___FillMaskResponse: ...
+    def response(self) -> Global___FillMaskResponse:
+        """The same response a unary FillMask call gives."""
+
     @_builtins.property
     def error(self) -> _common_pb2.Error:
         """This request failed; the stream goes on."""

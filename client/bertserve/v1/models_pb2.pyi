@@ -26,24 +26,41 @@ class _Task:
 class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_UNSPECIFIED: _Task.ValueType  # 0
+    """Not a task; the server never reports it."""
     TASK_FILL_MASK: _Task.ValueType  # 1
+    """FillMask and FillMaskStream: masked-word prediction."""
     TASK_NEXT_SENTENCE: _Task.ValueType  # 2
+    """NextSentence and NextSentenceStream: BERT's next-sentence head."""
     TASK_CLASSIFY_SEQUENCE: _Task.ValueType  # 3
+    """ClassifySequence and ClassifySequenceStream: text or text-pair classification."""
     TASK_CLASSIFY_TOKENS: _Task.ValueType  # 4
+    """ClassifyTokens and ClassifyTokensStream: token classification (NER)."""
     TASK_ANSWER_QUESTION: _Task.ValueType  # 5
+    """AnswerQuestion and AnswerQuestionStream: extractive question answering."""
     TASK_EMBED: _Task.ValueType  # 6
+    """Embed and EmbedStream: one vector per text."""
     TASK_TOKENIZE: _Task.ValueType  # 7
+    """Tokenize and TokenizeStream: the model's tokens of a text (runs no model)."""
 
-class Task(_Task, metaclass=_TaskEnumTypeWrapper): ...
+class Task(_Task, metaclass=_TaskEnumTypeWrapper):
+    """A task a model can serve; each task is one pair of RPCs of BertService."""
 
 TASK_UNSPECIFIED: Task.ValueType  # 0
+"""Not a task; the server never reports it."""
 TASK_FILL_MASK: Task.ValueType  # 1
+"""FillMask and FillMaskStream: masked-word prediction."""
 TASK_NEXT_SENTENCE: Task.ValueType  # 2
+"""NextSentence and NextSentenceStream: BERT's next-sentence head."""
 TASK_CLASSIFY_SEQUENCE: Task.ValueType  # 3
+"""ClassifySequence and ClassifySequenceStream: text or text-pair classification."""
 TASK_CLASSIFY_TOKENS: Task.ValueType  # 4
+"""ClassifyTokens and ClassifyTokensStream: token classification (NER)."""
 TASK_ANSWER_QUESTION: Task.ValueType  # 5
+"""AnswerQuestion and AnswerQuestionStream: extractive question answering."""
 TASK_EMBED: Task.ValueType  # 6
+"""Embed and EmbedStream: one vector per text."""
 TASK_TOKENIZE: Task.ValueType  # 7
+"""Tokenize and TokenizeStream: the model's tokens of a text (runs no model)."""
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
 class _ReplicaState:
@@ -53,6 +70,9 @@ class _ReplicaState:
 class _ReplicaStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplicaState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     REPLICA_STATE_UNSPECIFIED: _ReplicaState.ValueType  # 0
+    """Not a state; the server never reports it (a client may see it only from a newer server
+    with a state this version does not know).
+    """
     REPLICA_STATE_STARTING: _ReplicaState.ValueType  # 1
     """Created, loading weights or warming up; takes no traffic."""
     REPLICA_STATE_READY: _ReplicaState.ValueType  # 2
@@ -70,9 +90,13 @@ class _ReplicaStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplicaS
     ones, then stops.
     """
 
-class ReplicaState(_ReplicaState, metaclass=_ReplicaStateEnumTypeWrapper): ...
+class ReplicaState(_ReplicaState, metaclass=_ReplicaStateEnumTypeWrapper):
+    """Where a replica is in its life. Only READY replicas take batches."""
 
 REPLICA_STATE_UNSPECIFIED: ReplicaState.ValueType  # 0
+"""Not a state; the server never reports it (a client may see it only from a newer server
+with a state this version does not know).
+"""
 REPLICA_STATE_STARTING: ReplicaState.ValueType  # 1
 """Created, loading weights or warming up; takes no traffic."""
 REPLICA_STATE_READY: ReplicaState.ValueType  # 2
@@ -93,7 +117,7 @@ Global___ReplicaState: _TypeAlias = ReplicaState  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
-    """Request limits the server enforces for a model."""
+    """Request limits the server enforces for a model, and its batcher's settings."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -106,21 +130,28 @@ class Limits(_message.Message):
     MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
     MIN_PADDING_EFFICIENCY_FIELD_NUMBER: _builtins.int
     max_sequence_length: _builtins.int
-    """Longest input in tokens, special tokens included."""
+    """Longest model input in tokens, special tokens included (the checkpoint's
+    max_position_embeddings, 512 for BERT); longer inputs are rejected, truncated or split as
+    the request's TruncationPolicy says.
+    """
     max_inputs_per_request: _builtins.int
-    """Most texts (or pairs) in one request."""
+    """Most inputs in one request: texts, pairs or question/context inputs."""
     max_text_chars: _builtins.int
-    """Most characters in one text."""
+    """Most characters (Unicode code points) in one text, checked before tokenizing."""
     max_top_k: _builtins.int
-    """Largest FillMask top_k."""
+    """Largest `top_k` of FillMask (candidates per mask) and AnswerQuestion (answers per input).
+    ClassifySequence's top_k is not bounded by it: it is cut to the model's number of labels.
+    """
     max_batch_size: _builtins.int
-    """Batcher: most sequences in one batch."""
+    """Batcher: most sequences (model inputs) in one batch."""
     max_batch_tokens: _builtins.int
-    """Batcher: most padded tokens (batch size x longest sequence) in one batch."""
+    """Batcher: most padded tokens (batch size x longest sequence, in tokens) in one batch."""
     max_wait_ms: _builtins.float
-    """Batcher: longest a request waits for a batch to fill, in milliseconds."""
+    """Batcher: while replicas are busy, how long the oldest input waits for its batch to fill, in
+    milliseconds.
+    """
     min_padding_efficiency: _builtins.float
-    """Batcher: real tokens / padded tokens a batch keeps at least (0..1)."""
+    """Batcher: real tokens / padded tokens a batch keeps at least, a ratio from 0 to 1."""
     def __init__(
         self,
         *,
@@ -143,6 +174,11 @@ Global___Limits: _TypeAlias = Limits  # noqa: Y015
 
 @_typing.final
 class ReplicaInfo(_message.Message):
+    """One replica of a model: a Ray actor holding the weights on one device. Fields that the
+    replica reports once it has loaded (device, node_id, pid, dtype, dtype_choice, cpus,
+    cpu_linear_choice) are empty or 0 until then (STARTING, PENDING).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLICA_ID_FIELD_NUMBER: _builtins.int
@@ -158,20 +194,25 @@ class ReplicaInfo(_message.Message):
     CPUS_FIELD_NUMBER: _builtins.int
     CPU_LINEAR_CHOICE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
+    """Name within the server: the model's name and an index, e.g. "demo-0"."""
     state: Global___ReplicaState.ValueType
+    """Where the replica is in its life."""
     device: _builtins.str
-    """e.g. "cpu" or "cuda:0"."""
+    """Device the replica computes on, e.g. "cpu" or "cuda:0"."""
     node_id: _builtins.str
-    """Ray node id the replica runs on."""
+    """Ray node id (hex) the replica runs on."""
     batches: _builtins.int
-    """Batches and sequences this replica has computed since the server started."""
+    """Batches this replica has computed since the server started."""
     sequences: _builtins.int
+    """Sequences (model inputs, windows included) in those batches."""
     pid: _builtins.int
     """Operating-system process id of the replica on its node."""
     restarts: _builtins.int
     """Times the replica crashed and was restarted by Ray."""
     dtype: _builtins.str
-    """Weights and compute dtype. Replicas resolve dtype auto on their own CPU, so they may differ."""
+    """Weights and compute dtype ("float32", "bfloat16" or "float16"). Replicas resolve dtype auto
+    on their own CPU, so they may differ.
+    """
     dtype_choice: _builtins.str
     """How the replica chose its dtype: "configured", or for auto what its accuracy and speed
     probes measured (e.g. "float32: bfloat16 is not faster on this CPU (0.68x; ...)").
@@ -213,6 +254,8 @@ Global___ReplicaInfo: _TypeAlias = ReplicaInfo  # noqa: Y015
 
 @_typing.final
 class ModelInfo(_message.Message):
+    """A model the server serves: what it is, what it can do, its limits and its replicas."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -242,14 +285,25 @@ class ModelInfo(_message.Message):
     revision: _builtins.str
     """Hub revision (branch, tag or commit), empty for local checkpoints."""
     max_sequence_length: _builtins.int
+    """Longest model input in tokens, special tokens included (same as
+    limits.max_sequence_length).
+    """
     vocab_size: _builtins.int
+    """Entries of the tokenizer's vocabulary, added tokens included."""
     ready_replicas: _builtins.int
+    """Replicas in state READY, that is taking traffic now."""
     total_replicas: _builtins.int
+    """Replicas of the model in any state (one ReplicaInfo each in `replicas`)."""
     device: _builtins.str
-    """"cpu" or "cuda"."""
+    """Device kind the replicas run on: "cpu" or "cuda" (each replica's own device, e.g.
+    "cuda:0", is in ReplicaInfo.device).
+    """
     dtype: _builtins.str
-    """"float32", "bfloat16" or "float16"."""
+    """What the replicas compute in: "float32", "bfloat16" or "float16", as the first replica
+    to load reports it; the configured value (possibly "auto") before any replica has loaded.
+    """
     mask_token: _builtins.str
+    """The tokenizer's mask token, which FillMask texts must hold (e.g. "[MASK]")."""
     demo: _builtins.bool
     """True for the `--demo` model: random weights, predictions are meaningless."""
     description: _builtins.str
@@ -259,13 +313,21 @@ class ModelInfo(_message.Message):
     architecture: _builtins.str
     """The checkpoint's architecture, e.g. "BertForTokenClassification"."""
     problem_type: _builtins.str
-    """Sequence classification: "single_label_classification" or "multi_label_classification"."""
+    """The checkpoint's `problem_type` for sequence classification: "single_label_classification",
+    "multi_label_classification" or "regression"; empty when the checkpoint does not set it.
+    """
     @_builtins.property
-    def tasks(self) -> _containers.RepeatedScalarFieldContainer[Global___Task.ValueType]: ...
+    def tasks(self) -> _containers.RepeatedScalarFieldContainer[Global___Task.ValueType]:
+        """Tasks this model serves; asking it for another answers FAILED_PRECONDITION."""
+
     @_builtins.property
-    def limits(self) -> Global___Limits: ...
+    def limits(self) -> Global___Limits:
+        """Request limits and batcher settings for this model."""
+
     @_builtins.property
-    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]:
+        """Every replica, in pool order."""
+
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Classification heads: label names in output order (the checkpoint's `id2label`)."""
@@ -308,6 +370,8 @@ Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
+    """Asks for every model the server serves."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -323,11 +387,15 @@ Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
+    """Every model the server serves, in configuration order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]: ...
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """One entry per model."""
+
     def __init__(
         self,
         *,
@@ -343,6 +411,8 @@ Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
 
 @_typing.final
 class GetModelInfoRequest(_message.Message):
+    """Asks for one model's details."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
@@ -363,11 +433,15 @@ Global___GetModelInfoRequest: _TypeAlias = GetModelInfoRequest  # noqa: Y015
 
 @_typing.final
 class GetModelInfoResponse(_message.Message):
+    """One model's details."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def model(self) -> Global___ModelInfo: ...
+    def model(self) -> Global___ModelInfo:
+        """The model asked for; an unknown name answers NOT_FOUND instead."""
+
     def __init__(
         self,
         *,

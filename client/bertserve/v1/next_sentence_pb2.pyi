@@ -28,7 +28,9 @@ class SentencePair(_message.Message):
     FIRST_FIELD_NUMBER: _builtins.int
     SECOND_FIELD_NUMBER: _builtins.int
     first: _builtins.str
+    """Sentence A; must not be empty."""
     second: _builtins.str
+    """Sentence B, the candidate continuation of A; must not be empty."""
     def __init__(
         self,
         *,
@@ -45,19 +47,24 @@ Global___SentencePair: _TypeAlias = SentencePair  # noqa: Y015
 
 @_typing.final
 class NextSentenceRequest(_message.Message):
+    """Next-sentence prediction for one or more sentence pairs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAIRS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     TRUNCATION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Model name; empty selects the server's default model."""
+    """Model name; empty selects the default model for NextSentence (ModelInfo.default_for)."""
     truncation: _common_pb2.TruncationPolicy.ValueType
-    """What to do with a pair longer than the model's maximum sequence length
-    (truncation cuts the longer sentence first).
+    """What to do with a pair longer than the model's maximum sequence length: reject (the
+    default) or truncate (which cuts the longer sentence first); SPLIT answers
+    INVALID_ARGUMENT.
     """
     @_builtins.property
-    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentencePair]: ...
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentencePair]:
+        """One model input per pair: [CLS] first [SEP] second [SEP]."""
+
     def __init__(
         self,
         *,
@@ -75,18 +82,23 @@ Global___NextSentenceRequest: _TypeAlias = NextSentenceRequest  # noqa: Y015
 
 @_typing.final
 class NextSentenceResponse(_message.Message):
+    """The next-sentence scores of every pair."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model that answered."""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___NextSentenceResult]:
         """One result per pair, in request order."""
 
     @_builtins.property
-    def timing(self) -> _common_pb2.Timing: ...
+    def timing(self) -> _common_pb2.Timing:
+        """Where the request's time went."""
+
     def __init__(
         self,
         *,
@@ -104,19 +116,25 @@ Global___NextSentenceResponse: _TypeAlias = NextSentenceResponse  # noqa: Y015
 
 @_typing.final
 class NextSentenceResult(_message.Message):
+    """The next-sentence head's answer for one pair."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IS_NEXT_PROBABILITY_FIELD_NUMBER: _builtins.int
     LOGITS_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     is_next_probability: _builtins.float
-    """Probability that `second` follows `first` (softmax of the next-sentence head, index 0)."""
+    """Probability (0 to 1) that `second` follows `first`: softmax of the next-sentence head,
+    index 0.
+    """
     @_builtins.property
     def logits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Raw head outputs: [is_next, is_random]."""
 
     @_builtins.property
-    def input(self) -> _common_pb2.InputStats: ...
+    def input(self) -> _common_pb2.InputStats:
+        """What the model saw of the pair."""
+
     def __init__(
         self,
         *,
@@ -134,13 +152,20 @@ Global___NextSentenceResult: _TypeAlias = NextSentenceResult  # noqa: Y015
 
 @_typing.final
 class NextSentenceStreamRequest(_message.Message):
+    """One request of a NextSentenceStream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Chosen by the client; echoed on the response for this request."""
     @_builtins.property
-    def request(self) -> Global___NextSentenceRequest: ...
+    def request(self) -> Global___NextSentenceRequest:
+        """The request, as a unary NextSentence call takes it. Error messages name its fields from
+        the stream message, e.g. "request.pairs[0].first".
+        """
+
     def __init__(
         self,
         *,
@@ -157,16 +182,23 @@ Global___NextSentenceStreamRequest: _TypeAlias = NextSentenceStreamRequest  # no
 
 @_typing.final
 class NextSentenceStreamResponse(_message.Message):
+    """The answer to one NextSentenceStreamRequest; answers come back in completion order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the request this answers."""
     @_builtins.property
-    def response(self) -> Global___NextSentenceResponse: ...
+    def response(self) -> Global___NextSentenceResponse:
+        """The same response a unary NextSentence call gives."""
+
     @_builtins.property
-    def error(self) -> _common_pb2.Error: ...
+    def error(self) -> _common_pb2.Error:
+        """This request failed; the stream goes on."""
+
     def __init__(
         self,
         *,

@@ -21,6 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class TokenizeRequest(_message.Message):
+    """The model's tokens of one or more texts; runs in the front end, no model is called."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXTS_FIELD_NUMBER: _builtins.int
@@ -31,7 +33,9 @@ class TokenizeRequest(_message.Message):
     model: _builtins.str
     """Model name; empty selects the default model for Tokenize."""
     @_builtins.property
-    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts to tokenize, of any length up to Limits.max_text_chars characters (they are not cut)."""
+
     def __init__(
         self,
         *,
@@ -49,6 +53,8 @@ Global___TokenizeRequest: _TypeAlias = TokenizeRequest  # noqa: Y015
 
 @_typing.final
 class Token(_message.Message):
+    """One token of a text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -58,12 +64,18 @@ class Token(_message.Message):
     SPECIAL_FIELD_NUMBER: _builtins.int
     WORD_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """Vocabulary id."""
     token: _builtins.str
     """The vocabulary entry, e.g. "##ing"."""
     start: _builtins.int
-    """Character offsets into the text (0, 0 for special tokens)."""
+    """Character offsets into the text (0, 0 for special tokens): text[start:end]. Unicode code
+    points of the text as sent (Python str indices), not UTF-16 code units (JavaScript, Java)
+    nor UTF-8 bytes (Go): see the note at the top of common.proto.
+    """
     end: _builtins.int
+    """End offset, exclusive, in the same unit as `start`."""
     special: _builtins.bool
+    """True for special tokens ([CLS], [SEP])."""
     word: _builtins.int
     """Index of the word the token belongs to; unset for special tokens."""
     def __init__(
@@ -88,6 +100,8 @@ Global___Token: _TypeAlias = Token  # noqa: Y015
 
 @_typing.final
 class TokenizeResult(_message.Message):
+    """The tokens of one text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
@@ -98,8 +112,11 @@ class TokenizeResult(_message.Message):
     model's maximum sequence length (which the task RPCs reject, truncate or split).
     """
     exceeds_max_length: _builtins.bool
+    """True when num_tokens is more than the model's maximum sequence length."""
     @_builtins.property
-    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]: ...
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]:
+        """In text order, with [CLS] first and [SEP] last unless skip_special_tokens."""
+
     def __init__(
         self,
         *,
@@ -117,6 +134,8 @@ Global___TokenizeResult: _TypeAlias = TokenizeResult  # noqa: Y015
 
 @_typing.final
 class TokenizeResponse(_message.Message):
+    """The tokens of every text."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
@@ -124,12 +143,17 @@ class TokenizeResponse(_message.Message):
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """The model whose tokenizer answered."""
     max_sequence_length: _builtins.int
     """The model's maximum sequence length in tokens."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenizeResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenizeResult]:
+        """One result per text, in request order."""
+
     @_builtins.property
-    def timing(self) -> _common_pb2.Timing: ...
+    def timing(self) -> _common_pb2.Timing:
+        """Where the request's time went (all of it tokenization)."""
+
     def __init__(
         self,
         *,
@@ -148,13 +172,20 @@ Global___TokenizeResponse: _TypeAlias = TokenizeResponse  # noqa: Y015
 
 @_typing.final
 class TokenizeStreamRequest(_message.Message):
+    """One request of a TokenizeStream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Chosen by the client; echoed on the response for this request."""
     @_builtins.property
-    def request(self) -> Global___TokenizeRequest: ...
+    def request(self) -> Global___TokenizeRequest:
+        """The request, as a unary Tokenize call takes it. Error messages name its fields from the
+        stream message, e.g. "request.texts[0]".
+        """
+
     def __init__(
         self,
         *,
@@ -171,16 +202,23 @@ Global___TokenizeStreamRequest: _TypeAlias = TokenizeStreamRequest  # noqa: Y015
 
 @_typing.final
 class TokenizeStreamResponse(_message.Message):
+    """The answer to one TokenizeStreamRequest; answers come back in completion order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request_id of the request this answers."""
     @_builtins.property
-    def response(self) -> Global___TokenizeResponse: ...
+    def response(self) -> Global___TokenizeResponse:
+        """The same response a unary Tokenize call gives."""
+
     @_builtins.property
-    def error(self) -> _common_pb2.Error: ...
+    def error(self) -> _common_pb2.Error:
+        """This request failed; the stream goes on."""
+
     def __init__(
         self,
         *,
