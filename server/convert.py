@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -27,7 +29,7 @@ from bertserve.server.domain import (
     TokenizeQuery,
     Truncation,
 )
-from bertserve.server.errors import InvalidInput
+from bertserve.server.errors import InvalidInput, ServingError
 from bertserve.server.models import ServedModel
 from bertserve.v1 import (
     answer_question_pb2,
@@ -98,6 +100,29 @@ def _enum(table: dict[Any, T], value: int, what: str) -> T:
 
 def truncation(value: int) -> Truncation:
     return _enum(_TRUNCATION, value, "truncation policy")
+
+
+# Inside a stream, a request is the `request` field of the stream message.
+STREAM_REQUEST_FIELD = "request"
+
+
+@functools.cache
+def _field_paths(field_names: tuple[str, ...]) -> re.Pattern[str]:
+    """Where an InvalidInput message names a field of the request: a top-level field followed by
+    an index or "=" (`texts[0]`, `inputs[2].question`, `truncation=`), or one that opens the
+    message (`top_k must be ...`). Not one inside a longer path, a word or quotes."""
+    names = "|".join(map(re.escape, sorted(field_names, key=len, reverse=True)))
+    return re.compile(rf"(?<![\w.\"'])(?:{names})(?=[\[=])|^(?:{names})(?=[\s:])")
+
+
+def in_stream(error: ServingError, request: Any) -> ServingError:
+    """The error of one request of a stream, with the field paths of an InvalidInput message
+    starting at the stream message: `request.texts[0]` where a unary call says `texts[0]`
+    (StreamRequest{request_id, request}). The message gains no request id and no text."""
+    if type(error) is not InvalidInput:
+        return error
+    pattern = _field_paths(tuple(f.name for f in request.DESCRIPTOR.fields))
+    return InvalidInput(pattern.sub(lambda m: f"{STREAM_REQUEST_FIELD}.{m.group(0)}", error.message))
 
 
 def _optional(message: Any, field: str, default: int) -> int:
@@ -204,6 +229,11 @@ def fill_mask_response(answer: FillMaskAnswer) -> fill_mask_pb2.FillMaskResponse
             )
             for r in answer.results
         ],
+        replaced_targets=[
+            fill_mask_pb2.ReplacedTarget(index=t.index, token_id=t.token_id, token=t.token)
+            for t in answer.replaced_targets
+        ],
+        ignored_targets=answer.ignored_targets,
     )
 
 

@@ -77,7 +77,14 @@ class DataPlane:
             fill_mask.finish(enc, head, item.output, model.tokenizer)
             for enc, head, item in zip(prepared.encoded, prepared.heads, items, strict=True)
         )
-        return FillMaskAnswer(results, model.name, _timing(start, tokenized, items))
+        targets = prepared.targets
+        return FillMaskAnswer(
+            results,
+            model.name,
+            _timing(start, tokenized, items),
+            targets.replaced if targets else (),
+            targets.ignored if targets else (),
+        )
 
     async def next_sentence(
         self, query: NextSentenceQuery, deadline: float | None = None

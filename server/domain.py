@@ -68,10 +68,21 @@ class FillMaskResult:
 
 
 @dataclass(frozen=True)
+class ReplacedTarget:
+    """A FillMask target that is not one vocabulary entry: the entry used in its place."""
+
+    index: int  # in FillMaskQuery.targets
+    token_id: int
+    token: str
+
+
+@dataclass(frozen=True)
 class FillMaskAnswer:
     results: tuple[FillMaskResult, ...]
     model: str
     timing: Timing
+    replaced_targets: tuple[ReplacedTarget, ...] = ()
+    ignored_targets: tuple[int, ...] = ()  # indices in FillMaskQuery.targets
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,9 @@ class BertClient:
     ) -> fill_mask_pb2.FillMaskResponse:
         """Predict the masked words of one text (a ``str``) or several; one result per text, in order.
 
-        ``top_k=None`` uses the server default (5); ``targets`` restricts the candidates; an empty
+        ``top_k=None`` uses the server default (5); ``targets`` restricts the candidates (a target
+        that is not one vocabulary entry is scored as its first word piece and listed in the
+        response's ``replaced_targets``, one that tokenizes to nothing in ``ignored_targets``); an empty
         ``model`` selects the default model; ``truncate=True`` (or ``truncation="truncate"``) cuts
         over-long inputs instead of rejecting them.
         """
@@ -291,6 +293,7 @@ class BertClient:
         timeout: float | None = None,
     ) -> tokenize_pb2.TokenizeResponse:
         """The model's tokens (ids, character offsets) of one text (a ``str``) or several, in order.
+        Offsets count code points: ``text[token.start:token.end]``.
 
         ``skip_special_tokens=True`` leaves out [CLS] and [SEP].
         """

@@ -30,16 +30,25 @@ def check_text(text: str, field: str, limits: RequestLimits) -> None:
         raise InvalidInput(f"{field} has {len(text)} characters; at most {limits.max_text_chars} are allowed")
 
 
+# Hints name a policy as the proto does and as the Python client's `truncation=` strings do
+# (bertserve_client.options.TruncationOption), so that every caller finds the spelling it uses.
+# They write the field as `truncation=`, so that a stream's error names it `request.truncation=`.
+TRUNCATE_HINT = 'truncation=TRUNCATION_POLICY_TRUNCATE ("truncate" in the Python client)'
+
+
 def check_length(
     enc: Encoded, field: str, limits: RequestLimits, truncation: Truncation, can_split: bool = False
 ) -> None:
     if enc.length > limits.max_sequence_length:
-        hint = "TRUNCATION_POLICY_TRUNCATE to cut it"
+        hint = 'truncation=TRUNCATION_POLICY_TRUNCATE cuts it; "truncate" in the Python client'
         if can_split:
-            hint = "TRUNCATION_POLICY_TRUNCATE to cut it or TRUNCATION_POLICY_SPLIT to run it in windows"
+            hint = (
+                "truncation=TRUNCATION_POLICY_TRUNCATE cuts it, TRUNCATION_POLICY_SPLIT runs it in "
+                'windows; "truncate" or "split" in the Python client'
+            )
         raise InvalidInput(
             f"{field} is {enc.length} tokens long; the model takes at most {limits.max_sequence_length} "
-            f"(set truncation to {hint})"
+            f"({hint})"
             if truncation is Truncation.REJECT
             else f"{field} is too long"
         )
@@ -48,8 +57,8 @@ def check_length(
 def check_no_split(truncation: Truncation, rpc: str) -> None:
     if truncation is Truncation.SPLIT:
         raise InvalidInput(
-            f"{rpc} cannot split inputs into windows; "
-            "use TRUNCATION_POLICY_REJECT or TRUNCATION_POLICY_TRUNCATE"
+            f"{rpc} cannot split inputs into windows; use truncation=TRUNCATION_POLICY_REJECT or "
+            'TRUNCATION_POLICY_TRUNCATE ("reject" or "truncate" in the Python client)'
         )
 
 
@@ -106,7 +115,7 @@ def encode_with_policy(
     for i, enc in enumerate(encoded):
         if truncation is Truncation.SPLIT:
             parts = split_windows(enc, limits.max_sequence_length)
-            check_windows(len(parts), f"{field}[{i}]", "use TRUNCATION_POLICY_TRUNCATE")
+            check_windows(len(parts), f"{field}[{i}]", f"use {TRUNCATE_HINT}")
         else:
             check_length(enc, f"{field}[{i}]", limits, truncation, can_split=True)
             parts = [enc]

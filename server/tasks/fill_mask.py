@@ -14,6 +14,7 @@ from bertserve.server.domain import (
     FillMaskResult,
     InputStats,
     MaskResult,
+    ReplacedTarget,
     RequestLimits,
     Truncation,
 )
@@ -36,9 +37,20 @@ class MaskHead:
 
 
 @dataclass(frozen=True)
+class Targets:
+    """The request's targets as vocabulary ids (sorted, distinct), and what the caller is told:
+    targets replaced by their first word piece, and the indices of those left out."""
+
+    ids: IntArray
+    replaced: tuple[ReplacedTarget, ...] = ()
+    ignored: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Prepared:
     encoded: tuple[Encoded, ...]
     heads: tuple[MaskHead, ...]
+    targets: Targets | None = None
 
 
 def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Prepared:
@@ -54,9 +66,10 @@ def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimit
             raise InvalidInput(
                 f"texts[{i}] has no mask token; mark the word to predict with {tokenizer.mask_token}"
             )
-    targets = _target_ids(query.targets, tokenizer, limits)
-    if targets is not None:
-        top_k = min(top_k, len(targets))
+    targets = target_ids(query.targets, tokenizer, limits)
+    target_array = None if targets is None else targets.ids
+    if target_array is not None:
+        top_k = min(top_k, len(target_array))
     encoded = tokenizer.encode(query.texts, truncate=query.truncation is Truncation.TRUNCATE)
     heads = []
     for i, enc in enumerate(encoded):
@@ -66,25 +79,36 @@ def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimit
             raise InvalidInput(
                 f"texts[{i}] lost its mask token to truncation; put the mask earlier in the text"
             )
-        heads.append(MaskHead(positions, top_k, targets))
-    return Prepared(tuple(encoded), tuple(heads))
+        heads.append(MaskHead(positions, top_k, target_array))
+    return Prepared(tuple(encoded), tuple(heads), targets)
 
 
-def _target_ids(targets: Sequence[str], tokenizer: TextTokenizer, limits: RequestLimits) -> IntArray | None:
+def target_ids(targets: Sequence[str], tokenizer: TextTokenizer, limits: RequestLimits) -> Targets | None:
+    """The fill-mask pipeline's rule: a target that is a vocabulary entry is used as is; another
+    is replaced by its first word piece (the pipeline logs a warning; bertserve reports it in the
+    response), and one that tokenizes to nothing is left out (also reported). No target left is
+    an error, as in the pipeline."""
     if not targets:
         return None
     if len(targets) > tokenizer.vocab_size:
         raise InvalidInput("more targets than vocabulary entries")
     ids = set()
+    replaced = []
+    ignored = []
     for i, word in enumerate(targets):
         if len(word) > limits.max_text_chars:
             raise InvalidInput(f"targets[{i}] is too long")
-        token_id = tokenizer.token_id(word)
-        if token_id is not None:
-            ids.add(token_id)
+        exact: int | None = tokenizer.backend.token_to_id(word)
+        token_id = exact if exact is not None else tokenizer.token_id(word)
+        if token_id is None:
+            ignored.append(i)
+            continue
+        ids.add(token_id)
+        if exact is None:
+            replaced.append(ReplacedTarget(i, token_id, tokenizer.id_to_token(token_id) or ""))
     if not ids:
-        raise InvalidInput("none of the targets is in the model's vocabulary")
-    return np.array(sorted(ids), dtype=np.int64)
+        raise InvalidInput("none of the targets is in the model's vocabulary: each one tokenizes to nothing")
+    return Targets(np.array(sorted(ids), dtype=np.int64), tuple(replaced), tuple(ignored))
 
 
 class FillMaskKernel:

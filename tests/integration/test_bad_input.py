@@ -113,3 +113,23 @@ def test_unknown_model_info_is_not_found(stub: Any) -> None:
 def test_server_still_serves_after_bad_input(stub: Any) -> None:
     response = stub.FillMask(_fill(texts=["A [MASK]."]), timeout=30)
     assert len(response.results[0].masks[0].candidates) == 5
+
+
+def test_too_long_text_names_the_policy_as_the_proto_and_the_python_client_spell_it(stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.FillMask(_fill(texts=[LONG]), timeout=30)
+    details = info.value.details()
+    assert 'truncation=TRUNCATION_POLICY_TRUNCATE cuts it; "truncate" in the Python client' in details
+    assert "secretword" not in details
+
+
+def test_stream_errors_name_the_field_from_the_stream_message(stub: Any) -> None:
+    requests = [
+        fill_mask_pb2.FillMaskStreamRequest(request_id="1", request=_fill(texts=["A [MASK].", ""])),
+        fill_mask_pb2.FillMaskStreamRequest(request_id="secretword-id", request=_fill(texts=[LONG])),
+    ]
+    replies = {r.request_id: r for r in stub.FillMaskStream(iter(requests), timeout=30)}
+    assert replies["1"].error.message == "request.texts[1] is empty"
+    long = replies["secretword-id"].error.message
+    assert long.startswith("request.texts[0] is ") and "request.truncation=TRUNCATION_POLICY_TRUNCATE" in long
+    assert "secretword" not in long

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ CASES = [
     (["He walked to the [MASK] quickly.", "[MASK] (1999) was a wonderful film — naïve, but happier."], 3, ()),
     (["She went to the [MASK] yesterday."], 5, ("school", "house", "river", "Paris", "unknownword")),
     (["I [MASK] the [MASK]."], 2, ("the", "book", "music")),
+    (["She went to the [MASK] yesterday."], 5, ("school", "zzzzqqq", "", "house")),
 ]
 
 
@@ -91,3 +93,47 @@ def test_truncation_on_request_cuts_long_text_and_reports_it(stub: Any) -> None:
     assert result.input.truncated
     assert result.input.num_tokens == 128
     assert len(result.masks) == 1
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_targets_the_pipeline_warns_about_are_reported_in_the_response(stub: Any, pipe: Any) -> None:
+    """The pipeline answers a target outside the vocabulary with its first word piece and logs a
+    warning ("Replacing with `z`"), and leaves out one that tokenizes to nothing; bertserve gives
+    the same scores and lists both in the response."""
+    targets = ["school", "zzzzqqq", "", "house", "Paris", "unknownword"]
+    text = "She went to the [MASK] yesterday."
+    response = stub.FillMask(
+        fill_mask_pb2.FillMaskRequest(texts=[text], targets=targets, top_k=10), timeout=30
+    )
+    caught = _Warnings()
+    logger = logging.getLogger("transformers.pipelines.fill_mask")
+    level = logger.level
+    logger.addHandler(caught)
+    logger.setLevel(logging.WARNING)  # whatever the library's verbosity
+    try:
+        expected = pipe(text, targets=targets, top_k=10)
+    finally:
+        logger.removeHandler(caught)
+        logger.setLevel(level)
+    got = response.results[0].masks[0].candidates
+    assert [c.token_id for c in got] == [w["token"] for w in expected]
+    assert [c.score for c in got] == pytest.approx([w["score"] for w in expected], abs=1e-5)
+    replaced = [m for m in caught.messages if "Replacing with" in m]
+    ignored = [m for m in caught.messages if "ignoring it" in m]
+    assert [targets[t.index] for t in response.replaced_targets] == [
+        t for t in targets if any(f"`{t}` does not exist" in m for m in replaced)
+    ]
+    assert all(
+        f"Replacing with `{t.token}`" in message
+        for t, message in zip(response.replaced_targets, replaced, strict=True)
+    )
+    assert len(response.replaced_targets) == len(replaced) >= 2  # "zzzzqqq" and "unknownword" at least
+    assert list(response.ignored_targets) == [2] and len(ignored) == 1
