@@ -17,7 +17,7 @@ from typing import Any
 
 
 def _servers() -> dict[int, dict[str, Any]]:
-    from grpc._cython import cygrpc
+    from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
     found: dict[int, dict[str, Any]] = {}
     start = 0

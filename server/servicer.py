@@ -334,7 +334,9 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
                     response = await call(sreq.request, _deadline(context))
                     reply = response_type(request_id=sreq.request_id, response=response)
                 except ServingError as exc:
-                    reply = response_type(request_id=sreq.request_id, error=_error_proto(exc))
+                    # Field paths start at the stream message: "request.texts[0]".
+                    error = _error_proto(convert.in_stream(exc, sreq.request))
+                    reply = response_type(request_id=sreq.request_id, error=error)
                 except asyncio.CancelledError:
                     self._observe(rpc, current_model(), _cancelled_code(context), start)
                     raise

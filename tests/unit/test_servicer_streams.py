@@ -73,6 +73,8 @@ def test_stream_answers_each_id_once_with_errors_only_for_bad_requests() -> None
         by_id = {r.request_id: r for r in responses}
         assert len(responses) == len(by_id) == len(texts)
         assert by_id["r10"].error.code_name == "INVALID_ARGUMENT"
+        # The field path starts at the stream message; no request id, no text.
+        assert by_id["r10"].error.message == "request.texts[0] has no mask token"
         assert by_id["r11"].error.code_name == "INTERNAL"
         assert "/etc" not in by_id["r11"].error.message and "Traceback" not in by_id["r11"].error.message
         assert all(r.HasField("response") for k, r in by_id.items() if k not in ("r10", "r11"))

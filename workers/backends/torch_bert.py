@@ -59,8 +59,8 @@ class TorchBertBackend:
             )
         # A replica's console output is no one's to read (it goes to Ray's log files): no
         # progress bars, and transformers' own messages only when they are errors.
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         if spec.device == "cpu":
             torch.set_num_threads(max(1, spec.threads))
         if spec.device == "cuda" and not torch.cuda.is_available():
