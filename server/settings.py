@@ -2,7 +2,8 @@
 
 Each field is a CLI flag of `bertserve serve` (`--max-batch-size`) and an environment
 variable (`BERTSERVE_MAX_BATCH_SIZE`); a flag wins over the variable, the variable over the
-default. Units are in the field names or their help.
+configuration file's `server` section, and that over the default. Units are in the field names
+or their help; each field's `group` (GROUPS) places its flag in `bertserve serve --help`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -18,11 +20,52 @@ ENV_PREFIX = "BERTSERVE_"
 DEFAULT_MODEL = "bert-base-cased"
 
 
-def _f(default: Any, help: str, choices: Sequence[str] | None = None, *, secret: bool = False) -> Any:
-    """A documented field. A `secret` one has no CLI flag (argv is visible to every local user),
-    only its environment variable and the configuration file, and stays out of the repr."""
+# The groups of `bertserve serve --help`, in order: name -> (title, description). Every field
+# names one (`_f(..., group=...)`); tests/unit/test_settings.py fails on a field without one.
+GROUPS: dict[str, tuple[str, str | None]] = {
+    "server": ("server", "where it listens, the configuration file, shutdown, the admin service"),
+    "model": ("model", "the checkpoint to serve; several models: --config"),
+    "replicas": (
+        "replicas",
+        "Ray actors that each hold one copy of the model (docs/configuration.md#replicas)",
+    ),
+    "autoscaling": (
+        "autoscaling",
+        "per model; off unless --max-replicas is above 0 (README, Scaling out)",
+    ),
+    "batching": ("batching", "how requests are grouped into batches (docs/configuration.md#batching)"),
+    "limits": (
+        "limits",
+        "past a limit a call fails at once: RESOURCE_EXHAUSTED for the queue and admission limits "
+        "and a message too large, INVALID_ARGUMENT for the request limits; all per model but "
+        "--max-receive-message-length",
+    ),
+    "security": (
+        "security",
+        "TLS and the bearer token (README, Secure deployment); the token itself is set by "
+        "BERTSERVE_AUTH_TOKEN or the configuration file, never a flag",
+    ),
+    "observability": ("observability", "logs and metrics"),
+    "ray": ("Ray", None),
+    "testing": ("testing", "the fake backend: synthetic outputs, no torch in the replicas"),
+}
+
+
+def _f(
+    default: Any,
+    help: str,
+    choices: Sequence[str] | None = None,
+    *,
+    group: str = "",
+    secret: bool = False,
+) -> Any:
+    """A documented field, shown in the `group` of GROUPS. A `secret` one has no CLI flag (argv is
+    visible to every local user), only its environment variable and the configuration file, and
+    stays out of the repr."""
     return field(
-        default=default, repr=not secret, metadata={"help": help, "choices": choices, "secret": secret}
+        default=default,
+        repr=not secret,
+        metadata={"help": help, "choices": choices, "secret": secret, "group": group},
     )
 
 
@@ -30,182 +73,243 @@ def _f(default: Any, help: str, choices: Sequence[str] | None = None, *, secret:
 class Settings:
     config: str = _f(
         "",
-        "YAML or TOML file with server settings and the list of models to serve (docs/configuration.md)",
+        "YAML or TOML file: server settings and the models to serve (docs/configuration.md)",
+        group="server",
     )
     # Model
-    model: str = _f(DEFAULT_MODEL, "Hub id (e.g. bert-base-cased) or local checkpoint directory")
-    model_name: str = _f("", "name clients use to select the model (default: last part of --model)")
-    revision: str = _f("", "Hub revision: branch, tag or commit (default: main)")
-    demo: bool = _f(
-        False, "serve a tiny random-weight BERT built locally (no network; predictions meaningless)"
+    model: str = _f(
+        DEFAULT_MODEL, "Hub id (e.g. bert-base-cased) or local checkpoint directory", group="model"
     )
-    demo_dir: str = _f("~/.cache/bertserve/demo", "where the --demo checkpoint is built and cached")
+    model_name: str = _f(
+        "", "name clients use to select the model (empty: the last part of --model)", group="model"
+    )
+    revision: str = _f("", "Hub revision: branch, tag or commit (empty: main)", group="model")
+    demo: bool = _f(
+        False,
+        "serve tiny random-weight models, built locally, that cover every task (no network; predictions "
+        "meaningless)",
+        group="model",
+    )
+    demo_dir: str = _f(
+        "~/.cache/bertserve/demo", "where the --demo models are built and cached", group="model"
+    )
     # Replicas
-    replicas: int = _f(1, "model replicas (Ray actors)")
+    replicas: int = _f(1, "model replicas (Ray actors) to start", group="replicas")
     device: str = _f(
         "auto",
         "replica device: auto (cuda if the Ray cluster has GPUs), cpu or cuda",
         ("auto", "cpu", "cuda"),
+        group="replicas",
     )
-    gpus_per_replica: float = _f(1.0, "GPUs each replica asks Ray for (fractions share a GPU)")
-    threads_per_replica: int = _f(0, "torch threads per CPU replica (0: CPUs / replicas)")
+    gpus_per_replica: float = _f(
+        1.0, "GPUs each replica asks Ray for (fractions share a GPU)", group="replicas"
+    )
+    threads_per_replica: int = _f(
+        0,
+        "torch threads, and Ray CPUs, of each CPU replica (0: the CPUs divided among the replicas "
+        "started with, which leaves none for `bertserve scale` to add)",
+        group="replicas",
+    )
     pin_replica_cpus: bool = _f(
         True,
-        "each CPU replica claims threads_per_replica cores of its node for itself and pins its "
-        "threads to them (per-CPU lock files, released when the replica exits); one that finds too "
-        "few free cores runs unpinned",
+        "pin each CPU replica's threads to cores of its own (docs/configuration.md#replicas)",
+        group="replicas",
     )
     dtype: str = _f(
         "auto",
-        "weights and compute dtype: auto (bfloat16 on GPU; on CPU bfloat16 when the CPU has bf16 "
-        "instructions, a probe batch agrees with float32 and runs at least 1.1x faster, else "
-        "float32; GetModelInfo's replicas say what was measured), float32, bfloat16 or float16",
+        "weights and compute dtype: auto (bfloat16 on GPU; on CPU bfloat16 where a probe finds it "
+        "accurate and faster, else float32), float32, bfloat16 or float16",
         ("auto", "float32", "bfloat16", "float16"),
+        group="replicas",
     )
     compile: bool = _f(
         False,
-        "torch.compile each replica's encoder (off by default): can cut compute per batch, but the "
-        "replica's warm-up compiles it first (about 1-2 minutes for bert-base on CPU, seconds for tiny "
-        "models); shapes are dynamic, and an input shape the graph does not cover compiles again "
-        "on its first batch",
+        "torch.compile each replica's encoder; warm-up takes about 1-2 minutes longer for bert-base "
+        "on CPU (docs/configuration.md#replicas)",
+        group="replicas",
     )
     cpu_linear: str = _f(
         "auto",
-        "float32 linear layers of CPU replicas: auto (oneDNN kernels on weights packed at load when "
-        "a probe batch agrees with torch's and runs at least 1.05x faster; models with hidden size "
-        "256 or more; GetModelInfo's replicas say what was measured), onednn (always) or torch "
-        "(torch's own kernels)",
+        "float32 linear layers of CPU replicas: auto (oneDNN kernels where a probe finds them "
+        "faster and in agreement), onednn or torch (docs/configuration.md#replicas)",
         ("auto", "onednn", "torch"),
+        group="replicas",
     )
-    max_restarts: int = _f(3, "times Ray restarts a crashed replica (-1: forever)")
+    max_restarts: int = _f(3, "times Ray restarts a crashed replica (-1: forever)", group="replicas")
     direct_channel: bool = _f(
         True,
-        "replicas on the front end's node take batches over a Unix socket instead of a Ray actor "
-        "call (about 2 ms less per batch); Ray still places, watches and restarts them",
+        "replicas on the front end's node take batches over a Unix socket, not a Ray actor call "
+        "(about 2 ms less per batch)",
+        group="replicas",
     )
     replica_pending_after_s: float = _f(
         5.0,
-        "seconds a replica added at run time may wait to be placed before it is reported PENDING "
-        "(the Ray cluster lacks its CPUs/GPUs; it starts by itself when they appear)",
+        "seconds a replica added at run time may wait for Ray to place it before it is reported "
+        "PENDING (it starts by itself once the cluster has its CPUs/GPUs)",
+        group="replicas",
     )
     # Autoscaling (per model; off unless max_replicas > 0; README "Scaling out")
-    min_replicas: int = _f(0, "autoscaling: fewest replicas (0 with max_replicas 0: autoscaling off)")
-    max_replicas: int = _f(0, "autoscaling: most replicas (0: autoscaling off)")
+    min_replicas: int = _f(
+        0, "fewest replicas (0 with --max-replicas 0: autoscaling off)", group="autoscaling"
+    )
+    max_replicas: int = _f(0, "most replicas (0: autoscaling off)", group="autoscaling")
     autoscale_target_queued_tokens: int = _f(
-        4096, "autoscaling: queued tokens per ready replica above which the model scales up"
+        4096, "queued tokens per ready replica above which the model scales up", group="autoscaling"
     )
     autoscale_up_window_s: float = _f(
-        2.0, "autoscaling: seconds the queue must stay above the target before scaling up"
+        2.0, "seconds the queue must stay above the target before scaling up", group="autoscaling"
     )
     autoscale_down_idle_s: float = _f(
-        60.0, "autoscaling: seconds a model must stay idle (empty queues, a replica free) before scaling down"
+        60.0,
+        "seconds a model must stay idle (empty queues, a replica free) before it loses a replica",
+        group="autoscaling",
     )
-    autoscale_up_cooldown_s: float = _f(5.0, "autoscaling: seconds after any scaling before scaling up again")
+    autoscale_up_cooldown_s: float = _f(
+        5.0, "seconds after any scaling before scaling up again", group="autoscaling"
+    )
     autoscale_down_cooldown_s: float = _f(
-        30.0, "autoscaling: seconds after any scaling before scaling down again"
+        30.0, "seconds after any scaling before scaling down again", group="autoscaling"
     )
     backend: str = _f(
-        "torch", "replica backend: torch, or fake (synthetic outputs, for tests)", ("torch", "fake")
+        "torch",
+        "replica backend: torch, or fake (synthetic outputs, for tests)",
+        ("torch", "fake"),
+        group="testing",
     )
-    fake_delay_ms: float = _f(0.0, "fake backend: compute time per batch, in milliseconds")
+    fake_delay_ms: float = _f(0.0, "fake backend: compute time per batch, in milliseconds", group="testing")
     fake_load_ms: float = _f(
-        0.0, "fake backend: load time of every replica but a model's first, in milliseconds (start-up tests)"
+        0.0,
+        "fake backend: load time of every replica but a model's first, in milliseconds (start-up tests)",
+        group="testing",
     )
     # Batching
-    max_batch_size: int = _f(32, "most sequences in one batch")
-    max_batch_tokens: int = _f(16384, "most padded tokens (batch size x longest sequence) in one batch")
+    max_batch_size: int = _f(32, "most sequences in one batch", group="batching")
+    max_batch_tokens: int = _f(
+        16384, "most padded tokens (batch size x longest sequence) in one batch", group="batching"
+    )
     max_wait_ms: float = _f(
         2.0,
-        "while replicas are busy, a batch is sent once its oldest request has waited this long, ms "
-        "(with fill_queued_batches, possibly later: not before the replica could start it)",
+        "while replicas are busy, milliseconds the oldest request waits for its batch to fill "
+        "(docs/configuration.md#batching)",
+        group="batching",
     )
-    batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)")
+    batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)", group="batching")
     fill_queued_batches: bool = _f(
         True,
-        "the batch queued behind a busy replica's running batch keeps filling until shortly before "
-        "that batch is expected to end (a line fitted to recent batches' time against padded "
-        "tokens), so requests arriving meanwhile join it; off: it is sent once max_wait_ms has passed",
+        "the batch queued behind a busy replica keeps filling until that replica is due to be free "
+        "(off: it leaves after --max-wait-ms)",
+        group="batching",
     )
     share_batches: bool = _f(
         True,
-        "split the waiting inputs between replicas that can start them about as soon (an idle "
-        "one, or one whose running batch ends before half the whole batch would have run), "
-        "instead of one replica taking them all while another idles or runs single inputs",
+        "split waiting inputs between the replicas that can start them about as soon, rather than "
+        "give them all to one",
+        group="batching",
     )
     replica_choice: str = _f(
         "warm",
-        "router: which of several equally loaded replicas takes the next batch: warm (of idle ones, "
-        "the one that finished a batch last, so a lone client stays on one warm replica; of busy ones, "
-        "the one whose batch started first) or spread (the one with the fewest batches)",
+        "which of equally loaded replicas takes the next batch: warm (of idle ones, the one that "
+        "finished last) or spread (the one with the fewest batches)",
         ("warm", "spread"),
+        group="batching",
     )
     min_padding_efficiency: float = _f(
         0.9,
-        "batcher: real tokens / padded tokens a batch must keep, 0..1 (keeps short inputs out of long "
-        "batches: on CPU a batch costs about its padded tokens; lower it on GPUs, where padding is "
-        "cheaper)",
+        "real tokens / padded tokens a batch must keep, 0..1 (lower it on GPUs, where padding costs less)",
+        group="batching",
     )
-    max_queued_requests: int = _f(4096, "queued inputs per model; more get RESOURCE_EXHAUSTED")
+    max_queued_requests: int = _f(
+        4096, "queued inputs per model; more get RESOURCE_EXHAUSTED", group="limits"
+    )
     # Admission (per model; server/scheduling/admission.py)
     max_inflight_requests: int = _f(
         1024,
-        "admission: requests (unary calls and stream requests) admitted to a model and not yet answered; "
-        "more get RESOURCE_EXHAUSTED at once (0: unlimited)",
+        "requests (unary calls and stream requests) admitted to a model and not yet answered; more "
+        "get RESOURCE_EXHAUSTED (0: unlimited)",
+        group="limits",
     )
     max_queued_tokens: int = _f(
         262_144,
-        "admission: tokens of inputs waiting in a model's batcher queues; a request that would pass it "
-        "gets RESOURCE_EXHAUSTED at once unless the queues are empty (0: unlimited)",
+        "tokens waiting in a model's queues; a request that would pass it gets RESOURCE_EXHAUSTED "
+        "unless the queues are empty (0: unlimited)",
+        group="limits",
     )
     # Request limits
-    max_inputs_per_request: int = _f(64, "most texts or pairs in one request")
-    max_text_chars: int = _f(100_000, "most characters in one text")
-    max_top_k: int = _f(100, "largest FillMask top_k")
+    max_inputs_per_request: int = _f(64, "most texts, pairs or questions in one request", group="limits")
+    max_text_chars: int = _f(100_000, "most characters in one text", group="limits")
+    max_top_k: int = _f(100, "largest FillMask and AnswerQuestion top_k", group="limits")
     # Network
-    host: str = _f("127.0.0.1", "address to bind; use 0.0.0.0 to listen on every interface")
-    port: int = _f(50051, "gRPC port (0: pick a free one)")
-    port_file: str = _f("", "write the bound port to this file once it accepts calls (for scripts and tests)")
+    host: str = _f("127.0.0.1", "address to bind (0.0.0.0: every interface)", group="server")
+    port: int = _f(50051, "gRPC port (0: pick a free one)", group="server")
+    port_file: str = _f(
+        "", "write the bound port to this file once it accepts calls (for scripts and tests)", group="server"
+    )
     keep_warm_ms: float = _f(
         0.0,
-        "while a lone request waits on a replica, call the server's own health service every this "
-        "many ms so the reply path is warm when the replica answers (e.g. 3; 0: off; plaintext "
-        "ports only; docs/benchmarks.md)",
+        "while a lone request waits on a replica, ping the server's own health service every this "
+        "many milliseconds to keep the reply path warm (0: off; plaintext ports only)",
+        group="server",
     )
-    grace_period_s: float = _f(10.0, "on SIGTERM/SIGINT, seconds in-flight requests get to finish")
+    grace_period_s: float = _f(
+        10.0, "on SIGTERM/SIGINT, seconds in-flight calls get to finish", group="server"
+    )
     max_receive_message_length: int = _f(
-        16 * 1024 * 1024, "largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED"
+        16 * 1024 * 1024,
+        "largest request message, in bytes; larger ones get RESOURCE_EXHAUSTED",
+        group="limits",
     )
     # Security (README "Secure deployment")
     tls_cert_file: str = _f(
-        "", "PEM certificate (chain) of the server; with --tls-key-file the port serves TLS only"
+        "",
+        "PEM certificate (chain) of the server; with --tls-key-file the port serves TLS only",
+        group="security",
     )
-    tls_key_file: str = _f("", "PEM private key of --tls-cert-file (unencrypted)")
+    tls_key_file: str = _f("", "PEM private key of --tls-cert-file (unencrypted)", group="security")
     tls_client_ca_file: str = _f(
-        "", "PEM CA certificates; when set, clients must present a certificate they signed (mutual TLS)"
+        "",
+        "PEM CA certificates; when set, clients must present a certificate they signed (mutual TLS)",
+        group="security",
     )
     auth_token_file: str = _f(
         "",
-        "file holding the bearer token every call must send as metadata 'authorization: Bearer "
-        "<token>' (health and reflection stay open); or set the token in BERTSERVE_AUTH_TOKEN",
+        "file holding the bearer token every call must send ('authorization: Bearer <token>'); "
+        "health and reflection stay open",
+        group="security",
     )
     auth_token: str = _f(
-        "", "the bearer token itself: environment or configuration file only, never a flag", secret=True
+        "",
+        "the bearer token itself: environment or configuration file only, never a flag",
+        group="security",
+        secret=True,
     )
     metrics_port: int = _f(
-        0, "Prometheus metrics HTTP port, GET /metrics on --host (0: off; docs/metrics.md)"
+        0,
+        "Prometheus metrics HTTP port: GET /metrics on --host (0: off; docs/metrics.md)",
+        group="observability",
     )
     admin_enabled: bool = _f(
         False,
-        "serve bertserve.v1.AdminService (ScaleModel, `bertserve scale`); it requires the bearer token "
-        "when one is set, so set one wherever clients are not all trusted",
+        "serve AdminService (ScaleModel: `bertserve scale`); it requires the bearer token when one is set",
+        group="server",
     )
     # Ray
-    ray_address: str = _f("", "Ray cluster to join (e.g. ray-head:6379); empty starts a local one")
-    ray_num_cpus: int = _f(0, "CPUs for a local Ray instance (0: all)")
-    startup_timeout_s: float = _f(600.0, "seconds to wait for every model's first replica to warm up")
+    ray_address: str = _f(
+        "", "Ray cluster to join (e.g. ray-head:6379; empty: start a local one)", group="ray"
+    )
+    ray_num_cpus: int = _f(0, "CPUs of the local Ray instance (0: every CPU of this machine)", group="ray")
+    startup_timeout_s: float = _f(
+        600.0, "seconds to wait for every model's first replica to warm up", group="replicas"
+    )
     # Logs
-    log_level: str = _f("info", "log level", ("debug", "info", "warning", "error"))
-    log_format: str = _f("json", "log format", ("json", "console"))
+    log_level: str = _f(
+        "info", "least severe level logged", ("debug", "info", "warning", "error"), group="observability"
+    )
+    log_format: str = _f(
+        "json",
+        "json (one object per line on stderr) or console (for people)",
+        ("json", "console"),
+        group="observability",
+    )
 
     @property
     def served_name(self) -> str:
@@ -288,14 +392,55 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+# Metavars of `--help` for string fields that are not paths (`*_file`, `*_dir`, `config`).
+_METAVARS = {"model": "ID_OR_PATH", "model_name": "NAME", "revision": "REV", "host": "HOST"}
+
+
+def _metavar(name: str, kind: str) -> str:
+    """What `--help` shows for a flag's value: its unit where the name has one."""
+    if name.endswith("_ms"):
+        return "MS"
+    if name.endswith("_s"):
+        return "SECONDS"
+    if kind in ("int", "float"):
+        return "N"
+    if name.endswith(("_file", "_dir")) or name == "config":
+        return "PATH"
+    return _METAVARS.get(name, "HOST:PORT" if name.endswith("_address") else "TEXT")
+
+
+def _shown_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value == "":
+        return "empty"
+    return str(value)
+
+
+def _help(f: dataclasses.Field[Any]) -> str:
+    """The field's help with its default: "... (0: off; default: 0)"."""
+    text, default = f.metadata["help"], _shown_default(f.default)
+    return f"{text[:-1]}; default: {default})" if text.endswith(")") else f"{text} (default: {default})"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per Settings field; defaults stay None so the environment can fill them."""
+    """Add one flag per Settings field, in the argument group its `group` names (GROUPS order); a
+    field without a known group goes to "other". Defaults stay None so the environment and the
+    configuration file can fill them; the help shows the real default."""
+    groups = {
+        name: parser.add_argument_group(title, description and textwrap.fill(description, 76))
+        for name, (title, description) in GROUPS.items()
+    }
     for f in fields(Settings):
         if f.metadata["secret"]:
             continue
-        help_text = f"{f.metadata['help']} [env {_env(f.name)}; default {f.default!r}]"
+        name = f.metadata["group"] if f.metadata["group"] in GROUPS else ""
+        if name not in groups:
+            groups[name] = parser.add_argument_group("other")
+        group = groups[name]
+        help_text = _help(f)
         if f.type == "bool":
-            parser.add_argument(
+            group.add_argument(
                 f"--{_flag(f.name)}",
                 dest=f.name,
                 # --flag / --no-flag (a flag whose default is on can be turned off)
@@ -305,12 +450,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             caster = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(
+            group.add_argument(
                 f"--{_flag(f.name)}",
                 dest=f.name,
                 type=caster,
                 default=None,
                 choices=f.metadata["choices"],
+                metavar=None if f.metadata["choices"] else _metavar(f.name, str(f.type)),
                 help=help_text,
             )
 

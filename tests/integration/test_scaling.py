@@ -1,6 +1,7 @@
 """Scaling at run time: `bertserve scale` and AdminService.ScaleModel grow and shrink a model
-under continuous load without a failed request; replicas Ray cannot place are PENDING; an
-autoscaled model follows a burst up and idleness down. Fake backend: no torch in replicas."""
+under continuous load without a failed request; replicas Ray cannot place are PENDING, and
+`bertserve scale` then exits 1 with a hint; an autoscaled model follows a burst up and idleness
+down. Fake backend: no torch in replicas."""
 
 from __future__ import annotations
 
@@ -188,7 +189,7 @@ def test_admin_service_is_unimplemented_by_default(tiny_checkpoint: Path) -> Non
         stop(running)
 
 
-def test_unplaceable_replica_is_pending_and_token_protects_admin(
+def test_scale_past_the_cpus_exits_1_with_a_hint_and_the_replica_stays_pending(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
@@ -214,9 +215,19 @@ def test_unplaceable_replica_is_pending_and_token_protects_admin(
             )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-        done = scale_cli(running, 3, "--token-file", str(token_file))
+        # Two CPUs, one per replica: 2 fit, a third cannot be placed.
+        done = scale_cli(running, 2, "--token-file", str(token_file))
         assert done.returncode == 0, done.stderr
-        assert "of 3 replicas" in done.stdout and "PENDING" in done.stdout
+        assert f"{MODEL}: 2 ready of 2 replicas" in done.stdout and done.stderr == ""
+
+        done = scale_cli(running, 3, "--token-file", str(token_file))
+        assert done.returncode == 1, done.stdout
+        assert f"{MODEL}: 2 ready of 3 replicas" in done.stdout and "PENDING" in done.stdout
+        problem, hint = done.stderr.strip().splitlines()
+        assert problem == (
+            f"bertserve scale: {MODEL}: 1 of 3 replicas is PENDING: the Ray cluster has no free CPUs for it"
+        )
+        assert hint.startswith("hint: ") and "--threads-per-replica 1" in hint and "--ray-num-cpus" in hint
         with BertClient(running.address, timeout=30, token=TOKEN) as client:
             wait_until(
                 lambda: states(client.model_info(MODEL)) == [READY, READY, PENDING], 60, "2 ready, 1 pending"

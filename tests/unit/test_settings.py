@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from bertserve.server.cli import build_parser
-from bertserve.server.settings import Settings, from_sources
+from bertserve.server.settings import GROUPS, Settings, from_sources
 
 
 def _parse(*argv: str) -> dict[str, object]:
@@ -48,7 +48,30 @@ def test_every_settings_field_has_a_flag_and_documented_help() -> None:
             assert name not in dests, name
             continue
         assert name in dests, name
-        assert f"BERTSERVE_{name.upper()}" in (dests[name].help or "")
+        assert f.metadata["help"].rstrip(")") in (dests[name].help or ""), name
+        assert "default: " in (dests[name].help or ""), name
+
+
+def test_every_settings_field_names_a_help_group() -> None:
+    """`bertserve serve --help` groups the flags by the field's `group`; a new field needs one."""
+    missing = [
+        name for name, f in Settings.__dataclass_fields__.items() if f.metadata.get("group") not in GROUPS
+    ]
+    assert missing == [], f"fields without a group of settings.GROUPS (add group= to their _f): {missing}"
+
+
+def test_every_field_is_read_from_its_environment_variable() -> None:
+    """The rule `serve --help` states once: --max-batch-size is BERTSERVE_MAX_BATCH_SIZE."""
+    for name, f in Settings.__dataclass_fields__.items():
+        if f.metadata["choices"] or name in ("config", "auth_token_file", "auth_token"):
+            continue
+        default, kind = f.default, str(f.type)
+        value = str(not default) if kind == "bool" else str(default + 7) if kind in ("int", "float") else "x"
+        try:
+            s = from_sources({}, env={f"BERTSERVE_{name.upper()}": value})
+        except ValueError:
+            continue  # a value validate() rejects alone (e.g. min_replicas without max_replicas)
+        assert getattr(s, name) != default, name
 
 
 @pytest.mark.parametrize(
