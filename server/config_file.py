@@ -24,6 +24,8 @@ documents every key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,9 @@ MODEL_FIELDS = (
 MODEL_ALIASES = {"name": "model_name", "checkpoint": "model"}
 MODEL_LISTS = ("tasks", "default_for")
 TASK_VALUES = tuple(t.value for t in Task)
+# Where an unknown-key error sends the reader for the full list.
+SERVER_KEYS_DOC = "docs/configuration.md#server-keys"
+MODEL_KEYS_DOC = "docs/configuration.md#model-keys"
 
 
 class ConfigError(ValueError):
@@ -121,7 +126,10 @@ def load(path: str | Path) -> ConfigFile:
         raise ConfigError(f"{p.name}: the top level must be a mapping with `server` and `models`")
     unknown = set(data) - {"server", "models"}
     if unknown:
-        raise ConfigError(f"{p.name}: unknown top-level keys {sorted(unknown)}; expected server, models")
+        raise ConfigError(
+            f"{p.name}: {unknown_keys(unknown, ('server', 'models'), 'top-level key')}; "
+            "the top level takes `server` and `models`"
+        )
     server = data.get("server") or {}
     models = data.get("models") or []
     if not isinstance(server, dict):
@@ -129,10 +137,45 @@ def load(path: str | Path) -> ConfigFile:
     if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
         raise ConfigError(f"{p.name}: `models` must be a list of mappings")
     known = {f.name for f in fields(Settings)} - {"config"}
-    bad = sorted(set(server) - known)
+    bad = set(server) - known
     if bad:
-        raise ConfigError(f"{p.name}: unknown server settings {bad}")
+        model_only = sorted(bad & {*MODEL_ALIASES, *MODEL_LISTS})
+        if model_only:
+            key = model_only[0]
+            instead = f" (the server setting is {MODEL_ALIASES[key]!r})" if key in MODEL_ALIASES else ""
+            raise ConfigError(
+                f"{p.name}: {key!r} is a key of a model entry: put it in an entry of `models`{instead}"
+            )
+        raise ConfigError(
+            f"{p.name}: {unknown_keys(bad, known, 'server key')}; the keys are listed in {SERVER_KEYS_DOC}"
+        )
     return ConfigFile(dict(server), tuple(dict(m) for m in models))
+
+
+def unknown_keys(keys: Iterable[str], known: Iterable[str], kind: str = "key") -> str:
+    """Each key with its closest match among `known` (difflib), for a one-line error:
+    `unknown key 'replica' (did you mean 'replicas'?)`."""
+    choices = sorted(known)
+    parts = []
+    for key in sorted(keys, key=str):
+        close = difflib.get_close_matches(str(key), choices, n=1)
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return f"unknown {kind}{'' if len(parts) == 1 else 's'} {', '.join(parts)}"
+
+
+def _check_model_keys(raw: dict[str, Any], where: str) -> None:
+    """A model entry takes MODEL_FIELDS, their aliases and MODEL_LISTS; a server-wide setting in it
+    is named as such, any other key with its close matches."""
+    model_keys = ({*MODEL_FIELDS, *MODEL_ALIASES} - set(MODEL_ALIASES.values())) | set(MODEL_LISTS)
+    bad = {k for k in raw if MODEL_ALIASES.get(k, k) not in MODEL_FIELDS and k not in MODEL_LISTS}
+    if not bad:
+        return
+    server_wide = sorted(bad & {f.name for f in fields(Settings)})
+    if server_wide:
+        raise ConfigError(
+            f"{where}: {server_wide[0]!r} is a server setting, not a model key: put it under `server`"
+        )
+    raise ConfigError(f"{where}: {unknown_keys(bad, model_keys)}; the keys are listed in {MODEL_KEYS_DOC}")
 
 
 def coerce(name: str, value: Any, where: str) -> Any:
@@ -172,16 +215,12 @@ def model_entries(settings: Settings) -> list[ModelEntry]:
     entries = []
     for i, raw in enumerate(config.models):
         where = f"models[{i}]"
+        _check_model_keys(raw, where)
         overrides: dict[str, Any] = {}
         for key, value in raw.items():
             if key in MODEL_LISTS:
                 continue
             name = MODEL_ALIASES.get(key, key)
-            if name not in MODEL_FIELDS:
-                allowed = ", ".join(
-                    sorted({*MODEL_FIELDS, *MODEL_ALIASES, *MODEL_LISTS} - set(MODEL_ALIASES.values()))
-                )
-                raise ConfigError(f"{where}: unknown key {key!r}; a model entry takes {allowed}")
             overrides[name] = coerce(name, value, where)
         if "model" not in overrides:
             raise ConfigError(f"{where}: `checkpoint` (a Hub id or a local directory) is required")

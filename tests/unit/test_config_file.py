@@ -3,6 +3,7 @@ and the head check that runs before any replica starts."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,19 @@ def test_without_models_the_flags_describe_the_one_model(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("models:\n  - name: a\n    checkpoint: x\n    replica: 2\n", "models[0]: unknown key 'replica'"),
+        (
+            "models:\n  - name: a\n    checkpoint: x\n    replica: 2\n",
+            "models[0]: unknown key 'replica' (did you mean 'replicas'?); the keys are listed in "
+            "docs/configuration.md#model-keys",
+        ),
+        (
+            "models:\n  - {name: a, checkpoint: x, zzz: 1}\n",
+            "models[0]: unknown key 'zzz'; the keys are listed",
+        ),
+        (
+            "models:\n  - {name: a, checkpoint: x, port: 1}\n",
+            "models[0]: 'port' is a server setting, not a model key: put it under `server`",
+        ),
         ("models:\n  - name: a\n", "models[0]: `checkpoint`"),
         ("models:\n  - {name: a, checkpoint: x, replicas: two}\n", "models[0]: replicas must be a int"),
         ("models:\n  - {name: a, checkpoint: x, replicas: 0}\n", "models[0]: --replicas must be at least 1"),
@@ -123,9 +136,25 @@ def test_model_entry_mistakes_name_the_entry_and_key(tmp_path: Path, text: str, 
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("c.yaml", "server:\n  prot: 1\n", "unknown server settings ['prot']"),
+        (
+            "c.yaml",
+            "server:\n  prot: 1\n",
+            "c.yaml: unknown server key 'prot' (did you mean 'port'?); the keys are listed in "
+            "docs/configuration.md#server-keys",
+        ),
+        (
+            "c.yaml",
+            "server:\n  prot: 1\n  max_wiat_ms: 2\n",
+            "unknown server keys 'max_wiat_ms' (did you mean 'max_wait_ms'?), 'prot' (did you mean 'port'?)",
+        ),
+        (
+            "c.yaml",
+            "server:\n  checkpoint: x\n",
+            "'checkpoint' is a key of a model entry: put it in an entry of `models` (the server setting is "
+            "'model')",
+        ),
         ("c.yaml", "server: [1, 2]\n", "`server` must be a mapping"),
-        ("c.yaml", "serve:\n  port: 1\n", "unknown top-level keys ['serve']"),
+        ("c.yaml", "serve:\n  port: 1\n", "unknown top-level key 'serve' (did you mean 'server'?)"),
         ("c.yaml", "server:\n  port: [\n", "c.yaml is not valid YAML"),
         ("c.toml", "[server\nport = 1\n", "c.toml is not valid TOML"),
         ("c.yaml", "server:\n  port: '6000'\n", "server: port must be a int"),
@@ -137,6 +166,25 @@ def test_unreadable_files_are_one_line_errors(tmp_path: Path, name: str, text: s
     with pytest.raises(ValueError) as err:
         settings.from_sources({"config": str(path)}, env={})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_unknown_key_error_suggests_rather_than_lists_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("models:\n  - name: a\n    checkpoint: x\n    replica: 2\n")
+    with pytest.raises(ConfigError) as err:
+        model_entries(settings.from_sources({"config": str(path)}, env={}))
+    assert "max_batch_tokens" not in str(err.value) and len(str(err.value)) < 160
+
+
+def test_the_docs_list_every_server_and_model_key() -> None:
+    """The unknown-key errors send the reader to these two tables."""
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    server = doc.split("\n## Server keys\n", 1)[1].split("\n## ", 1)[0]
+    model = doc.split("\n## Model keys\n", 1)[1].split("\n## ", 1)[0]
+    for f in fields(settings.Settings):
+        assert f"`{f.name}`" in server, f"docs/configuration.md, Server keys: {f.name}"
+    for name in config_file.MODEL_FIELDS:
+        assert f"`{name}`" in model, f"docs/configuration.md, Model keys: {name}"
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
