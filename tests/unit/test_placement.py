@@ -6,16 +6,16 @@ from typing import Any
 
 import pytest
 
-from bertserve.server import app
+from bertserve.server import assembly
 from bertserve.server.settings import from_sources
 from bertserve.workers.pool import Placement
 
 
-def _place(monkeypatch: pytest.MonkeyPatch, resources: dict[str, float], **cli: Any) -> app.Placed:
+def _place(monkeypatch: pytest.MonkeyPatch, resources: dict[str, float], **cli: Any) -> assembly.ReplicaPlan:
     import ray
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
-    return app._place(from_sources(cli, env={}))
+    return assembly._place(from_sources(cli, env={}))
 
 
 def test_auto_device_uses_a_gpu_per_replica_when_the_cluster_has_gpus(
@@ -44,5 +44,5 @@ def test_explicit_threads_and_dtype_win(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_cuda_requested_without_gpus_is_a_startup_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(app.StartupError, match="the Ray cluster has 0 GPUs"):
+    with pytest.raises(assembly.StartupError, match="the Ray cluster has 0 GPUs"):
         _place(monkeypatch, {"CPU": 8.0}, device="cuda")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bertserve.server import settings
-from bertserve.server.app import _autoscale_limits, _start_replicas
+from bertserve.server.assembly import _autoscale_limits, _start_replicas
 from bertserve.server.cli import build_parser
 from bertserve.server.config_file import ConfigError, model_entries
 
