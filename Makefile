@@ -32,6 +32,9 @@ TORCH_INDEX ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
+# What `make lint` runs ruff on (tests/unit/test_static_checks.py reads this line); mypy --strict's
+# set is in scripts/typecheck.py.
+LINT_PATHS := server workers client/bertserve_client tests scripts bench
 PIP := $(VENV)/bin/python -m pip
 PIP_INSTALL := $(PIP) install --constraint $(CONSTRAINTS)
 TORCH_INDEX_FLAG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
@@ -77,6 +80,6 @@ protos: setup-dev
 	$(VENV)/bin/python scripts/gen_protos.py
 
 lint: setup-dev
-	$(VENV)/bin/ruff check server workers client/bertserve_client tests scripts
-	$(VENV)/bin/ruff format --check server workers client/bertserve_client tests scripts
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/python scripts/typecheck.py

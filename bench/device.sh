@@ -3,8 +3,9 @@
 #
 #   bench/device.sh [REPLICAS] [OUT]      # default: one replica per visible GPU
 #
-# Needs the project installed with a CUDA build of torch (`make setup` on a GPU machine picks the
-# registry's CUDA wheel when the local CPU wheel is absent) and nvidia-smi. It:
+# Needs the project installed with the dev extras and a CUDA build of torch (`make setup-dev` on a
+# GPU machine: the benchmark's report needs matplotlib from the dev extras; PyPI's torch for Linux
+# is a CUDA build, see the top of the Makefile) and nvidia-smi. It:
 #   1. records the GPUs (nvidia-smi) in OUT/gpus.csv;
 #   2. starts bertserve with --device cuda --replicas N on the random bert-base checkpoint and
 #      checks through GetModelInfo that every replica is READY on a distinct CUDA device (with

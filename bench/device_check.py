@@ -15,8 +15,7 @@ from pathlib import Path
 import grpc
 
 from bench.model import DEFAULT_CACHE, build_bert_base
-from bench.run import _free_port
-from bench.targets import BertserveProcess
+from bench.targets import BertserveProcess, free_port
 from bertserve.v1 import bert_service_pb2_grpc, models_pb2
 
 
@@ -36,7 +35,7 @@ def main() -> int:
         dtype="bfloat16",
         replicas=ns.replicas,
         threads=1,
-        metrics_port=_free_port(),
+        metrics_port=free_port(),
         extra=["--device", "cuda", "--gpus-per-replica", f"{share:g}"],
     )
     try:
@@ -52,8 +51,8 @@ def main() -> int:
         for r in info.model.replicas
     ]
     ns.out.write_text(json.dumps({"dtype": info.model.dtype, "replicas": replicas}, indent=2))
-    devices = [r["device"] for r in replicas]
-    ready = all(r["state"] == models_pb2.REPLICA_STATE_READY for r in replicas)
+    devices = [r.device for r in info.model.replicas]
+    ready = all(r.state == models_pb2.REPLICA_STATE_READY for r in info.model.replicas)
     distinct = len(set(devices)) == min(ns.replicas, ns.gpus)
     print(json.dumps({"devices": devices, "all_ready": ready, "distinct_devices": distinct}))
     if not (ready and distinct and all(d.startswith("cuda:") for d in devices)):

@@ -7,8 +7,8 @@
 # Targets (issue 24): Ray Train at 1 worker >= 0.75x the in-process samples/s; 2 GPUs >= 1.7x one.
 # With a single GPU it measures the first figure only and says that the scaling figure needs two.
 #
-# Needs the project installed with a CUDA build of torch (`make setup TORCH_SPEC=torch`: PyPI's
-# CUDA wheel; that installs ray[train,data], accelerate and datasets from pyproject.toml too) and
+# Needs the project installed with a CUDA build of torch (`make setup` on a GPU machine: PyPI's
+# torch for Linux is a CUDA build; that installs ray[train,data], accelerate and datasets too) and
 # nvidia-smi. No network is used: the model is random weights of the bert-base-cased shape
 # (bench/model.py, cached under ~/.cache/bertserve/bench) and the data is generated. It writes
 # OUT/gpus.csv, OUT/finetune.json and OUT/log.txt, and prints the table. fp32 by default; BF16=1

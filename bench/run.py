@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from bench.bare import BareForwardProcess, ServingReplicaReference
 from bench.loadgen import RunResult, Send, closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.stats import block_bootstrap_interval
-from bench.targets import BertserveProcess, GrpcSenders, blocking_fill_mask
+from bench.targets import BertserveProcess, GrpcSenders, blocking_fill_mask, free_port, metric_delta
 from bench.workloads import classify_items, fill_mask_items, pair_items, single_client_items
 
 
@@ -126,12 +125,6 @@ def bare_linear(choices: Sequence[str]) -> str:
     return "onednn" if choices and all(c.startswith("onednn") for c in choices) else "torch"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -180,23 +173,6 @@ def run_pipeline_baseline(
     subprocess.run(cmd, check=True, stdout=sys.stderr)
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-def _metric_delta(before: dict[str, float], after: dict[str, float], model: str) -> dict[str, float]:
-    prefix = "" if model == "bert" else f"{model}:"
-
-    def d(key: str) -> float:
-        return after.get(prefix + key, 0.0) - before.get(prefix + key, 0.0)
-
-    batches = d("bertserve_batch_size_count")
-    padded = d("bertserve_tokens_total{kind=padded}")
-    return {
-        "padding_efficiency": round(d("bertserve_tokens_total{kind=real}") / padded, 3)
-        if padded
-        else float("nan"),
-        "mean_batch_size": round(d("bertserve_batch_size_sum") / batches, 2) if batches else float("nan"),
-        "busy_seconds": d("bertserve_replica_busy_seconds_total"),
-    }
 
 
 async def single_client_point(
@@ -260,12 +236,17 @@ async def _measure_bertserve(
     senders = GrpcSenders(server.address)
     points: list[dict[str, Any]] = []
 
-    async def point(workload: str, api: str, run: Any, model: str = "bert") -> RunResult:
+    async def point(
+        workload: str,
+        api: str,
+        run: Awaitable[RunResult | tuple[RunResult, dict[str, Any]]],
+        model: str = "bert",
+    ) -> RunResult:
         """`run` gives a RunResult, or (RunResult, fields to add to the point)."""
         before, started = server.scrape(), time.perf_counter()
         outcome = await run
         result, more = outcome if isinstance(outcome, tuple) else (outcome, {})
-        extra = {**_metric_delta(before, server.scrape(), model), **more}
+        extra = {**metric_delta(before, server.scrape(), model), **more}
         # Busy fraction: replica compute seconds over the replicas' wall time between the scrapes.
         wall = time.perf_counter() - started
         replica_count = replicas if model == "bert" else 1
@@ -411,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["pipeline"] = pipeline
         phase("pipeline")
-    metrics_port = _free_port()
+    metrics_port = free_port()
     server = BertserveProcess(
         checkpoint,
         classify,

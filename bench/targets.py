@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,32 @@ def _serving(address: str) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
         return False
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server's --metrics-port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def metric_delta(before: dict[str, float], after: dict[str, float], model: str) -> dict[str, float]:
+    """What one point did to `model`, from two `BertserveProcess.scrape()`s: padding efficiency
+    (real over padded tokens), mean batch size, and the replicas' busy seconds."""
+    prefix = "" if model == "bert" else f"{model}:"
+
+    def d(key: str) -> float:
+        return after.get(prefix + key, 0.0) - before.get(prefix + key, 0.0)
+
+    batches = d("bertserve_batch_size_count")
+    padded = d("bertserve_tokens_total{kind=padded}")
+    return {
+        "padding_efficiency": round(d("bertserve_tokens_total{kind=real}") / padded, 3)
+        if padded
+        else float("nan"),
+        "mean_batch_size": round(d("bertserve_batch_size_sum") / batches, 2) if batches else float("nan"),
+        "busy_seconds": d("bertserve_replica_busy_seconds_total"),
+    }
 
 
 def blocking_fill_mask(address: str, model: str = "", top_k: int = 5) -> tuple[Send, Any]:

@@ -66,29 +66,26 @@ class BareForward:
     replicas' float32 linear kernels (cpu_linear: "torch", or "onednn" on packed weights), so
     that the comparison with the server measures the server and not a kernel choice. For the
     same reason the last layer runs at the mask only, as a replica's does
-    (workers/backends/last_layer.py): about 4 ms less than the model's own forward on a 16-token
-    input here."""
+    (workers/backends/last_layer.py; what that saves: docs/benchmarks.md, "Optimisations")."""
 
     def __init__(self, checkpoint: str, dtype: str, texts: list[str], linear: str = "torch") -> None:
         import torch
         from transformers import AutoTokenizer, BertForPreTraining
 
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = (
-            BertForPreTraining.from_pretrained(
-                checkpoint, dtype=getattr(torch, dtype), attn_implementation="sdpa"
-            )
-            .eval()
-            .to(DEVICE)
+        model: Any = BertForPreTraining.from_pretrained(
+            checkpoint, dtype=getattr(torch, dtype), attn_implementation="sdpa"
         )
+        self.model = model.eval().to(DEVICE)
         if linear == "onednn":
             from bertserve.workers.backends.packed_linear import PackedLinears
 
             PackedLinears(self.model).keep_packed()
         from bertserve.workers.backends.last_layer import ReadPositions
 
-        self.read = ReadPositions.install(self.model)
-        assert self.read is not None, "the bench model is a BERT encoder"
+        read = ReadPositions.install(self.model)
+        assert read is not None, "the bench model is a BERT encoder"
+        self.read = read
         self.encoded = []
         for text in texts:
             inputs = tokenizer(text, return_tensors="pt").to(DEVICE)
@@ -227,14 +224,15 @@ def main() -> None:
             if skip:
                 result["skipped"].append({"dtype": dtype, "workload": workload, "batch_size": b, "why": skip})
                 continue
+            rate = round(throughput(pipes[dtype], items, b, seconds), 2)
             point = {
                 "dtype": dtype,
                 "workload": workload,
                 "batch_size": b,
-                "sequences_per_s": round(throughput(pipes[dtype], items, b, seconds), 2),
+                "sequences_per_s": rate,
                 "padding_efficiency": round(padding_efficiency(items, b), 3),
             }
-            single.setdefault(dtype, point["sequences_per_s"])
+            single.setdefault(dtype, rate)
             result["points"].append(point)
             print(json.dumps(point), flush=True)
     # Quick: 12 inputs, one at a time in each dtype (in emulated bfloat16 on a CPU without native

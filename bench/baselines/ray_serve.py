@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +56,7 @@ from typing import Any, NamedTuple, TypeVar
 import grpc
 from ray import serve
 
+from bench.targets import free_port
 from bertserve.v1 import (
     classify_sequence_pb2,
     common_pb2,
@@ -154,13 +154,6 @@ class _Outcome(NamedTuple):
     value: Any
     batch: int
     inference_us: int
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _truncate(policy: int) -> bool:
@@ -676,10 +669,10 @@ class RayServeBaseline:
                     _system_config={"worker_niceness": 0},
                 )
                 self._started_ray = True
-            port = cfg.port or _free_port()
+            port = cfg.port or free_port()
             serve.start(
                 proxy_location="HeadOnly",
-                http_options=HTTPOptions(host="127.0.0.1", port=_free_port()),
+                http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
                 grpc_options=gRPCOptions(port=port, grpc_servicer_functions=[SERVICER_FUNCTION]),
             )
             self._started_serve = True

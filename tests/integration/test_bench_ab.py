@@ -1,4 +1,4 @@
-"""bench.ab --single-client against the session's server: blocks alternate between the two
+"""bench.tools.ab --single-client against the session's server: blocks alternate between the two
 configurations, each after a block of the reference (here a stand-in for the bare forward pass)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tests.support.server import RunningServer
 
 
 def test_single_client_ab_alternates_blocks_after_the_reference(server: RunningServer) -> None:
-    from bench import ab
+    from bench.tools import ab
 
     calls: list[int] = []
 

@@ -330,7 +330,7 @@ def test_the_pipeline_baseline_skips_larger_batches_of_a_dtype_far_slower_at_bat
 
 
 def test_grpc_floor_times_a_do_nothing_round_trip_per_gap() -> None:
-    from bench import grpc_floor
+    from bench.tools import grpc_floor
 
     out = grpc_floor.measure([0, 3], calls=5, warmup=2)
     assert set(out) == {"0", "3"}
@@ -339,7 +339,7 @@ def test_grpc_floor_times_a_do_nothing_round_trip_per_gap() -> None:
 
 
 def test_stack_floor_times_two_hops_around_a_real_forward_pass(tiny_checkpoint: Path) -> None:
-    from bench import stack_floor
+    from bench.tools import stack_floor
 
     out = stack_floor.measure(str(tiny_checkpoint), "float32", 1, calls=4, warmup=1)
     assert set(out) == {"round_trip_ms", "compute_ms", "floor_ms"}

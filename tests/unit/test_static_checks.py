@@ -1,17 +1,33 @@
-"""ruff (lint + format) and mypy --strict pass on the project's own code."""
+"""ruff (lint + format) and mypy --strict pass on the project's own code, bench/ included: the
+paths of `make lint` (the Makefile's LINT_PATHS) and scripts/typecheck.py's mypy set."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PATHS = ["server", "workers", "client/bertserve_client", "tests", "scripts"]
+
+
+def _lint_paths() -> list[str]:
+    """The Makefile's LINT_PATHS: what `make lint` runs ruff on, so the two never differ."""
+    found = re.search(r"^LINT_PATHS :=(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert found, "the Makefile has no LINT_PATHS line"
+    return found.group(1).split()
+
+
+PATHS = _lint_paths()
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_lint_and_type_checks_cover_the_benchmark() -> None:
+    assert {"server", "workers", "client/bertserve_client", "tests", "scripts", "bench"} <= set(PATHS)
+    assert '"bench"' in (ROOT / "scripts" / "typecheck.py").read_text()
 
 
 def test_ruff_lint_and_format_are_clean() -> None:

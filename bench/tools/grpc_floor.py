@@ -1,6 +1,6 @@
 """The floor under bertserve's single-client latency overhead: a do-nothing gRPC round trip.
 
-    python -m bench.grpc_floor [--gaps-ms 0,5,80] [--calls 120]
+    python -m bench.tools.grpc_floor [--gaps-ms 0,5,80] [--calls 120]
 
 A grpc.aio server in its own process (as bertserve's front end runs) answers a unary call with
 its 200-byte request; a blocking client in this process calls it `--calls` times per gap, sleeping
@@ -29,7 +29,7 @@ PAYLOAD = b"x" * 200
 
 async def serve_unary(service: str, method: str, behaviour: Any) -> None:
     """A grpc.aio server on a free loopback port with one bytes-in, bytes-out unary method:
-    prints the port on stdout, then serves until killed (also bench/stack_floor.py)."""
+    prints the port on stdout, then serves until killed (also bench/tools/stack_floor.py)."""
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
         service, {method: grpc.unary_unary_rpc_method_handler(behaviour)}
@@ -51,13 +51,13 @@ async def _serve() -> None:
 def measure(gaps_ms: list[float], calls: int, warmup: int = 10) -> dict[str, float]:
     """Median round trip (ms) per gap, against a fresh echo server process."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.grpc_floor", "--serve"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "bench.tools.grpc_floor", "--serve"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(f"/{SERVICE}/{METHOD}")
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(f"/{SERVICE}/{METHOD}")
             out: dict[str, float] = {}
             for gap in gaps_ms:
                 times = []

@@ -1,7 +1,7 @@
 """Where one request's time goes: client latency against the server's own Timing fields, for
 each way a batch can reach a replica, and the bare forward pass of the same inputs, in one run.
 
-    python -m bench.latency_breakdown [--replicas 2 --threads 1 --dtype bfloat16 --requests 64]
+    python -m bench.tools.latency_breakdown [--replicas 2 --threads 1 --dtype bfloat16 --requests 64]
 
 For each transport (a Ray actor call per batch: `--no-direct-channel`; the same-node Unix socket:
 the default) it starts `bertserve serve` on the bert-base-shaped checkpoint, sends the
@@ -9,9 +9,9 @@ single-client run's short FillMask inputs one at a time with BertClient and prin
 milliseconds: client, server total, replica compute (inference), queue and tokenization, and the
 bare in-process forward pass of the same inputs (replica's thread count), measured in blocks
 interleaved with the requests (bench/bare.py: the machine's speed drifts over minutes). Last, two
-floors: the gRPC hop alone, a do-nothing round trip after the same idle time (bench/grpc_floor.py),
+floors: the gRPC hop alone, a do-nothing round trip after the same idle time (bench/tools/grpc_floor.py),
 and the two hops of any server built this way, client -> gRPC front end -> model process running
-the same forward pass, with no bertserve code (bench/stack_floor.py), to set beside bertserve's
+the same forward pass, with no bertserve code (bench/tools/stack_floor.py), to set beside bertserve's
 client time minus its replica's inference time (`client_over_inference_ms`).
 """
 
@@ -22,13 +22,13 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
-from bench import grpc_floor, stack_floor
 from bench.bare import BareForwardProcess
 from bench.model import DEFAULT_CACHE, build_bert_base
-from bench.run import _free_port
 from bench.stats import block_bootstrap_interval
-from bench.targets import BertserveProcess
+from bench.targets import BertserveProcess, free_port
+from bench.tools import grpc_floor, stack_floor
 from bench.workloads import single_client_items
 from bertserve_client import BertClient
 
@@ -39,14 +39,14 @@ FIELDS = ("client_ms", "server_total_ms", "inference_ms", "queue_ms", "tokenizat
 
 def measure(
     checkpoint: str, ns: argparse.Namespace, extra: list[str], bare: BareForwardProcess
-) -> dict[str, float]:
+) -> dict[str, Any]:
     server = BertserveProcess(
         checkpoint,
         None,
         dtype=ns.dtype,
         replicas=ns.replicas,
         threads=ns.threads,
-        metrics_port=_free_port(),
+        metrics_port=free_port(),
         extra=[*extra, "--cpu-linear", ns.cpu_linear],
     )
     rows: list[tuple[float, ...]] = []
@@ -78,7 +78,9 @@ def measure(
                 )
     finally:
         server.stop()
-    result = {n: round(statistics.median(r[i] for r in rows), 2) for i, n in enumerate(FIELDS)}
+    result: dict[str, Any] = {
+        n: round(statistics.median(r[i] for r in rows), 2) for i, n in enumerate(FIELDS)
+    }
     result["server_overhead_ms"] = round(result["server_total_ms"] - result["inference_ms"], 2)
     result["grpc_and_client_ms"] = round(result["client_ms"] - result["server_total_ms"], 2)
     result["bare_forward_ms"] = round(statistics.median(t for block in bare_blocks for t in block), 2)
@@ -106,7 +108,7 @@ def main() -> None:
     )
     ns = parser.parse_args()
     checkpoint = str(build_bert_base(DEFAULT_CACHE / "pretraining"))
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     with BareForwardProcess(checkpoint, ns.dtype, ns.threads, linear=ns.cpu_linear) as bare:
         for name in ns.transports.split(","):
             results[name] = measure(checkpoint, ns, TRANSPORTS[name], bare)

@@ -1,6 +1,6 @@
 """An interleaved A/B of two bertserve configurations: which one serves mixed FillMask faster?
 
-    python -m bench.ab --a "--min-padding-efficiency 0.7" --b "--min-padding-efficiency 0.85"
+    python -m bench.tools.ab --a "--min-padding-efficiency 0.7" --b "--min-padding-efficiency 0.85"
                        [--clients 64 --rounds 4 --seconds 8 --replicas 2 --threads 1]
 
 Both servers start (each with its own Ray instance and replicas, on the bert-base-shaped model,
@@ -13,7 +13,7 @@ ratios. With `--rate R` the load is an open loop instead (R requests/s whatever 
 bench/loadgen.open_loop), and the line also gives each configuration's p50 and p90 latency
 (medians over its rounds).
 
-    python -m bench.ab --a "FLAGS" --b "FLAGS" --single-client 120 [--dtype float32]
+    python -m bench.tools.ab --a "FLAGS" --b "FLAGS" --single-client 120 [--dtype float32]
 
 measures single-client latency instead: short FillMask requests one at a time, in blocks of
 `--block` back to back (as one client sends them), A and B taking turns (A B, B A, ...), each
@@ -31,13 +31,14 @@ Either mode compares two versions of the code as well: `--a-tree DIR` (or `--b-t
 that side's server, replicas included, from another bertserve checkout, side by side in one run:
 
     git worktree add /tmp/bertserve-base HEAD~1
-    python -m bench.ab --a-tree /tmp/bertserve-base --single-client 240 --dtype float32
+    python -m bench.tools.ab --a-tree /tmp/bertserve-base --single-client 240 --dtype float32
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -46,9 +47,9 @@ from typing import Any
 from bench.bare import BareForwardProcess, ServingReplicaReference, distinct_cpus
 from bench.loadgen import closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
-from bench.run import _free_port, _metric_delta, bare_linear
+from bench.run import bare_linear
 from bench.stats import block_bootstrap_interval
-from bench.targets import BertserveProcess, GrpcSenders
+from bench.targets import BertserveProcess, GrpcSenders, free_port, metric_delta
 from bench.workloads import fill_mask_items, single_client_items
 
 
@@ -64,7 +65,7 @@ async def _block(
             result = await open_loop(send, items, rate, seconds, 1.0)
         else:
             result = await closed_loop(send, items, clients, seconds, 1.0)
-        delta = _metric_delta(before, server.scrape(), "bert")
+        delta = metric_delta(before, server.scrape(), "bert")
     finally:
         await senders.close()
     return {
@@ -91,7 +92,7 @@ async def single_client(
         # Each configuration's bare blocks run on the CPUs of its serving replica (bench/bare.py),
         # the first on the one that took the warm-up requests.
         references = {
-            name: ServingReplicaReference(bare, lambda s=server: s.replicas(model))
+            name: ServingReplicaReference(bare, functools.partial(server.replicas, model))
             for name, server in servers.items()
         }
         for name in send:
@@ -186,7 +187,7 @@ def main() -> None:
             dtype=ns.dtype,
             replicas=ns.replicas,
             threads=ns.threads,
-            metrics_port=_free_port(),
+            metrics_port=free_port(),
             extra=flags.split(),
             code_tree=tree,
             own_cpu_claims=True,  # only one of the two computes at a time: both pinned alike

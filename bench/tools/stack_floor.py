@@ -1,7 +1,7 @@
 """The floor of any server built like bertserve, without bertserve's code: what a single client
 pays above the forward pass for one gRPC hop plus one hop to a separate model process.
 
-    python -m bench.stack_floor [--dtype float32 --threads 1 --calls 60]
+    python -m bench.tools.stack_floor [--dtype float32 --threads 1 --calls 60]
 
 Three processes, as bertserve's single-client path has them (client, front end, replica): a
 blocking gRPC client here; a grpc.aio server that forwards each call's 8 bytes over a Unix socket
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.grpc_floor import serve_unary
+from bench.tools.grpc_floor import serve_unary
 
 SERVICE, METHOD = "bench.Floor", "Forward"
 _DOUBLE = struct.Struct("<d")
@@ -76,7 +76,7 @@ async def _serve(path: str) -> None:
 def measure(checkpoint: str, dtype: str, threads: int, calls: int, warmup: int = 5) -> dict[str, float]:
     """Medians (ms) over `calls` back-to-back calls: round trip, worker compute, and the floor
     (round trip minus compute, per call)."""
-    me = [sys.executable, "-m", "bench.stack_floor"]
+    me = [sys.executable, "-m", "bench.tools.stack_floor"]
     folder = tempfile.mkdtemp(prefix="bertserve-floor-")
     path = os.path.join(folder, "worker.sock")
     args = ["--checkpoint", checkpoint, "--dtype", dtype, "--threads", str(threads)]
@@ -91,7 +91,7 @@ def measure(checkpoint: str, dtype: str, threads: int, calls: int, warmup: int =
         port = int(server.stdout.readline())
         rows: list[tuple[float, float]] = []
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(f"/{SERVICE}/{METHOD}")
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(f"/{SERVICE}/{METHOD}")
             for i in range(warmup + calls):
                 start = time.perf_counter()
                 reply = call(_INDEX.pack(i), timeout=60)

@@ -1,6 +1,6 @@
 """Does `compile` (torch.compile of the replica's encoder) win? In-process, no server.
 
-    python -m bench.compile_check [--threads 1] [--dtype bfloat16] [--workload short|mixed|both]
+    python -m bench.tools.compile_check [--threads 1] [--dtype bfloat16] [--workload short|mixed|both]
                                   [--seconds N]
 
 Loads the bert-base-shaped bench checkpoint twice through the real backend (TorchBertBackend,
@@ -67,7 +67,9 @@ def _graphs() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.compile_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tools.compile_check", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--workload", default="both", choices=("short", "mixed", "both"))
