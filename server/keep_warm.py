@@ -2,12 +2,11 @@
 calls its own gRPC health service every `keep_warm_ms`, so that its gRPC threads and the code on
 the reply path are still warm when the replica answers.
 
-Why: on the 2-vCPU development VM a do-nothing gRPC round trip costs about 0.44 ms back to back
-but 1.5-1.7 ms after 50 ms of idleness (the length of a forward pass), most of it inside gRPC's
-own threads rather than the wake-up of one process (bench/grpc_floor.py). Pinging every 3 ms cut
-the front end's time around the replica's compute by about 0.5 ms there, but end-to-end
-single-client latency did not show it, so it is off by default (docs/benchmarks.md). On a 2-vCPU
-AMD EPYC VM it saved nothing and slowed the replica's forward pass by 0.6-1.5 ms.
+Why: a do-nothing gRPC round trip costs more after an idle gap as long as a forward pass than
+back to back, most of it inside gRPC's own threads rather than the wake-up of one process
+(bench/tools/grpc_floor.py measures it). Pinging cut the front end's time around the replica's
+compute on one host, but end-to-end single-client latency did not show it, and on another it
+slowed the replica, so it is off by default (the figures: docs/benchmarks.md, "Optimisations").
 
 Cost and scope: one loopback health check (a full in-process gRPC round trip) per `keep_warm_ms`,
 only while between 1 and `max_inflight` requests are admitted (server/scheduling/admission.py):

@@ -1,9 +1,20 @@
-"""Server settings: the only place the environment is read.
+"""Server settings: the only place the server's configuration is read from the environment.
 
 Each field is a CLI flag of `bertserve serve` (`--max-batch-size`) and an environment
 variable (`BERTSERVE_MAX_BATCH_SIZE`); a flag wins over the variable, the variable over the
 configuration file's `server` section, and that over the default. Units are in the field names
 or their help; each field's `group` (GROUPS) places its flag in `bertserve serve --help`.
+
+Our code reads the environment in three other places, none of them for a server setting:
+- workers/affinity.py, in a replica process: BERTSERVE_CPU_LOCK_DIR, the folder where the
+  node's CPU claims are kept. It is the replicas' node-local coordination, not configuration: a
+  harness that runs two servers side by side gives each its own folder (bench/tools/ab.py), and
+  the replicas inherit it from the server's environment through Ray.
+- jobs/data.py (`bertserve finetune`): HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and HF_ENDPOINT, read
+  as the Hugging Face libraries read them.
+- jobs/finetune/launch.py (`bertserve finetune`): RAY_LOG_TO_DRIVER, as Ray reads it, and
+  RAY_ADDRESS, kept to be restored after the job points it at its own Ray instance.
+Libraries read their own variables too (Ray, gRPC, torch, transformers).
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ LOCK_DIR_ENV = "BERTSERVE_CPU_LOCK_DIR"
 
 def default_lock_dir() -> Path:
     """Where claims are kept: $BERTSERVE_CPU_LOCK_DIR, else a per-user folder in the temporary
-    directory. Processes with different folders do not see each other's claims (bench.ab gives
-    each of its two servers its own: only one of them computes at a time)."""
+    directory. Processes with different folders do not see each other's claims (bench.tools.ab
+    gives each of its two servers its own: only one of them computes at a time)."""
     override = os.environ.get(LOCK_DIR_ENV)
     if override:
         return Path(override)

@@ -1,11 +1,11 @@
 """The same-node fast path for batches: a Unix socket between the front end and a replica.
 
-A Ray actor call costs about 2.6 ms per batch on the 2-core development machine, against about
-0.6 ms for a request on a Unix socket; for a single client the server's own overhead went from
-4.0 to 1.5 ms (docs/benchmarks.md, "Where a request's time goes"). So when a
-replica runs on the front end's own node, its batches take this socket; Ray still creates,
-places, probes, restarts and removes the replica, and replicas on other nodes take Ray actor
-calls (a Unix socket does not cross machines). Settings.direct_channel turns it off.
+A batch sent over a Unix socket costs the front end and the replica less time than a Ray actor
+call (the measured figures, per transport: docs/benchmarks.md, "Where a request's time goes" and
+"Optimisations"). So when a replica runs on the front end's own node, its batches take this
+socket; Ray still creates, places, probes, restarts and removes the replica, and replicas on
+other nodes take Ray actor calls (a Unix socket does not cross machines).
+Settings.direct_channel turns it off.
 
 Requests are pickles, so only the replica's own user may connect: on Linux the socket lives in
 the abstract namespace (nothing is left on disk when a replica is killed) and the replica checks
@@ -15,8 +15,8 @@ Wire format: every message is an 8-byte little-endian length, then a pickle. A r
 `(method, args)`; a reply is `(True, result)` or `(False, "ExcType: message")`. A connection's
 requests are served one at a time, in order, so its replies come back in request order and the
 client matches them first in, first out. NumPy arrays travel as their raw bytes with a dtype
-string and a shape (`dumps`), which pickles in about half the time NumPy's own reduction takes
-(that pickles a whole dtype object); they arrive read-only, as arrays from Ray's object store do.
+string and a shape (`dumps`), which pickles faster than NumPy's own reduction (that pickles a
+whole dtype object); they arrive read-only, as arrays from Ray's object store do.
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ FillMask reads the last hidden state at its masks, NextSentence and ClassifySequ
 forward computes it. In that last layer only the keys and values need every position: the query
 projection, the attention output, both feed-forward layers and the layer norms are needed at the
 read positions alone. For bert-base that is 5.9 M of a layer's 7.1 M weights per token, about
-7 % of the encoder's linear-layer work on any input with few read positions; measured through the
-server, a 16-token input's compute fell 4 % and mixed FillMask throughput rose 1.065x
-(docs/benchmarks.md, "Optimisations").
+7 % of the encoder's linear-layer work on any input with few read positions (what it brought,
+measured through the server: docs/benchmarks.md, "Optimisations").
 
 `ReadPositions.install(model)` puts a stand-in forward on the last layer of a BERT encoder
 (transformers' `BertLayer`, not a decoder, no cross-attention; anything else: None, and the

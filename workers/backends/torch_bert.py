@@ -472,8 +472,9 @@ def _time_passes(passes: tuple[Callable[[], Any], ...], rounds: int = 2) -> tupl
     """CPU seconds each of `passes` takes in this process: the best of `rounds`, the passes
     alternating after one untimed run each (a host's speed drifts; only interleaved figures
     compare). CPU time rather than wall time: replicas probe while others load beside them, and
-    a pass preempted by another process would read slower than it is (on the 2-core EPYC host a
-    bert-base replica timed by the wall clock read oneDNN at 0.82x while its neighbour read 1.35x)."""
+    a pass preempted by another process would read slower than it is (timed by the wall clock,
+    two replicas loading side by side on a 2-core host read oneDNN's speed-up far apart, one of
+    them below 1)."""
     best = [math.inf] * len(passes)
     with torch.inference_mode():
         for run in passes:
@@ -499,8 +500,9 @@ def _time_encoders(reference: Any, candidate: Any, rounds: int = 2) -> tuple[flo
 def _time_linear_kernels(model: Any, packing: PackedLinears, rounds: int = 3) -> tuple[float, float]:
     """Seconds the model's encoder takes on a fixed 2 x 32-token batch with torch's linear layers
     and with the packed ones (_time_passes; each timed pass starts by swapping the layers in, a
-    few microseconds). Smaller than the dtype probe's batch, so that the probe adds about 2 s to a
-    bert-base replica's load on one core (the gain measured 1.14-1.22x from 18 to 528 tokens)."""
+    few microseconds). Smaller than the dtype probe's batch, so that the probe adds little to a
+    bert-base replica's load on one core (where oneDNN won at this size, it won by about as much
+    at every input length tried, up to 528 tokens)."""
     ids = _probe_ids(model, 32, seed=1)[:2]
 
     def with_torch() -> Any:
