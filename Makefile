@@ -1,14 +1,15 @@
 # bertserve developer commands. Everything runs from a project-local virtual environment.
 #   make serve [ARGS="--demo"]   install the runtime dependencies into .venv, then run
 #                                `bertserve serve $(ARGS)` (default model: bert-base-cased)
-#   make test  [PYTEST_ARGS=...] install the runtime dependencies and the dev extras (.[dev]), then
-#                                run the whole test suite
+#   make test  [PYTEST_ARGS=...] install the runtime dependencies, the dev extras (.[dev]) and buf,
+#                                then run the whole test suite
 #   make setup / make setup-dev  only the installs of `serve` / `test`
 #   make protos                  regenerate client/bertserve/v1 from protos/ (commit the result)
-#   make lint                    ruff + mypy --strict
+#   make lint                    ruff + mypy --strict + buf lint (protos/)
 #
 # Every install uses constraints.txt, which pins torch, transformers, ray, grpcio, protobuf and a
-# few more (the Dockerfile uses the same file).
+# few more (the Dockerfile uses the same file). The dev set-up also installs buf, the protos'
+# linter, from the npm registry (BUF_VERSION below; it needs Node.js's npm) into .tools/.
 #
 # Which torch build you get. constraints.txt pins the version (torch==2.13.0); the index decides
 # the build:
@@ -42,6 +43,11 @@ TORCH_INDEX_FLAG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 # dev extras. Editing pyproject.toml or constraints.txt redoes both.
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
+# buf for `make lint` and tests/unit/test_proto_lint.py (which reads BUF_VERSION and finds it here):
+# the npm package @bufbuild/buf at this version, in a git-ignored folder named after it.
+BUF_VERSION := 1.75.0
+BUF_DIR := .tools/buf-$(BUF_VERSION)
+BUF := $(BUF_DIR)/node_modules/.bin/buf
 
 .PHONY: setup setup-dev serve test protos lint
 
@@ -66,9 +72,15 @@ $(DEV_STAMP): $(RUNTIME_STAMP) pyproject.toml
 	@touch $@
 	@echo "==> setup-dev done"
 
+$(BUF):
+	@echo "==> setup-dev: buf $(BUF_VERSION) from the npm registry into $(BUF_DIR) (seconds; needs npm)"
+	@command -v npm >/dev/null || { echo "npm (Node.js) is needed to install buf, the protos' linter"; exit 1; }
+	npm install --prefix $(BUF_DIR) --no-save --no-audit --no-fund --ignore-scripts "@bufbuild/buf@$(BUF_VERSION)"
+	$(BUF) --version
+
 setup: $(RUNTIME_STAMP)
 
-setup-dev: $(DEV_STAMP)
+setup-dev: $(DEV_STAMP) $(BUF)
 
 serve: setup
 	$(VENV)/bin/bertserve serve $(ARGS)
@@ -83,3 +95,4 @@ lint: setup-dev
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/python scripts/typecheck.py
+	cd protos && $(CURDIR)/$(BUF) lint
