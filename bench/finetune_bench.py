@@ -32,6 +32,7 @@ SCALING_TARGET = 1.7
 
 
 def _job(args: argparse.Namespace, model: Path, data: Path, out: Path, workers: int) -> Any:
+    from bench.finetune_data import EMOTION_CUES
     from bertserve.jobs.finetune.recipes import with_defaults
 
     return with_defaults(
@@ -46,6 +47,7 @@ def _job(args: argparse.Namespace, model: Path, data: Path, out: Path, workers: 
         gpus=args.gpus,
         bf16=args.bf16,
         seed=0,
+        label_names=tuple(EMOTION_CUES),  # all six, however few rows a short run draws
     )
 
 

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import uuid
@@ -68,7 +67,6 @@ def cpus_per_worker(job: JobConfig) -> int:
 
 
 def run_on_ray(job: JobConfig, data: JobData, staged: Path, emit: Emit) -> dict[str, Any]:
-    quiet_ray()
     import ray
 
     from bertserve.workers.ray_init import init_ray
@@ -76,10 +74,11 @@ def run_on_ray(job: JobConfig, data: JobData, staged: Path, emit: Emit) -> dict[
     per_worker = cpus_per_worker(job)
     started_here = not ray.is_initialized()
     # Ray first: init_ray sets environment that Ray's modules read when they are imported.
+    to_terminal = worker_output_to_terminal()
     if not job.ray_address:
-        init_ray(None, num_cpus=max(local_cpus(), job.workers * per_worker))
+        init_ray(None, num_cpus=max(local_cpus(), job.workers * per_worker), log_to_driver=to_terminal)
     else:
-        init_ray(job.ray_address)
+        init_ray(job.ray_address, log_to_driver=to_terminal)
     # Ray's own look-ups of "the" cluster (its state API) must find this one, not another Ray
     # instance on the machine.
     previous_address = os.environ.get("RAY_ADDRESS")
@@ -142,17 +141,12 @@ def run_on_ray(job: JobConfig, data: JobData, staged: Path, emit: Emit) -> dict[
     return results
 
 
-def quiet_ray() -> None:
-    """Workers' console output stays in Ray's log files (/tmp/ray/session_latest/logs) instead of
-    being copied to this terminal: Ray Train's actors narrate (and, with the dashboard off, warn
-    that its state API is unavailable) on every run. RAY_LOG_TO_DRIVER=1 brings it back. Ray reads
-    the variable when it is imported, so the module constant is set too when Ray is loaded already.
-    Failures still come back: as the exception of TorchTrainer.fit, shown in one line."""
-    os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
-    if "ray._private.ray_constants" in sys.modules:
-        from ray._private import ray_constants
-
-        ray_constants.RAY_LOG_TO_DRIVER = os.environ["RAY_LOG_TO_DRIVER"].lower() in ("1", "true")
+def worker_output_to_terminal() -> bool:
+    """Whether Ray copies its workers' console output to this terminal: not unless
+    RAY_LOG_TO_DRIVER=1. Ray Train's actors narrate every run (and, with the dashboard off, warn
+    that its state API is unavailable); the output stays in Ray's log files
+    (/tmp/ray/session_latest/logs). Failures still come back, as TorchTrainer.fit's exception."""
+    return os.environ.get("RAY_LOG_TO_DRIVER", "").strip().lower() in ("1", "true", "yes")
 
 
 def _resources(job: JobConfig, per_worker: int) -> dict[str, float]:
