@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -78,6 +79,10 @@ def run_side(
         "seconds_evaluating": training["seconds_evaluating"],
         "seconds_checkpointing": training["seconds_checkpointing"],
         "seconds_wall": wall,
+        "cpu_seconds": training.get("cpu_seconds_total"),
+        "samples_per_cpu_second": training["samples"] / training["cpu_seconds_total"]
+        if training.get("cpu_seconds_total")
+        else None,
     }
 
 
@@ -143,12 +148,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def median(workers: int, key: str) -> float | None:
+        values = [r[key] for r in runs if r["workers"] == workers and r[key]]
+        return statistics.median(values) if values else None
+
+    def ratio_of(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
     def best(workers: int) -> float | None:
         rates = [r["samples_per_second"] for r in runs if r["workers"] == workers and r["samples_per_second"]]
         return max(rates) if rates else None
 
     base, ray_one, ray_two = best(0), best(1), best(2)
     ratio = ray_one / base if base and ray_one else None
+    cpu_rates = {
+        w: max(
+            (r["samples_per_cpu_second"] for r in runs if r["workers"] == w and r["samples_per_cpu_second"]),
+            default=None,
+        )
+        for w in (0, 1)
+    }
+    cpu_ratio = cpu_rates[1] / cpu_rates[0] if cpu_rates[0] and cpu_rates[1] else None
     scaling = ray_two / ray_one if ray_one and ray_two else None
     return {
         "command": "python -m bench.finetune_bench " + " ".join(sys.argv[1:]),
@@ -162,6 +182,13 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
         "target": TARGET_RATIO,
         "target_met": ratio is not None and ratio >= TARGET_RATIO,
         "scaling_ray2_vs_ray1": scaling,
+        "ratio_per_cpu_second_ray1_vs_inprocess": cpu_ratio,
+        "median_ratio_ray1_vs_inprocess": ratio_of(
+            median(1, "samples_per_second"), median(0, "samples_per_second")
+        ),
+        "median_ratio_per_cpu_second": ratio_of(
+            median(1, "samples_per_cpu_second"), median(0, "samples_per_cpu_second")
+        ),
         "scaling_target": SCALING_TARGET,
         "gpus": args.gpus,
     }
@@ -171,20 +198,32 @@ def render(report: dict[str, Any]) -> str:
     shape = f"{report['shape']} shape, {report['steps']} steps of batch {report['batch_size']}"
     lines = [
         f"{shape} x {report['tokens']} tokens",
-        f"{'launcher':<26} {'samples/s':>10} {'train s':>8} {'eval s':>7} {'ckpt s':>7} {'wall s':>7}",
+        f"{'launcher':<26} {'samples/s':>10} {'train s':>8} {'eval s':>7} {'ckpt s':>7} {'wall s':>7} "
+        f"{'/cpu-s':>7}",
     ]
     for r in report["runs"]:
         rate = r["samples_per_second"] if r["samples_per_second"] is not None else float("nan")
         lines.append(
             f"{r['launcher']:<26} {rate:>10.2f} {r['seconds_training']:>8.1f} "
             f"{r['seconds_evaluating']:>7.1f} "
-            f"{r['seconds_checkpointing']:>7.1f} {r['seconds_wall']:>7.1f}"
+            f"{r['seconds_checkpointing']:>7.1f} {r['seconds_wall']:>7.1f} "
+            f"{r['samples_per_cpu_second'] or 0:>7.2f}"
         )
     ratio = report["ratio_ray1_vs_inprocess"]
     if ratio is not None:
         verdict = "met" if report["target_met"] else "missed"
         target = report["target"]
         lines.append(f"Ray Train 1 worker / in-process: {ratio:.3f}x (target >= {target}x: {verdict})")
+    if report["median_ratio_ray1_vs_inprocess"] is not None and len(report["runs"]) > 2:
+        lines.append(
+            f"medians over the repeats: {report['median_ratio_ray1_vs_inprocess']:.3f}x samples/s, "
+            f"{report['median_ratio_per_cpu_second']:.3f}x per CPU-second"
+        )
+    cpu_ratio = report["ratio_per_cpu_second_ray1_vs_inprocess"]
+    if cpu_ratio is not None:
+        lines.append(
+            f"per CPU-second of the training process (less sensitive to other load): {cpu_ratio:.3f}x"
+        )
     scaling = report["scaling_ray2_vs_ray1"]
     if scaling is not None:
         verdict = "met" if scaling >= report["scaling_target"] else "missed"

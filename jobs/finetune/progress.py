@@ -40,7 +40,7 @@ class JobCallback(TrainerCallback):
         self.epochs: list[dict[str, float]] = []
         self.first_step_loss: float | None = None
         self.training = False
-        self.seconds = {"total": 0.0, "evaluating": 0.0, "checkpointing": 0.0}
+        self.seconds = {"total": 0.0, "evaluating": 0.0, "checkpointing": 0.0, "cpu": 0.0}
         self.samples = 0
         self._epoch = 0
         self._epoch_start_step = 0
@@ -55,6 +55,7 @@ class JobCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.training = True
         self._marks["begin"] = self._marks["phase"] = time.perf_counter()
+        self._marks["cpu"] = time.process_time()
         epochs = max(1, math.ceil(args.num_train_epochs))
         self._steps_per_epoch = max(1, round(state.max_steps / args.num_train_epochs))
         self._send(
@@ -123,6 +124,7 @@ class JobCallback(TrainerCallback):
         if args.load_best_model_at_end and state.best_model_checkpoint:
             self.seconds["checkpointing"] += now - self._marks["phase"]  # loading the best epoch back
         self.seconds["total"] = now - self._marks["begin"]
+        self.seconds["cpu"] = time.process_time() - self._marks["cpu"]
         self.samples = round(self.train_samples * (state.epoch or 0.0))
         self.training = False
 
@@ -140,6 +142,9 @@ class JobCallback(TrainerCallback):
             "seconds_evaluating": self.seconds["evaluating"],
             "seconds_checkpointing": self.seconds["checkpointing"],
             "samples_per_second": self.samples / training if training > 0 else None,
+            # CPU time of this training process, all its threads, evaluation and checkpoints included:
+            # a figure that other processes on a shared machine change less than wall time.
+            "cpu_seconds_total": self.seconds["cpu"],
         }
 
     def _recent_loss(self) -> float | None:
