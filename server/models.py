@@ -13,9 +13,10 @@ from bertserve.server.domain import RequestLimits
 from bertserve.server.errors import InvalidInput, ModelNotFound, TaskNotSupported
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, note_model
-from bertserve.server.scheduling.admission import Admission, AdmissionLimits, retry_hint_ms
+from bertserve.server.scheduling.admission import Admission, AdmissionLimits, Pushback
 from bertserve.server.scheduling.autoscaler import AutoscaleLimits, AutoscalePolicy
 from bertserve.server.scheduling.batcher import Batcher, BatchLimits, Kernel
+from bertserve.server.scheduling.estimate import ThroughputMeter
 from bertserve.server.scheduling.router import Router
 from bertserve.server.tasks import answer_question, classify_sequence, classify_tokens, embed
 from bertserve.server.tasks.fill_mask import FillMaskKernel
@@ -86,6 +87,8 @@ class ServedModel:
         self.router = Router(
             pool, depth=config.batches_per_replica, prefer_warm=config.replica_choice == "warm"
         )
+        # What the replicas get through, over every task: the rate that retry hints divide by.
+        self.throughput = ThroughputMeter()
         self.batchers = {
             task: Batcher(
                 f"{config.name}:{task.value}",
@@ -93,10 +96,17 @@ class ServedModel:
                 self.router,
                 config.batch_limits,
                 None if metrics is None else metrics.batcher(config.name, task.value),
+                throughput=self.throughput,
+                retry_after_ms=self.retry_after_ms,
             )
             for task, kernel in _kernels(tokenizer).items()
             if task in config.tasks
         }
+        self.pushback = Pushback(
+            work_tokens=lambda: self.queued_tokens + self.throughput.tokens_at_replicas,
+            inflight=lambda: self.admission.inflight,
+            rate=self.throughput.rate,
+        )
         # Every request of a task that uses replicas is admitted here first (dataplane.py).
         self.admission = Admission(
             config.admission_limits,
@@ -121,12 +131,9 @@ class ServedModel:
         return self.config.name
 
     def retry_after_ms(self) -> int:
-        """The retry hint of an admission rejection: the model's queues drained at its recent
-        batch time (admission.retry_hint_ms)."""
-        batchers = list(self.batchers.values())
-        times = [b.recent_batch_s for b in batchers if b.recent_batch_s is not None]
-        per_round = self.config.batch_limits.max_batch_size * max(1, self.router.ready_replicas)
-        return retry_hint_ms(max(times, default=None), sum(b.queued for b in batchers), per_round)
+        """The retry hint of one rejection (admission limits or a full queue), in milliseconds: the
+        work ahead of it over the rate the replicas got through recently (admission.Pushback)."""
+        return self.pushback.reject()
 
     async def start(self, timeout_s: float) -> None:
         await self.pool.start(timeout_s)

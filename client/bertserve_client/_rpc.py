@@ -46,34 +46,52 @@ class RetryPolicy:
     """Bounded, jittered retries of unary calls (streams are never retried).
 
     A call answered RESOURCE_EXHAUSTED (except gRPC's own "message larger than max") or UNAVAILABLE
-    is tried again, at most ``retries`` more times. The wait before a retry is the server's
-    ``grpc-retry-pushback-ms`` trailer plus up to ``pushback_jitter`` of it when the trailer is
-    there, else exponential backoff with full jitter: uniform in
-    [0, min(max_backoff_s, initial_backoff_s * 2**attempt)]. A negative or non-numeric
-    pushback means "do not retry" (gRPC's rule). No retry starts when its wait would pass the call's
-    deadline; every attempt gets the time left of that one deadline.
+    is tried again, at most ``retries`` more times. The wait before a retry:
+
+    - When the answer has the server's ``grpc-retry-pushback-ms`` trailer (``p`` seconds):
+      decorrelated jitter with the pushback as its floor, uniform in
+      [p, pushback_spread x max(p, w)], where ``w`` is the wait before the attempt just answered
+      (none before the first retry: uniform in [p, 4p] with the default spread); at most
+      max(max_backoff_s, p). The client never comes back sooner than the server asked (gRPC's
+      retry design, A6, "Pushback"), and callers rejected together spread out over a window that
+      widens with every retry instead of all coming back after the same pushback ("Exponential
+      Backoff And Jitter", AWS Architecture Blog: decorrelated jitter, there with a factor of 3;
+      4 here, as measured in docs/reliability.md, "Overload and admission").
+    - Without the trailer: exponential backoff with full jitter, uniform in
+      [0, min(max_backoff_s, initial_backoff_s x 2**n)] before retry n+1.
+
+    A negative or non-numeric pushback means "do not retry" (gRPC's rule). No retry starts when its
+    wait (as drawn) would pass the call's deadline; every attempt gets the time left of that one
+    deadline. ``rand`` (uniform in [0, 1)) and ``clock`` (monotonic seconds) are injected so that
+    tests decide the draws and the time.
     """
 
     retries: int = 3
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 5.0
-    pushback_jitter: float = 0.2
+    pushback_spread: float = 4.0
     rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be an integer >= 0 (0: no retries), got {self.retries!r}")
+        if not self.pushback_spread >= 1.0:
+            raise ValueError(f"pushback_spread must be >= 1, got {self.pushback_spread!r}")
 
-    def delay(self, error: grpc.RpcError, attempt: int) -> float | None:
+    def delay(self, error: grpc.RpcError, attempt: int, previous: float | None = None) -> float | None:
         """Seconds to wait before retrying after ``error`` on attempt ``attempt`` (0: the first
-        call), or None: do not retry."""
+        call), whose own wait was ``previous`` seconds (None: it was the first call), or None: do
+        not retry."""
         if attempt >= self.retries or _code(error) not in RETRYABLE_CODES or _too_large(error):
             return None
         pushback = pushback_ms(error)
         if pushback == _NO_RETRY:
             return None
         if pushback is not None:
-            return pushback / 1000.0 * (1.0 + self.pushback_jitter * self.rand())
+            floor = pushback / 1000.0
+            top = min(max(self.max_backoff_s, floor), self.pushback_spread * max(floor, previous or 0.0))
+            return floor + max(0.0, top - floor) * self.rand()
         return min(self.max_backoff_s, self.initial_backoff_s * 2.0**attempt) * self.rand()
 
 
@@ -128,21 +146,23 @@ class _Attempts:
     def __init__(self, policy: RetryPolicy, timeout: float | None) -> None:
         self._policy = policy
         self._timeout = timeout
-        self._end = None if timeout is None else time.monotonic() + timeout
+        self._end = None if timeout is None else policy.clock() + timeout
+        self._previous: float | None = None  # the wait before the current attempt
         self.attempt = 0
 
     def timeout(self) -> float | None:
         """The timeout of the next attempt: what is left of the call's deadline."""
         if self._end is None or self.attempt == 0:
             return self._timeout
-        return max(0.0, self._end - time.monotonic())
+        return max(0.0, self._end - self._policy.clock())
 
     def wait(self, error: grpc.RpcError) -> float | None:
         """Seconds to sleep before the next attempt, or None: raise ``error``."""
-        delay = self._policy.delay(error, self.attempt)
-        if delay is None or (self._end is not None and time.monotonic() + delay >= self._end):
+        delay = self._policy.delay(error, self.attempt, self._previous)
+        if delay is None or (self._end is not None and self._policy.clock() + delay >= self._end):
             return None
         self.attempt += 1
+        self._previous = delay
         return delay
 
 

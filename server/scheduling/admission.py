@@ -11,8 +11,8 @@ Every request of a task that uses replicas (all but Tokenize) takes a `Permit` f
   already waiting, or when nothing is waiting (so an input longer than the limit can still run).
 
 Past either limit the request gets `Overloaded` (RESOURCE_EXHAUSTED) at once, carrying a retry
-hint, and nothing of it reaches a batcher queue. Nothing here ever waits. A permit is released
-exactly once, on every path (answer, error, cancellation), by its context manager.
+hint (`Pushback`), and nothing of it reaches a batcher queue. Nothing here ever waits. A permit is
+released exactly once, on every path (answer, error, cancellation), by its context manager.
 
 Limits of 1 and 1 mean: one request at a time in the model, and it is queued only into empty
 queues. 0 means unlimited.
@@ -20,7 +20,8 @@ queues. 0 means unlimited.
 
 from __future__ import annotations
 
-import math
+import heapq
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,11 +29,20 @@ from types import TracebackType
 from bertserve.server.errors import Overloaded
 from bertserve.server.metrics import AdmissionMetrics
 
-# Retry hints (the `grpc-retry-pushback-ms` trailer): a batch time before any batch finished,
-# and the range a hint is kept in.
-DEFAULT_BATCH_S = 0.05
+# Retry hints (the `grpc-retry-pushback-ms` trailer), in milliseconds: the range a hint is kept in
+# (at least a moment; at most what a client should be asked to wait for a guess), and how long the
+# work in flight is assumed to take while the model has no measured rate yet (no batch computed).
 MIN_RETRY_MS = 10
 MAX_RETRY_MS = 5000
+DEFAULT_RETRY_MS = 100
+# Rejected calls a model's `Pushback` remembers at most (past it, more are not counted: by then the
+# hint is at MAX_RETRY_MS for any realistic rate).
+MAX_DEFERRED = 4096
+# How long a rejected call counts as work that comes back, in hints: bertserve's client comes back
+# between one and four hints later (decorrelated jitter, client/bertserve_client/_rpc.py), 2.5 on
+# average; a client that waits exactly the hint (gRPC's own retries) is counted longer than it is
+# away.
+DEFERRED_HOLD = 2.5
 
 REASON_INFLIGHT = "inflight"
 REASON_QUEUED_TOKENS = "queued_tokens"
@@ -47,17 +57,88 @@ class AdmissionLimits:
     max_queued_tokens: int = 262_144
 
 
-def retry_hint_ms(batch_s: float | None, queued_inputs: int, per_round: int) -> int:
-    """How long a rejected client should wait before trying again, in milliseconds.
+def retry_hint_ms(work_tokens: float, rate: float | None) -> int:
+    """How long a rejected client should wait before trying again, in milliseconds: the time the
+    model needs to get through `work_tokens` tokens at `rate`, the tokens per second its replicas
+    got through recently (estimate.ThroughputMeter); DEFAULT_RETRY_MS without a rate. Kept within
+    MIN_RETRY_MS..MAX_RETRY_MS."""
+    ms = DEFAULT_RETRY_MS if rate is None or rate <= 0.0 else max(0.0, work_tokens) / rate * 1000.0
+    return _bounded(ms)
 
-    The time the model needs to drain what is ahead: the batch running now plus one batch round
-    per `per_round` queued inputs (max batch size x ready replicas), each taking `batch_s` (the
-    recent batch compute time; DEFAULT_BATCH_S before any batch finished). Kept within
-    MIN_RETRY_MS..MAX_RETRY_MS.
+
+def _bounded(ms: float) -> int:
+    return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, round(ms))))
+
+
+class Pushback:
+    """The retry hints of one model's rejections: each rejected call is told to come back once the
+    work ahead of it is done.
+
+    The work ahead is the tokens waiting in the model's queues and at its replicas (`work_tokens`),
+    plus the calls rejected before this one that have not come back yet: until about when it is
+    expected back (DEFERRED_HOLD hints), a rejected call counts as work that will return. Without
+    them, callers rejected together are all told about the same time and collide again; with them,
+    the k-th of a burst of rejections is told about k calls' work later than the first, so the
+    burst comes back spread over the time the model needs for it. A rejected call's tokens are
+    estimated as the mean of the calls in flight (`inflight`): the in-flight limit rejects before
+    tokenizing.
+
+    `reject()` is called once per rejection. `rate` gives the measured tokens per second (None
+    before any: the work in flight is then assumed to take DEFAULT_RETRY_MS, so that the first
+    burst of rejections, before any batch has finished, is spread too). `clock` is injected so
+    that tests control time.
     """
-    seconds = batch_s if batch_s is not None and batch_s > 0 else DEFAULT_BATCH_S
-    rounds = 1 + math.ceil(max(0, queued_inputs) / max(1, per_round))
-    return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, round(seconds * rounds * 1000))))
+
+    def __init__(
+        self,
+        work_tokens: Callable[[], int],
+        inflight: Callable[[], int],
+        rate: Callable[[], float | None],
+        clock: Callable[[], float] = time.monotonic,
+        max_deferred: int = MAX_DEFERRED,
+    ) -> None:
+        self._work_tokens = work_tokens
+        self._inflight = inflight
+        self._rate = rate
+        self._clock = clock
+        self._max_deferred = max_deferred
+        # Rejected calls not back yet, as (when they are expected back, estimated tokens).
+        self._deferred: list[tuple[float, float]] = []
+        self._deferred_tokens = 0.0
+        self._per_call = 0.0  # tokens of a call in flight, on average, when last measured
+
+    @property
+    def deferred(self) -> int:
+        """Rejected calls counted as coming back (not expected back yet)."""
+        self._expire(self._clock())
+        return len(self._deferred)
+
+    def _expire(self, now: float) -> None:
+        while self._deferred and self._deferred[0][0] <= now:
+            _, tokens = heapq.heappop(self._deferred)
+            self._deferred_tokens -= tokens
+        if not self._deferred:
+            self._deferred_tokens = 0.0  # no float drift left behind
+
+    def reject(self) -> int:
+        """The hint of one more rejected call, in milliseconds; the call then counts as work that
+        comes back, until DEFERRED_HOLD hints from now."""
+        now = self._clock()
+        self._expire(now)
+        work = self._work_tokens()
+        inflight = self._inflight()
+        if work > 0 and inflight > 0:
+            self._per_call = work / inflight
+        ahead = work + self._deferred_tokens
+        rate = self._rate()
+        if rate is None and work > 0:
+            ms = _bounded(DEFAULT_RETRY_MS * ahead / work)
+        else:
+            ms = retry_hint_ms(ahead, rate)
+        if len(self._deferred) < self._max_deferred:
+            heapq.heappush(self._deferred, (now + DEFERRED_HOLD * ms / 1000.0, self._per_call))
+            self._deferred_tokens += self._per_call
+        return ms
 
 
 class Permit:
@@ -93,7 +174,7 @@ class Permit:
 
 class Admission:
     """One model's admission. `queued_tokens()` reads the tokens waiting in its batcher queues;
-    `retry_after_ms()` the retry hint of a rejection (see `retry_hint_ms`)."""
+    `retry_after_ms()` gives the retry hint of a rejection, once per rejection (`Pushback.reject`)."""
 
     def __init__(
         self,

@@ -12,6 +12,9 @@ wait between batches. Every release on the router wakes the batchers that have q
 (`Router.on_release`). Batches group inputs of similar length (around the oldest waiting input,
 so nothing starves) under `max_batch_tokens` padded tokens. One replica call per batch
 (workers/pool.py: the direct channel or a Ray actor call).
+
+Every batch sent to a replica is reported to the model's `ThroughputMeter` (estimate.py), which
+the retry hints of rejections read (admission.Pushback).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +30,7 @@ from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, Serv
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import BatcherMetrics
 from bertserve.server.scheduling.admission import retry_hint_ms
-from bertserve.server.scheduling.estimate import BatchTimeModel
+from bertserve.server.scheduling.estimate import BatchTimeModel, ThroughputMeter
 from bertserve.server.scheduling.router import BatchNote, Replica, Router
 from bertserve.server.scheduling.work import ItemResult, WorkItem
 from bertserve.workers.errors import ReplicaFailed
@@ -105,7 +108,12 @@ def take_batch(
 
 class Batcher:
     """One model's queue for one task. `name` is "model:task"; `metrics`, when given, receives
-    what `stats` counts (and each batch's size and compute time) for Prometheus."""
+    what `stats` counts (and each batch's size and compute time) for Prometheus.
+
+    `throughput` is the model's meter, shared by its batchers (its own when not given);
+    `retry_after_ms` gives the retry hint of a full queue's rejection, once per rejection (the
+    model's admission.Pushback; without it, this queue's and its meter's work over the meter's
+    rate). `clock` is the monotonic clock that deadlines are read against."""
 
     def __init__(
         self,
@@ -114,16 +122,21 @@ class Batcher:
         router: Router,
         limits: BatchLimits,
         metrics: BatcherMetrics | None = None,
+        *,
+        throughput: ThroughputMeter | None = None,
+        retry_after_ms: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self._clock = clock
+        self.throughput = throughput if throughput is not None else ThroughputMeter(clock=clock)
+        self._retry_after_ms = retry_after_ms
         self._metrics = metrics
         self._kernel = kernel
         self._router = router
         self._limits = limits
         self._queue: list[WorkItem] = []
         self._queued_tokens = 0  # sum of the queue's item lengths
-        # Recent batch compute time (an exponential moving average), seconds; None before any.
-        self.recent_batch_s: float | None = None
         # Compute time against padded tokens of recent batches (for fill_queued).
         self.batch_time = BatchTimeModel()
         self._changed = asyncio.Event()
@@ -145,9 +158,11 @@ class Batcher:
         return self._queued_tokens
 
     def retry_after_ms(self) -> int:
-        """The retry hint of a rejection by this batcher (admission.retry_hint_ms)."""
-        per_round = self._limits.max_batch_size * max(1, self._router.ready_replicas)
-        return retry_hint_ms(self.recent_batch_s, len(self._queue), per_round)
+        """The retry hint of a rejection by this batcher (see the class docstring)."""
+        if self._retry_after_ms is not None:
+            return self._retry_after_ms()
+        meter = self.throughput
+        return retry_hint_ms(self._queued_tokens + meter.tokens_at_replicas, meter.rate())
 
     def submit(self, items: Sequence[WorkItem]) -> None:
         """Queue all items of one request, or none: RESOURCE_EXHAUSTED when the queue is full."""
@@ -243,7 +258,7 @@ class Batcher:
         """Let the batch for a busy replica's queued slot fill: up to max_wait, or with
         fill_queued until shortly before the running batch is expected to end."""
         while self._queue:
-            now = time.monotonic()
+            now = self._clock()
             until = self._queue[0].enqueued_at + self._limits.max_wait_s
             if self._limits.fill_queued and (running := self._router.running_batch(replica)):
                 since, expected_s = running
@@ -268,12 +283,11 @@ class Batcher:
         (reserved) and every other ready replica with a free slot that would start a batch before
         half of a batch of the whole queue had run on `replica`. Without it, a replica that turns
         idle as many requests arrive takes them all in one long batch while the other, a moment
-        later, finds the queue empty and runs single inputs as its lone clients send them (bert-base,
-        64-token inputs, 16 clients, two CPU replicas: one batch of 14 in 2.1 s on one replica
-        beside ten of 1 in 0.2 s each on the other, over and over)."""
+        later, finds the queue empty and runs single inputs as its lone clients send them, over
+        and over (what sharing brought: docs/benchmarks.md, "Optimisations", share_batches)."""
         if not self._limits.share or len(self._queue) < 2:
             return 1
-        now = time.monotonic()
+        now = self._clock()
         starts_at = self._router.free_slot_start(replica, now)
         longest = max(it.length for it in self._queue)
         whole = self.batch_time.estimate(longest * min(len(self._queue), self._limits.max_batch_size))
@@ -287,7 +301,7 @@ class Batcher:
     def _next_batch(self, share: int = 1) -> list[WorkItem]:
         """The next batch from the queue (inputs past their deadline fail first); with `share`
         > 1, at most its share of the waiting inputs (`_share`)."""
-        now = time.monotonic()
+        now = self._clock()
         live: list[WorkItem] = []
         for item in self._queue:
             if item.abandoned:
@@ -308,10 +322,14 @@ class Batcher:
         return batch
 
     async def _execute(self, replica: Replica, batch: list[WorkItem]) -> None:
-        dispatched = time.monotonic()
+        dispatched = self._clock()
         args = self._kernel.collate(batch)
+        tokens = sum(it.length for it in batch)
+        computed = False
+        self.throughput.sent(tokens)
         try:
             output, replica, note = await self._compute(replica, batch, args)
+            computed = True
         except ServingError as exc:
             _fail(batch, exc)
             return
@@ -322,6 +340,8 @@ class Batcher:
             self._log.exception("batch_error", batch_size=len(batch))
             _fail(batch, Internal("internal error while computing the batch"))
             return
+        finally:
+            self.throughput.ended(tokens, computed)
         compute_us = int(getattr(output, "compute_us", 0))
         try:
             try:
@@ -338,7 +358,7 @@ class Batcher:
             await self._router.release(replica, note)  # wakes this batcher (on_release)
         # The callers answer their clients before this batch's bookkeeping: they resume first.
         await asyncio.sleep(0)
-        self._account(replica, batch, compute_us, dispatched)
+        self._account(replica, batch, compute_us)
 
     async def _compute(
         self, replica: Replica, batch: list[WorkItem], args: tuple[Any, ...]
@@ -371,17 +391,14 @@ class Batcher:
                 self._metrics.retry()
             replica = await self._router.acquire(exclude=frozenset(tried))
 
-    def _account(self, replica: Replica, batch: list[WorkItem], compute_us: int, dispatched: float) -> None:
-        """Counters, the recent batch time, metrics and the log line of a computed batch."""
+    def _account(self, replica: Replica, batch: list[WorkItem], compute_us: int) -> None:
+        """Counters, the batch time model, metrics and the log line of a computed batch."""
         padded = max(it.length for it in batch) * len(batch)
         real = sum(it.length for it in batch)
         replica.batches += 1
         replica.sequences += len(batch)
-        batch_s = compute_us / 1e6 if compute_us > 0 else time.monotonic() - dispatched
-        previous = self.recent_batch_s
-        self.recent_batch_s = batch_s if previous is None else 0.7 * previous + 0.3 * batch_s
         if compute_us > 0:  # the replica's own time: without the trip there and back
-            self.batch_time.add(padded, batch_s)
+            self.batch_time.add(padded, compute_us / 1e6)
         self.stats.batches += 1
         self.stats.sequences += len(batch)
         self.stats.real_tokens += real
