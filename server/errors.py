@@ -42,7 +42,14 @@ class Overloaded(ServingError):
 
 
 class Unavailable(ServingError):
-    """No replica can take the work (none ready, all crashed, or shutting down)."""
+    """No replica can take the work (none ready, all crashed, or shutting down).
+
+    `retry_after_ms`, when set, is when a replica is expected back: unary calls send it as the
+    `grpc-retry-pushback-ms` trailer, like an Overloaded's hint."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class DeadlineExceeded(ServingError):
@@ -74,8 +81,9 @@ RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def trailers_for(error: ServingError) -> tuple[tuple[str, str], ...]:
-    """The trailing metadata a failed unary call carries: the retry pushback of an Overloaded."""
-    if isinstance(error, Overloaded) and error.retry_after_ms is not None:
+    """The trailing metadata a failed unary call carries: the retry pushback of an Overloaded or
+    an Unavailable that has one."""
+    if isinstance(error, Overloaded | Unavailable) and error.retry_after_ms is not None:
         return ((RETRY_PUSHBACK_KEY, str(max(0, int(error.retry_after_ms)))),)
     return ()
 

@@ -85,7 +85,10 @@ class ServedModel:
         self.tokenizer = tokenizer
         self.pool = pool
         self.router = Router(
-            pool, depth=config.batches_per_replica, prefer_warm=config.replica_choice == "warm"
+            pool,
+            depth=config.batches_per_replica,
+            prefer_warm=config.replica_choice == "warm",
+            ready_eta=pool.expected_ready_at,
         )
         # What the replicas get through, over every task: the rate that retry hints divide by.
         self.throughput = ThroughputMeter()
@@ -190,12 +193,13 @@ class ServedModel:
         await self.pool.stop()
 
     def replicas_changed(self) -> None:
-        """Pool callback: wake the router and the batchers."""
+        """Pool callback: wake the router and the batchers (which fail, with no replica ready, the
+        queued requests that cannot wait for one: Batcher.replicas_changed)."""
         task = asyncio.get_running_loop().create_task(self.router.notify())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         for batcher in self.batchers.values():
-            batcher.wake()
+            batcher.replicas_changed()
 
     def serves(self, task: Task) -> bool:
         return task in self.tasks

@@ -12,6 +12,14 @@ itself when resources appear. A removed replica turns DRAINING: the router gives
 batch, its reserved and in-flight batches finish, and only then is the actor killed and dropped
 from the pool. Victims: replicas not taking traffic first (pending, starting, restarting), then
 the least busy, then the newest.
+
+The pool measures how long a replica takes to turn READY after the failure that took it out (a
+restart) or after its creation by a scale-up, on the injected `clock`; the latest measurements,
+averaged, are `recovery_s`. Before the first, a replica is expected to take the longest warm-up
+at start, but at least DEFAULT_RECOVERY_S: Ray may have started worker processes ahead at start,
+which a restart has to start anew. `expected_ready_at` tells the router when a replica that is not
+ready should be back, so that with every replica restarting at once a call whose deadline ends
+sooner fails fast (server/scheduling/batcher.py) instead of waiting for nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +63,12 @@ _REMOVAL_RANK = {
     ReplicaState.READY: 3,
 }
 MAX_REPLICAS = 256
+# The least time a replica is expected to take to come back before a restart was measured, in
+# seconds: about what restarting a small model's replica process takes (docs/reliability.md,
+# "Replica faults", has the measured figures).
+DEFAULT_RECOVERY_S = 2.0
+# Weight of the latest measurement in `recovery_s` (the rest: the measurements before it).
+RECOVERY_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ class ReplicaHandle:
         self.batches = 0
         self.sequences = 0
         self.restarts = 0
+        # Since when it has been on its way to READY (created, or failed): None while ready.
+        self.down_since: float | None = None
         self._pool = pool
         # The direct channel (workers/channel.py): opened on the first batch after each READY.
         self._channel: ChannelClient | None = None
@@ -167,8 +184,14 @@ class ReplicaPool:
         on_change: Callable[[], None] | None = None,
         pending_after_s: float = 5.0,
         direct_channel: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
+        self._clock = clock
+        # How long a replica takes to turn READY, seconds (module docstring); None before any;
+        # and the longest warm-up at start.
+        self.recovery_s: float | None = None
+        self.startup_s = 0.0
         # Same-node replicas take batches over a Unix socket (workers/channel.py).
         self.direct_channel = direct_channel
         self._local_node_id: str | None = None
@@ -206,6 +229,36 @@ class ReplicaPool:
     def ready_count(self) -> int:
         return sum(1 for h in self._handles if h.ready)
 
+    def expected_ready_at(self) -> float:
+        """When the soonest replica that is on its way to READY (starting or restarting) should be
+        there, on the pool's clock: when it went down plus the time a replica takes to come back
+        (module docstring); a replica already later than that is expected that time from now.
+        math.inf when none is on its way (the rest are ready, pending placement, draining or
+        dead)."""
+        now = self._clock()
+        recovery = self.recovery_s
+        if recovery is None:
+            recovery = max(self.startup_s, DEFAULT_RECOVERY_S)
+        soonest = math.inf
+        for handle in self._handles:
+            on_its_way = handle.state in (ReplicaState.STARTING, ReplicaState.RESTARTING)
+            if on_its_way and handle.down_since is not None:
+                due = handle.down_since + recovery
+                soonest = min(soonest, due if due > now else now + recovery)
+        return soonest
+
+    def _note_ready(self, handle: ReplicaHandle, at_start: bool) -> None:
+        """Measure how long `handle` took to turn READY (when the pool saw it go down)."""
+        if handle.down_since is None:
+            return
+        took = max(0.0, self._clock() - handle.down_since)
+        handle.down_since = None
+        if at_start:
+            self.startup_s = max(self.startup_s, took)
+            return
+        previous = self.recovery_s
+        self.recovery_s = took if previous is None else RECOVERY_WEIGHT * (took - previous) + previous
+
     @property
     def target(self) -> int:
         """Replicas the pool is meant to have: every one not draining or dead."""
@@ -216,6 +269,7 @@ class ReplicaPool:
         self._next_index += 1
         replica_id = f"{self.spec.model_name}-{index}"
         handle = ReplicaHandle(replica_id, self._create_actor(cls, replica_id, index), self, index)
+        handle.down_since = self._clock()
         self._handles.append(handle)
         return handle
 
@@ -261,12 +315,13 @@ class ReplicaPool:
             raise ReplicaLoadError(f"replica {handle.replica_id} could not start: {_one_line(exc)}") from None
         if report.load_error:
             raise ReplicaLoadError(report.load_error)
-        self._set_ready(handle, report)
+        self._set_ready(handle, report, at_start=True)
 
-    def _set_ready(self, handle: ReplicaHandle, report: ReplicaReport) -> None:
+    def _set_ready(self, handle: ReplicaHandle, report: ReplicaReport, *, at_start: bool = False) -> None:
         handle.reset_channel()
         handle.report = report
         handle.state = ReplicaState.READY
+        self._note_ready(handle, at_start)
         _log.info(
             "replica_ready",
             replica=handle.replica_id,
@@ -309,6 +364,7 @@ class ReplicaPool:
         handle.restarts += 1
         budget_spent = 0 <= self.max_restarts < handle.restarts
         handle.state = ReplicaState.DEAD if budget_spent else ReplicaState.RESTARTING
+        handle.down_since = None if budget_spent else self._clock()
         _log.warning(
             "replica_failed",
             replica=handle.replica_id,
@@ -324,8 +380,8 @@ class ReplicaPool:
         import ray.exceptions
 
         delay = 0.1
-        deadline = time.monotonic() + 600
-        while not self._closed and handle.state is ReplicaState.RESTARTING and time.monotonic() < deadline:
+        deadline = self._clock() + 600
+        while not self._closed and handle.state is ReplicaState.RESTARTING and self._clock() < deadline:
             try:
                 report: ReplicaReport = await asyncio.wait_for(handle.actor.ready.remote(), 30)
             except ray.exceptions.ActorDiedError:
@@ -424,6 +480,8 @@ class ReplicaPool:
                     and handle.state is not state
                 ):
                     handle.state = state
+                    # Waiting for resources is not warm-up: measured from when it was placed.
+                    handle.down_since = None if unplaced else self._clock()
                     if unplaced:
                         _log.warning(
                             "replica_pending",

@@ -13,6 +13,13 @@ wait between batches. Every release on the router wakes the batchers that have q
 so nothing starves) under `max_batch_tokens` padded tokens. One replica call per batch
 (workers/pool.py: the direct channel or a Ray actor call).
 
+With no replica ready (all restarting), a request whose deadline ends before a replica is expected
+back (`Router.ready_eta`) fails at once with `Unavailable`, carrying the time until then as its
+retry hint: when it is submitted, when the last ready replica goes away while it is queued
+(`replicas_changed`), when its batch's replica fails and the retry would wait, and when the time
+a replica was expected back passes without one. A request with no deadline, or with time enough,
+waits for the replica.
+
 Every batch sent to a replica is reported to the model's `ThroughputMeter` (estimate.py), which
 the retry hints of rejections read (admission.Pushback).
 """
@@ -29,7 +36,7 @@ from typing import Any, Protocol
 from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, ServingError, Unavailable
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import BatcherMetrics
-from bertserve.server.scheduling.admission import retry_hint_ms
+from bertserve.server.scheduling.admission import MAX_RETRY_MS, MIN_RETRY_MS, retry_hint_ms
 from bertserve.server.scheduling.estimate import BatchTimeModel, ThroughputMeter
 from bertserve.server.scheduling.router import BatchNote, Replica, Router
 from bertserve.server.scheduling.work import ItemResult, WorkItem
@@ -142,6 +149,10 @@ class Batcher:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # Batches whose replica failed, waiting for a replica to retry on (see _compute).
+        self._retrying: list[list[WorkItem]] = []
+        # A look at the waiting inputs when a replica is expected back (_look_again_when_due).
+        self._recheck: asyncio.TimerHandle | None = None
         # The dispatcher (_run) is waiting for work: the queue was empty when it last looked.
         self._dispatcher_waiting = False
         self.stats = BatcherStats()
@@ -165,7 +176,8 @@ class Batcher:
         return retry_hint_ms(self._queued_tokens + meter.tokens_at_replicas, meter.rate())
 
     def submit(self, items: Sequence[WorkItem]) -> None:
-        """Queue all items of one request, or none: RESOURCE_EXHAUSTED when the queue is full."""
+        """Queue all items of one request, or none: RESOURCE_EXHAUSTED when the queue is full,
+        UNAVAILABLE when no replica is ready and none is expected back before its deadline."""
         if len(self._queue) + len(items) > self._limits.max_queued:
             if self._metrics is not None:
                 self._metrics.queue_full()
@@ -173,9 +185,16 @@ class Batcher:
                 f"the request queue is full ({self._limits.max_queued} inputs); retry later",
                 retry_after_ms=self.retry_after_ms(),
             )
+        none_ready = self._router.ready_replicas == 0
+        if none_ready:
+            eta = self._router.ready_eta()
+            if any(self._too_late(it, eta) for it in items):
+                raise self._not_back_in_time(eta)
         was_empty = not self._queue
         self._queue.extend(items)
         self._queued_tokens += sum(it.length for it in items)
+        if none_ready:
+            self._look_again_when_due()
         if was_empty and self._dispatcher_waiting and self._router.all_idle():
             # Nothing else waits and no replica has work: send the batch now, as the dispatcher
             # would on its next turn (one event-loop turn sooner for a lone request). Not under
@@ -204,6 +223,8 @@ class Batcher:
             self._task = asyncio.create_task(self._run(), name=f"batcher:{self.name}")
 
     async def stop(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -218,6 +239,72 @@ class Batcher:
         to re-evaluate: the next submit wakes the dispatcher."""
         if self._queue:
             self._changed.set()
+
+    def replicas_changed(self) -> None:
+        """A replica changed state: with none ready now, fail the inputs whose deadline ends
+        before one is expected back (their callers would only wait for DEADLINE_EXCEEDED), queued
+        or in a batch waiting to be retried; then re-evaluate the queue."""
+        if self._fail_too_late(self._queue):
+            self._queue[:] = [it for it in self._queue if not it.future.done()]
+            self._queued_tokens = sum(it.length for it in self._queue)
+        for batch in self._retrying:
+            self._fail_too_late(batch)
+        self._look_again_when_due()
+        self.wake()
+
+    def _look_again_when_due(self) -> None:
+        """With no replica ready and inputs with a deadline still waiting for one, look at them
+        again (`replicas_changed`) when a replica is expected back: one that is late is then
+        expected a whole restart later (workers/pool.py), so the inputs that cannot wait that long
+        fail then rather than at their deadline."""
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if self._router.ready_replicas > 0:
+            return
+        waiting = [self._queue, *self._retrying]
+        if not any(it.deadline is not None and not it.abandoned for items in waiting for it in items):
+            return
+        eta = self._router.ready_eta()
+        if eta is None or not math.isfinite(eta):
+            return
+        delay = max(0.0, eta - self._clock())
+        self._recheck = asyncio.get_running_loop().call_later(delay, self.replicas_changed)
+
+    def _fail_too_late(self, items: Sequence[WorkItem]) -> bool:
+        """With no replica ready, fail those of `items` that cannot wait for one; True when any
+        did."""
+        if not items or self._router.ready_replicas > 0:
+            return False
+        eta = self._router.ready_eta()
+        late = [it for it in items if not it.abandoned and self._too_late(it, eta)]
+        _fail(late, self._not_back_in_time(eta))
+        return bool(late)
+
+    def _ready_hint(self) -> int | None:
+        """With no replica ready, the time until one is expected back, as a retry hint."""
+        if self._router.ready_replicas > 0:
+            return None
+        return self._hint_until(self._router.ready_eta())
+
+    def _hint_until(self, eta: float | None) -> int | None:
+        if eta is None or not math.isfinite(eta):
+            return None
+        return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, round((eta - self._clock()) * 1000.0))))
+
+    def _too_late(self, item: WorkItem, eta: float | None) -> bool:
+        """With no replica ready: `item` has a deadline and it ends before one is expected back
+        (`eta`; None: not known, so no input counts as too late)."""
+        return eta is not None and item.deadline is not None and item.deadline < eta
+
+    def _not_back_in_time(self, eta: float | None) -> Unavailable:
+        """The error of a request that no replica can be back for in time: retryable, with the
+        time until one is expected as its hint (none when none is on its way)."""
+        return Unavailable(
+            "no replica of this model is ready, and none is expected back before the call's "
+            "deadline; retry later",
+            retry_after_ms=self._hint_until(eta),
+        )
 
     async def _run(self) -> None:
         while True:
@@ -384,12 +471,28 @@ class Batcher:
                 await self._router.release(replica, note)  # wakes this batcher (on_release)
                 raise
             if attempts >= 2:
-                raise Unavailable("the replica computing this request failed")
+                raise Unavailable(
+                    "the replica computing this request failed", retry_after_ms=self._ready_hint()
+                )
             attempts += 1
             self.stats.retries += 1
             if self._metrics is not None:
                 self._metrics.retry()
-            replica = await self._router.acquire(exclude=frozenset(tried))
+            # The retry may wait for a replica to come back: the inputs whose deadline ends before
+            # then fail now, and while it waits (`replicas_changed`); the batch goes on for the
+            # others, if any are left.
+            self._fail_too_late(batch)
+            if all(it.abandoned for it in batch):
+                raise self._not_back_in_time(self._router.ready_eta())
+            self._retrying.append(batch)
+            self._look_again_when_due()
+            try:
+                replica = await self._router.acquire(exclude=frozenset(tried))
+            finally:
+                self._retrying.remove(batch)
+            if all(it.abandoned for it in batch):
+                await self._router.release(replica)
+                raise self._not_back_in_time(self._router.ready_eta())
 
     def _account(self, replica: Replica, batch: list[WorkItem], compute_us: int) -> None:
         """Counters, the batch time model, metrics and the log line of a computed batch."""

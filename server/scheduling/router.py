@@ -12,6 +12,10 @@ first goes first: it frees up first. "spread" takes the replica with the fewest 
 The router also keeps, per replica, the batches sent to it in order with the compute time the
 sending batcher expects of each (`note_batch`), and since when the first of them has been running,
 so that a batcher can tell when a busy replica's running batch should end (`running_batch`).
+
+With no replica ready, `ready_eta` says when one is expected back (the pool's measured restart or
+warm-up time, workers/pool.py `expected_ready_at`): the batcher fails at once the requests whose
+deadline ends before then, instead of letting them wait for it.
 """
 
 from __future__ import annotations
@@ -55,10 +59,17 @@ class ReplicaSource(Protocol):
 
 
 class Router:
-    def __init__(self, source: ReplicaSource, depth: int = 2, prefer_warm: bool = True) -> None:
+    def __init__(
+        self,
+        source: ReplicaSource,
+        depth: int = 2,
+        prefer_warm: bool = True,
+        ready_eta: Callable[[], float | None] | None = None,
+    ) -> None:
         self._source = source
         self._depth = depth
         self._prefer_warm = prefer_warm
+        self._ready_eta = ready_eta
         self._changed = asyncio.Condition()
         # Event order (a counter, higher: more recent), per replica id: its latest release, and
         # when its running batch started (on reaching an idle replica, or when its queued batch
@@ -88,6 +99,12 @@ class Router:
     @property
     def ready_replicas(self) -> int:
         return sum(1 for r in self._source.replicas() if r.ready)
+
+    def ready_eta(self) -> float | None:
+        """When a replica that is not ready now is expected to be (the source's clock); math.inf
+        when none is on its way back (only replicas waiting for resources); None when not known
+        (no estimate given: callers wait, as for a replica that may be back any moment)."""
+        return None if self._ready_eta is None else self._ready_eta()
 
     def has_idle_replica(self) -> bool:
         return any(r.ready and r.inflight == 0 for r in self._source.replicas())

@@ -7,6 +7,7 @@ in-process replica whose batches wait on a gate, so tests decide when the "GPU" 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,9 @@ class OnePool:
     @property
     def ready_count(self) -> int:
         return 1
+
+    def expected_ready_at(self) -> float:
+        return math.inf  # never asked: the one replica is always ready
 
     async def start(self, timeout_s: float) -> None:
         pass
