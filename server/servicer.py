@@ -25,6 +25,7 @@ from bertserve.server.drain import SHUTTING_DOWN, Drain
 from bertserve.server.errors import Internal, InvalidInput, ServingError, status_for, trailers_for
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, begin_request, current_model
+from bertserve.server.scheduling.admission import note_previous_attempts
 from bertserve.v1 import (
     answer_question_pb2,
     bert_service_pb2,
@@ -48,6 +49,18 @@ _DONE = object()
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+# Metadata a client sends with a retried call: the attempts before it (bertserve's client sends
+# x-retry-attempt; gRPC's own retries send grpc-previous-rpc-attempts).
+ATTEMPT_KEYS = ("x-retry-attempt", "grpc-previous-rpc-attempts")
+
+
+def _previous_attempts(context: grpc.aio.ServicerContext[Any, Any]) -> int:
+    for key, value in context.invocation_metadata() or ():
+        if key in ATTEMPT_KEYS and isinstance(value, str) and value.isdigit() and len(value) <= 3:
+            return int(value)
+    return 0
 
 
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -226,6 +239,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
         request_id = _request_id(context)
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=rpc)
         begin_request()
+        note_previous_attempts(_previous_attempts(context))  # admission favours retried calls
         start = time.perf_counter()
         try:
             response = await call()

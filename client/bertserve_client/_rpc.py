@@ -38,6 +38,7 @@ R = TypeVar("R")
 # take the work for now); the server's retry hint is gRPC's standard trailer.
 RETRYABLE_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+RETRY_ATTEMPT_KEY = "x-retry-attempt"
 _NO_RETRY = -1
 
 
@@ -156,6 +157,13 @@ class _Attempts:
             return self._timeout
         return max(0.0, self._end - self._policy.clock())
 
+    def metadata(self, settings: CallSettings) -> tuple[tuple[str, str], ...] | None:
+        """The call's metadata; a retry also says how many attempts came before it
+        (`x-retry-attempt`), so that the server's admission can favour it."""
+        if self.attempt == 0:
+            return settings.grpc_metadata
+        return (*settings.metadata, (RETRY_ATTEMPT_KEY, str(self.attempt)))
+
     def wait(self, error: grpc.RpcError) -> float | None:
         """Seconds to sleep before the next attempt, or None: raise ``error``."""
         delay = self._policy.delay(error, self.attempt, self._previous)
@@ -176,7 +184,7 @@ def call_unary(
     attempts = _Attempts(settings.retry, settings.deadline(timeout))
     while True:
         try:
-            return method(request, timeout=attempts.timeout(), metadata=settings.grpc_metadata)
+            return method(request, timeout=attempts.timeout(), metadata=attempts.metadata(settings))
         except grpc.RpcError as error:
             delay = attempts.wait(error)
             if delay is None:
@@ -195,7 +203,7 @@ async def call_unary_async(
     attempts = _Attempts(settings.retry, settings.deadline(timeout))
     while True:
         try:
-            return await method(request, timeout=attempts.timeout(), metadata=settings.grpc_metadata)
+            return await method(request, timeout=attempts.timeout(), metadata=attempts.metadata(settings))
         except grpc.RpcError as error:
             delay = attempts.wait(error)
             if delay is None:

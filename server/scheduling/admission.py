@@ -16,10 +16,17 @@ released exactly once, on every path (answer, error, cancellation), by its conte
 
 Limits of 1 and 1 mean: one request at a time in the model, and it is queued only into empty
 queues. 0 means unlimited.
+
+A call that a client sends again after a rejection says so (`x-retry-attempt: N`, the number of
+attempts before it; the servicer notes it with `note_previous_attempts`). Such a call may pass
+`max_inflight` by up to N (at most `MAX_RETRY_HEADROOM`): otherwise a caller whose call was just
+answered, and who sends its next one at once, keeps taking the slot it freed, and a caller that
+waited for its retry hint finds the model full again until it gives up.
 """
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import time
 from collections.abc import Callable
@@ -38,6 +45,18 @@ DEFAULT_RETRY_MS = 100
 # Rejected calls a model's `Pushback` remembers at most (past it, more are not counted: by then the
 # hint is at MAX_RETRY_MS for any realistic rate).
 MAX_DEFERRED = 4096
+# How far past max_inflight a retried call may be admitted (its previous attempts, at most this).
+MAX_RETRY_HEADROOM = 4
+
+# Previous attempts of the call running in this task (the servicer notes them; 0 for stream requests).
+_previous_attempts: contextvars.ContextVar[int] = contextvars.ContextVar("bertserve_attempts", default=0)
+
+
+def note_previous_attempts(attempts: int) -> None:
+    """Record how many attempts the client made before the call running in this task."""
+    _previous_attempts.set(max(0, attempts))
+
+
 # How long a rejected call counts as work that comes back, in hints: bertserve's client comes back
 # between one and four hints later (decorrelated jitter, client/bertserve_client/_rpc.py), 2.5 on
 # average; a client that waits exactly the hint (gRPC's own retries) is counted longer than it is
@@ -201,9 +220,10 @@ class Admission:
         return self._queued_tokens()
 
     def try_acquire(self) -> Permit:
-        """A permit, or Overloaded at once when `max_inflight` requests are in flight."""
+        """A permit, or Overloaded at once when `max_inflight` requests are in flight (a retried
+        call: `max_inflight` plus its previous attempts, at most MAX_RETRY_HEADROOM more)."""
         limit = self.limits.max_inflight
-        if limit and self._inflight >= limit:
+        if limit and self._inflight >= limit + min(_previous_attempts.get(), MAX_RETRY_HEADROOM):
             raise self._reject(
                 REASON_INFLIGHT, f"the model has {limit} requests in flight, its limit; retry later"
             )
