@@ -1,4 +1,5 @@
-"""The data plane: admit → validate → tokenize → batch → await → post-process, per task.
+"""The data plane: admit → validate → tokenize → batch → await → post-process, one path for every
+task, driven by the task's definition (server/tasks/definition.py).
 
 Transport-free: takes domain queries, returns domain answers, raises ServingError. Inputs
 that run as several windows (long NER texts, QA contexts, split classification or
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bertserve.server.domain import (
     AnswerQuestionAnswer,
@@ -46,123 +47,81 @@ from bertserve.server.tasks import (
     next_sentence,
     tokenize,
 )
+from bertserve.server.tasks.definition import ModelView, TaskDefinition, Window
 from bertserve.workers.protocol import Task
 
 
-class ModelInput(Protocol):
+class _Query(Protocol):
     @property
-    def ids(self) -> tuple[int, ...]: ...
+    def model(self) -> str: ...
 
-    @property
-    def type_ids(self) -> tuple[int, ...]: ...
+
+Q = TypeVar("Q", bound=_Query)
+P = TypeVar("P")
+R = TypeVar("R")
+A = TypeVar("A")
 
 
 def _us(seconds: float) -> int:
     return int(seconds * 1e6)
 
 
+def model_view(model: ServedModel) -> ModelView:
+    """What the task steps read of a served model."""
+    cfg = model.config
+    return ModelView(model.tokenizer, cfg.limits, cfg.labels, cfg.problem_type)
+
+
 class DataPlane:
+    """One method per task RPC, named after the task (the servicer calls them by that name); all
+    but tokenize run `answer` with the task's definition."""
+
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
 
-    async def fill_mask(self, query: FillMaskQuery, deadline: float | None = None) -> FillMaskAnswer:
+    async def answer(
+        self, definition: TaskDefinition[Q, P, R, A], query: Q, deadline: float | None = None
+    ) -> A:
+        """Admit, prepare, run every model input through the model's batcher, finish each input."""
         start = time.perf_counter()
-        model = self.registry.get(query.model, Task.FILL_MASK)
-        batcher = model.batcher(Task.FILL_MASK)
+        model = self.registry.get(query.model, definition.task)
+        batcher = model.batcher(definition.task)
+        view = model_view(model)
         with model.admission.try_acquire() as permit:
-            prepared = fill_mask.prepare(query, model.tokenizer, model.config.limits)
+            prepared = definition.prepare(query, view)
             tokenized = time.perf_counter()
-            items = await _run(batcher, permit, prepared.encoded, prepared.heads, deadline)
+            outputs, items = await _run_windows(batcher, permit, prepared.windows, deadline)
         results = tuple(
-            fill_mask.finish(enc, head, item.output, model.tokenizer)
-            for enc, head, item in zip(prepared.encoded, prepared.heads, items, strict=True)
+            definition.finish(query, plan, out, view)
+            for plan, out in zip(prepared.plans, outputs, strict=True)
         )
-        targets = prepared.targets
-        return FillMaskAnswer(
-            results,
-            model.name,
-            _timing(start, tokenized, items),
-            targets.replaced if targets else (),
-            targets.ignored if targets else (),
-        )
+        return definition.answer(query, prepared, results, model.name, _timing(start, tokenized, items))
+
+    async def fill_mask(self, query: FillMaskQuery, deadline: float | None = None) -> FillMaskAnswer:
+        return await self.answer(fill_mask.DEFINITION, query, deadline)
 
     async def next_sentence(
         self, query: NextSentenceQuery, deadline: float | None = None
     ) -> NextSentenceAnswer:
-        start = time.perf_counter()
-        model = self.registry.get(query.model, Task.NEXT_SENTENCE)
-        batcher = model.batcher(Task.NEXT_SENTENCE)
-        with model.admission.try_acquire() as permit:
-            encoded = next_sentence.prepare(query, model.tokenizer, model.config.limits)
-            tokenized = time.perf_counter()
-            items = await _run(batcher, permit, encoded, [None] * len(encoded), deadline)
-        results = tuple(
-            next_sentence.finish(enc, item.output) for enc, item in zip(encoded, items, strict=True)
-        )
-        return NextSentenceAnswer(results, model.name, _timing(start, tokenized, items))
+        return await self.answer(next_sentence.DEFINITION, query, deadline)
 
     async def classify_sequence(
         self, query: ClassifySequenceQuery, deadline: float | None = None
     ) -> ClassifySequenceAnswer:
-        start = time.perf_counter()
-        model = self.registry.get(query.model, Task.CLASSIFY_SEQUENCE)
-        batcher = model.batcher(Task.CLASSIFY_SEQUENCE)
-        with model.admission.try_acquire() as permit:
-            prepared = classify_sequence.prepare(query, model.tokenizer, model.config.limits)
-            tokenized = time.perf_counter()
-            outputs, items = await _run_windows(batcher, permit, prepared.windows, deadline)
-        cfg = model.config
-        results = tuple(
-            classify_sequence.finish(out, stats, query.function, cfg.labels, cfg.problem_type, query.top_k)
-            for out, stats in zip(outputs, prepared.stats, strict=True)
-        )
-        return ClassifySequenceAnswer(results, model.name, _timing(start, tokenized, items))
+        return await self.answer(classify_sequence.DEFINITION, query, deadline)
 
     async def classify_tokens(
         self, query: ClassifyTokensQuery, deadline: float | None = None
     ) -> ClassifyTokensAnswer:
-        start = time.perf_counter()
-        model = self.registry.get(query.model, Task.CLASSIFY_TOKENS)
-        batcher = model.batcher(Task.CLASSIFY_TOKENS)
-        with model.admission.try_acquire() as permit:
-            plans = classify_tokens.prepare(query, model.tokenizer, model.config.limits)
-            tokenized = time.perf_counter()
-            outputs, items = await _run_windows(batcher, permit, [p.windows for p in plans], deadline)
-        results = tuple(
-            classify_tokens.finish(plan, out, query, model.config.labels, model.tokenizer)
-            for plan, out in zip(plans, outputs, strict=True)
-        )
-        return ClassifyTokensAnswer(results, model.name, _timing(start, tokenized, items))
+        return await self.answer(classify_tokens.DEFINITION, query, deadline)
 
     async def answer_question(
         self, query: AnswerQuestionQuery, deadline: float | None = None
     ) -> AnswerQuestionAnswer:
-        start = time.perf_counter()
-        model = self.registry.get(query.model, Task.ANSWER_QUESTION)
-        batcher = model.batcher(Task.ANSWER_QUESTION)
-        with model.admission.try_acquire() as permit:
-            plans = answer_question.prepare(query, model.tokenizer, model.config.limits)
-            tokenized = time.perf_counter()
-            outputs, items = await _run_windows(batcher, permit, [p.windows for p in plans], deadline)
-        results = tuple(
-            answer_question.finish(plan, out, query) for plan, out in zip(plans, outputs, strict=True)
-        )
-        return AnswerQuestionAnswer(results, model.name, _timing(start, tokenized, items))
+        return await self.answer(answer_question.DEFINITION, query, deadline)
 
     async def embed(self, query: EmbedQuery, deadline: float | None = None) -> EmbedAnswer:
-        start = time.perf_counter()
-        model = self.registry.get(query.model, Task.EMBED)
-        batcher = model.batcher(Task.EMBED)
-        with model.admission.try_acquire() as permit:
-            prepared = embed.prepare(query, model.tokenizer, model.config.limits)
-            tokenized = time.perf_counter()
-            outputs, items = await _run_windows(batcher, permit, prepared.windows, deadline)
-        results = tuple(
-            embed.finish(out, stats, query.pooling, query.normalize)
-            for out, stats in zip(outputs, prepared.stats, strict=True)
-        )
-        dimensions = len(results[0].vector) if results else 0
-        return EmbedAnswer(results, dimensions, model.name, _timing(start, tokenized, items))
+        return await self.answer(embed.DEFINITION, query, deadline)
 
     async def tokenize(self, query: TokenizeQuery, deadline: float | None = None) -> TokenizeAnswer:
         start = time.perf_counter()
@@ -178,11 +137,11 @@ class DataPlane:
 
 
 async def _run_windows(
-    batcher: Batcher, permit: Permit, per_input: Sequence[Sequence[ModelInput]], deadline: float | None
+    batcher: Batcher, permit: Permit, per_input: Sequence[Sequence[Window]], deadline: float | None
 ) -> tuple[list[list[Any]], list[ItemResult]]:
     """Run every window of every input; return the outputs grouped per input."""
     flat = [w for windows in per_input for w in windows]
-    items = await _run(batcher, permit, flat, [None] * len(flat), deadline)
+    items = await _run(batcher, permit, flat, deadline)
     grouped: list[list[Any]] = []
     at = 0
     for windows in per_input:
@@ -192,20 +151,13 @@ async def _run_windows(
 
 
 async def _run(
-    batcher: Batcher,
-    permit: Permit,
-    inputs: Sequence[ModelInput],
-    heads: Sequence[Any],
-    deadline: float | None,
+    batcher: Batcher, permit: Permit, inputs: Sequence[Window], deadline: float | None
 ) -> list[ItemResult]:
     """Queue one work item per input and wait for all. The permit's queued-token check and the
     queueing run with no await between them, so the check holds. On cancellation or failure the
     items are abandoned: taken out of the queue if still there, their results dropped otherwise."""
     loop = asyncio.get_running_loop()
-    items = [
-        WorkItem(tuple(enc.ids), tuple(enc.type_ids), head, loop.create_future(), deadline)
-        for enc, head in zip(inputs, heads, strict=True)
-    ]
+    items = [WorkItem(w.ids, w.type_ids, w.args, loop.create_future(), deadline) for w in inputs]
     permit.admit_tokens(sum(it.length for it in items))
     batcher.submit(items)
     try:

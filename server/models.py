@@ -15,12 +15,11 @@ from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, note_model
 from bertserve.server.scheduling.admission import Admission, AdmissionLimits, Pushback
 from bertserve.server.scheduling.autoscaler import AutoscaleLimits, AutoscalePolicy
-from bertserve.server.scheduling.batcher import Batcher, BatchLimits, Kernel
+from bertserve.server.scheduling.batcher import Batcher, BatchLimits
 from bertserve.server.scheduling.estimate import ThroughputMeter
 from bertserve.server.scheduling.router import Router
-from bertserve.server.tasks import answer_question, classify_sequence, classify_tokens, embed
-from bertserve.server.tasks.fill_mask import FillMaskKernel
-from bertserve.server.tasks.next_sentence import NextSentenceKernel
+from bertserve.server.scheduling.work import BatchCodec
+from bertserve.server.tasks.registry import DEFINITIONS
 from bertserve.server.tokenization import TextTokenizer
 from bertserve.workers.heads import TASK_NAMES, names
 from bertserve.workers.pool import MAX_REPLICAS, ReplicaPool
@@ -57,16 +56,9 @@ class ModelConfig:
     autoscale: AutoscaleLimits = field(default_factory=AutoscaleLimits)
 
 
-def _kernels(tokenizer: TextTokenizer) -> dict[Task, Kernel]:
-    pad = tokenizer.pad_token_id
-    return {
-        Task.FILL_MASK: FillMaskKernel(pad),
-        Task.NEXT_SENTENCE: NextSentenceKernel(pad),
-        Task.CLASSIFY_SEQUENCE: classify_sequence.kernel(pad),
-        Task.CLASSIFY_TOKENS: classify_tokens.kernel(pad),
-        Task.ANSWER_QUESTION: answer_question.kernel(pad),
-        Task.EMBED: embed.kernel(pad),
-    }
+def _codecs(tokenizer: TextTokenizer) -> dict[Task, BatchCodec]:
+    """Each replica task's collate and split (server/tasks), for the batchers."""
+    return {task: d.codec(tokenizer.pad_token_id) for task, d in DEFINITIONS.items()}
 
 
 def _depth_of(batcher: Batcher) -> Callable[[], int]:
@@ -95,14 +87,14 @@ class ServedModel:
         self.batchers = {
             task: Batcher(
                 f"{config.name}:{task.value}",
-                kernel,
+                codec,
                 self.router,
                 config.batch_limits,
                 None if metrics is None else metrics.batcher(config.name, task.value),
                 throughput=self.throughput,
                 retry_after_ms=self.retry_after_ms,
             )
-            for task, kernel in _kernels(tokenizer).items()
+            for task, codec in _codecs(tokenizer).items()
             if task in config.tasks
         }
         self.pushback = Pushback(

@@ -26,6 +26,7 @@ from bertserve.server.errors import Internal, InvalidInput, ServingError, status
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, begin_request, current_model
 from bertserve.server.scheduling.admission import note_previous_attempts
+from bertserve.server.tasks import registry
 from bertserve.v1 import (
     answer_question_pb2,
     bert_service_pb2,
@@ -147,32 +148,9 @@ def _error_proto(exc: ServingError) -> common_pb2.Error:
     return common_pb2.Error(code=code.value[0], code_name=code.name, message=exc.message)
 
 
-@dataclass(frozen=True)
-class _Task:
-    """How one task RPC runs: request → domain query → data plane → response."""
-
-    to_query: Callable[[Any], Any]
-    run: Callable[[DataPlane], Callable[[Any, float | None], Awaitable[Any]]]
-    to_response: Callable[[Any], Any]
-
-
-_TASKS: dict[str, _Task] = {
-    "FillMask": _Task(convert.fill_mask_query, lambda dp: dp.fill_mask, convert.fill_mask_response),
-    "NextSentence": _Task(
-        convert.next_sentence_query, lambda dp: dp.next_sentence, convert.next_sentence_response
-    ),
-    "ClassifySequence": _Task(
-        convert.classify_sequence_query, lambda dp: dp.classify_sequence, convert.classify_sequence_response
-    ),
-    "ClassifyTokens": _Task(
-        convert.classify_tokens_query, lambda dp: dp.classify_tokens, convert.classify_tokens_response
-    ),
-    "AnswerQuestion": _Task(
-        convert.answer_question_query, lambda dp: dp.answer_question, convert.answer_question_response
-    ),
-    "Embed": _Task(convert.embed_query, lambda dp: dp.embed, convert.embed_response),
-    "Tokenize": _Task(convert.tokenize_query, lambda dp: dp.tokenize, convert.tokenize_response),
-}
+# How each task RPC runs: its definition converts request and answer (server/tasks); the data
+# plane's method named after the task answers the query.
+_TASKS = registry.RPCS
 
 
 def _unary_rpc(name: str) -> Any:
@@ -229,7 +207,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
     async def _call(self, name: str, request: Any, deadline: float | None) -> Any:
         _check_parsed(request)
         task = _TASKS[name]
-        answer = await task.run(self._dp)(task.to_query(request), deadline)
+        answer = await getattr(self._dp, task.task.value)(task.to_query(request), deadline)
         return task.to_response(answer)
 
     # ---- unary ---------------------------------------------------------------------------

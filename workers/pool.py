@@ -38,7 +38,7 @@ import structlog
 from bertserve.workers.channel import ChannelClient, ChannelClosed
 from bertserve.workers.errors import ReplicaFailed, ReplicaLoadError, first_line
 from bertserve.workers.protocol import ReplicaReport
-from bertserve.workers.replica import Replica
+from bertserve.workers.replica import ReplicaActor
 from bertserve.workers.spec import ReplicaSpec
 
 _log = structlog.get_logger("bertserve.pool")
@@ -128,7 +128,7 @@ class ReplicaHandle:
                 self._pool.replica_failed(self, exc)
                 raise ReplicaFailed(f"replica {self.replica_id} failed: {type(exc).__name__}") from None
         try:
-            return await getattr(self.actor, method).remote(*args)
+            return await self.actor.compute.remote(method, *args)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             self._pool.replica_failed(self, exc)
             raise ReplicaFailed(f"replica {self.replica_id} failed: {type(exc).__name__}") from None
@@ -279,7 +279,7 @@ class ReplicaPool:
     def _actor_class(self) -> Any:
         import ray
 
-        return ray.remote(Replica).options(
+        return ray.remote(ReplicaActor).options(
             num_cpus=self.placement.num_cpus,
             num_gpus=self.placement.num_gpus,
             max_restarts=self.max_restarts,

@@ -50,7 +50,7 @@ class EncodedBatch:
 
 @dataclass(frozen=True)
 class FillMaskArgs:
-    """Head arguments for a fill-mask batch.
+    """A fill-mask batch's arguments besides its token arrays (collated from its inputs' masks).
 
     mask_rows/mask_cols: the (batch row, token position) of every mask, in output order.
     top_k: candidates per mask (the batch's largest request top_k).

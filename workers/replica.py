@@ -1,7 +1,10 @@
-"""The replica: a Ray actor holding one model copy, pinned to a GPU or CPU threads.
+"""The replica actor: one model copy, pinned to a GPU or CPU threads.
 
-The class is plain Python so tests can run it in-process; workers/pool.py wraps it with
-`ray.remote`. It imports no torch itself: the backend does, inside the replica process.
+The class is plain Python: workers/pool.py wraps it with `ray.remote` for the server, the offline
+jobs' Ray Data actors (jobs/actor.py) and tests run it in their own process. It imports no torch
+itself: the backend does, inside the replica's process. A batch runs through `compute(method,
+*args)`, where `method` is a task's compute method (server/tasks/definition.py: the task's name)
+and `args` what the task's `collate` made; Ray actor calls and the direct channel both land there.
 """
 
 from __future__ import annotations
@@ -15,27 +18,17 @@ from bertserve.workers.affinity import CpuClaim, claim_cpus, pin_process
 from bertserve.workers.backends import Backend, create_backend
 from bertserve.workers.channel import ChannelServer
 from bertserve.workers.errors import first_line
-from bertserve.workers.protocol import (
-    EmbeddingOutput,
-    EncodedBatch,
-    FillMaskArgs,
-    FillMaskOutput,
-    LogitsOutput,
-    NextSentenceOutput,
-    ReplicaReport,
-    SpanLogitsOutput,
-    TokenLogitsOutput,
-)
+from bertserve.workers.protocol import ReplicaReport, Task
 from bertserve.workers.spec import ReplicaSpec
 
-# What a batch may call, over a Ray actor call or the direct channel (workers/channel.py).
-COMPUTE_METHODS = frozenset(
-    {"fill_mask", "next_sentence", "classify_sequence", "classify_tokens", "answer_question", "embed"}
-)
+# What a batch may call: the backend's method of each task that replicas compute (Tokenize runs in
+# the front end only).
+COMPUTE_METHODS = frozenset(t.value for t in Task if t is not Task.TOKENIZE)
 
 
-class Replica:
-    """One model replica. Loads its backend once, in the constructor."""
+class ReplicaActor:
+    """One model replica. Loads its backend once, in the constructor. (The front end's view of a
+    replica, its handle in workers/pool.py, is what server/scheduling/router.py calls a Replica.)"""
 
     def __init__(self, spec: ReplicaSpec, replica_id: str, index: int = 0) -> None:
         self._spec = spec
@@ -43,7 +36,7 @@ class Replica:
         self._backend: Backend | None = None
         self._load_error = ""
         # Batches may arrive both as Ray calls and on the channel: one runs at a time.
-        self._compute = threading.Lock()
+        self._one_batch = threading.Lock()
         self._channel: ChannelServer | None = None
         # The slot's own cores first, before the model loads, so that a server's replicas,
         # which start together, take the cores in order (workers/affinity.py).
@@ -101,42 +94,21 @@ class Replica:
         """Start the direct channel (workers/channel.py) and return its address. Only a front end
         on this replica's node can use it."""
         if self._channel is None:
-            self._channel = ChannelServer(self._dispatch)
+            self._channel = ChannelServer(lambda method, args: self.compute(method, *args))
         return self._channel.start()
 
-    def _dispatch(self, method: str, args: tuple[Any, ...]) -> Any:
+    def compute(self, method: str, *args: Any) -> Any:
+        """Run the backend's compute method `method` on a collated batch, one batch at a time
+        (batches may arrive both as Ray calls and on the channel)."""
         if method not in COMPUTE_METHODS:
             raise ValueError(f"unknown replica method {method!r}")
-        return getattr(self, method)(*args)
+        with self._one_batch:
+            return getattr(self._loaded(), method)(*args)
 
     def _loaded(self) -> Backend:
         if self._backend is None:
             raise RuntimeError(f"replica has no model: {self._load_error}")
         return self._backend
-
-    def fill_mask(self, batch: EncodedBatch, args: FillMaskArgs) -> FillMaskOutput:
-        with self._compute:
-            return self._loaded().fill_mask(batch, args)
-
-    def next_sentence(self, batch: EncodedBatch) -> NextSentenceOutput:
-        with self._compute:
-            return self._loaded().next_sentence(batch)
-
-    def classify_sequence(self, batch: EncodedBatch) -> LogitsOutput:
-        with self._compute:
-            return self._loaded().classify_sequence(batch)
-
-    def classify_tokens(self, batch: EncodedBatch) -> TokenLogitsOutput:
-        with self._compute:
-            return self._loaded().classify_tokens(batch)
-
-    def answer_question(self, batch: EncodedBatch) -> SpanLogitsOutput:
-        with self._compute:
-            return self._loaded().answer_question(batch)
-
-    def embed(self, batch: EncodedBatch) -> EmbeddingOutput:
-        with self._compute:
-            return self._loaded().embed(batch)
 
     def pid(self) -> int:
         """For fault-injection tests: the process to kill."""

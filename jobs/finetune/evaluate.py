@@ -1,8 +1,9 @@
 """The task metric from the Trainer's evaluation outputs (`compute_metrics` functions).
 
 Question answering decodes the windows' logits with the server's own post-processing
-(`bertserve.server.tasks.qa.decode`, with AnswerQuestion's default arguments), so the exact match
-and F1 reported are those of the answers a caller of the served model gets.
+(`bertserve.server.tasks.answer_question_windows.decode`, with AnswerQuestion's default
+arguments), so the exact match and F1 reported are those of the answers a caller of the served
+model gets.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from bertserve.jobs import scores
 from bertserve.jobs.finetune.features import IGNORE, QAEvalSet
 from bertserve.server.domain import AnswerQuestionQuery
-from bertserve.server.tasks import qa
+from bertserve.server.tasks import answer_question_windows as qa
 
 Metrics = dict[str, float]
 ComputeMetrics = Callable[[Any], Metrics]

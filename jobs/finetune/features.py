@@ -5,8 +5,9 @@
   tag, every other piece and special token -100 (ignored by the loss and the metric).
 - QA training: (question, context) windows of max_length tokens overlapping by doc_stride
   context tokens, as run_qa makes them; a window without the whole (first) answer points at
-  [CLS]. QA evaluation: the windows the server makes for AnswerQuestion (`bertserve.server.tasks.qa.plan`
-  with the server's window and stride for this model), so that the score is what a caller gets.
+  [CLS]. QA evaluation: the windows the server makes for AnswerQuestion
+  (`bertserve.server.tasks.answer_question_windows.plan` with the server's window and stride for
+  this model), so that the score is what a caller gets.
 No padding here: batches are padded by the collator.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bertserve.server.tasks import qa
+from bertserve.server.tasks import answer_question_windows as qa
 
 if TYPE_CHECKING:
     import datasets

@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, ServingError, Unavailable
 from bertserve.server.logs import get_logger
@@ -39,18 +39,8 @@ from bertserve.server.metrics import BatcherMetrics
 from bertserve.server.scheduling.admission import MAX_RETRY_MS, MIN_RETRY_MS, retry_hint_ms
 from bertserve.server.scheduling.estimate import BatchTimeModel, ThroughputMeter
 from bertserve.server.scheduling.router import BatchNote, Replica, Router
-from bertserve.server.scheduling.work import ItemResult, WorkItem
+from bertserve.server.scheduling.work import BatchCodec, ItemResult, WorkItem
 from bertserve.workers.errors import ReplicaFailed
-
-
-class Kernel(Protocol):
-    """A task's batch-level functions (see server/tasks)."""
-
-    method: str
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]: ...
-
-    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +115,7 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        kernel: Kernel,
+        codec: BatchCodec,
         router: Router,
         limits: BatchLimits,
         metrics: BatcherMetrics | None = None,
@@ -139,7 +129,7 @@ class Batcher:
         self.throughput = throughput if throughput is not None else ThroughputMeter(clock=clock)
         self._retry_after_ms = retry_after_ms
         self._metrics = metrics
-        self._kernel = kernel
+        self._codec = codec
         self._router = router
         self._limits = limits
         self._queue: list[WorkItem] = []
@@ -410,7 +400,7 @@ class Batcher:
 
     async def _execute(self, replica: Replica, batch: list[WorkItem]) -> None:
         dispatched = self._clock()
-        args = self._kernel.collate(batch)
+        args = self._codec.collate(batch)
         tokens = sum(it.length for it in batch)
         computed = False
         self.throughput.sent(tokens)
@@ -432,7 +422,7 @@ class Batcher:
         compute_us = int(getattr(output, "compute_us", 0))
         try:
             try:
-                outputs = self._kernel.split(output, batch)
+                outputs = self._codec.split(output, batch)
             except Exception:
                 self._log.exception("batch_split_error", batch_size=len(batch))
                 _fail(batch, Internal("internal error while reading the batch's results"))
@@ -461,7 +451,7 @@ class Batcher:
             tried.add(replica.replica_id)
             note = self._router.note_batch(replica, expected_s)
             try:
-                return await replica.call(self._kernel.method, *args), replica, note
+                return await replica.call(self._codec.method, *args), replica, note
             except ReplicaFailed as exc:
                 self._log.warning(
                     "batch_failed", replica=replica.replica_id, batch_size=len(batch), error=str(exc)

@@ -1,11 +1,12 @@
-"""Units of work that flow through the batcher."""
+"""Units of work that flow through the batcher, and the task steps it runs around a replica call."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,16 @@ class ItemResult:
 
 @dataclass(eq=False)
 class WorkItem:
-    """One model input (a text or a pair) waiting for a batch.
+    """One model input (a text, a pair, or a window of a long input) waiting for a batch, with the
+    future its caller awaits. A server/tasks/definition.ModelInput.
 
-    head: task-specific arguments (e.g. mask positions and targets for fill-mask).
+    args: per-input arguments of the task's compute method (fill-mask: its masks); None for most.
     deadline: monotonic time after which the result is useless (None: no deadline).
     """
 
     ids: tuple[int, ...]
     type_ids: tuple[int, ...]
-    head: Any
+    args: Any
     future: asyncio.Future[ItemResult]
     deadline: float | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
@@ -41,3 +43,15 @@ class WorkItem:
     def abandoned(self) -> bool:
         """The caller stopped waiting (cancelled or already failed)."""
         return self.future.done()
+
+
+class BatchCodec(Protocol):
+    """A task's batch-level steps for the batcher (server/tasks/definition.Codec): `collate` makes
+    the arguments of the replica's compute method `method` from a batch's items, `split` cuts
+    its output into one output per item."""
+
+    method: str
+
+    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]: ...
+
+    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]: ...

@@ -1,23 +1,29 @@
 """AnswerQuestion: extractive QA with the semantics of the Hugging Face question-answering
 pipeline of transformers 4.57.6 (doc_stride windows over long contexts, top_k, max_answer_len,
 handle_impossible_answer), except that a question longer than max_question_len tokens is
-rejected; server/tasks/qa.py plans the windows and decodes the spans."""
+rejected; server/tasks/answer_question_windows.py plans the windows and decodes the spans."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from bertserve.server import convert
 from bertserve.server.domain import (
+    AnswerQuestionAnswer,
     AnswerQuestionQuery,
     AnswerQuestionResult,
     AnswerSpan,
     InputStats,
     RequestLimits,
+    Timing,
 )
 from bertserve.server.errors import InvalidInput
-from bertserve.server.tasks import qa
-from bertserve.server.tasks.common import RowKernel, check_count, check_text, check_windows
+from bertserve.server.tasks import answer_question_windows as qa
+from bertserve.server.tasks.common import as_windows, check_count, check_text, check_windows
+from bertserve.server.tasks.definition import ModelInput, ModelView, Prepared, TaskDefinition
 from bertserve.server.tokenization import TextTokenizer
+from bertserve.v1 import answer_question_pb2
 from bertserve.workers.protocol import FloatArray, SpanLogitsOutput, Task
 
 TASK = Task.ANSWER_QUESTION
@@ -62,14 +68,6 @@ def prepare(query: AnswerQuestionQuery, tokenizer: TextTokenizer, limits: Reques
     return plans
 
 
-def kernel(pad_id: int) -> RowKernel:
-    def take(output: SpanLogitsOutput, row: int, item: object) -> tuple[FloatArray, FloatArray]:
-        length = len(item.ids)  # type: ignore[attr-defined]
-        return output.start_logits[row, :length], output.end_logits[row, :length]
-
-    return RowKernel("answer_question", pad_id, take)
-
-
 def finish(
     plan: qa.QAPlan, window_logits: Sequence[tuple[FloatArray, FloatArray]], query: AnswerQuestionQuery
 ) -> AnswerQuestionResult:
@@ -86,3 +84,64 @@ def finish(
         tuple(AnswerSpan(a.text, float(a.score), a.start, a.end) for a in answers),
         InputStats(tokens, False, len(plan.windows)),
     )
+
+
+class AnswerQuestion(
+    TaskDefinition[AnswerQuestionQuery, qa.QAPlan, AnswerQuestionResult, AnswerQuestionAnswer]
+):
+    task = TASK
+    rpc = "AnswerQuestion"
+    result_type = answer_question_pb2.AnswerQuestionResult
+
+    def to_query(self, request: answer_question_pb2.AnswerQuestionRequest) -> AnswerQuestionQuery:
+        return AnswerQuestionQuery(
+            inputs=tuple((i.question, i.context) for i in request.inputs),
+            top_k=convert.optional_int(request, "top_k", 1),
+            max_answer_len=convert.optional_int(request, "max_answer_len", 15),
+            doc_stride=request.doc_stride if request.HasField("doc_stride") else None,
+            handle_impossible_answer=request.handle_impossible_answer,
+            max_question_len=convert.optional_int(request, "max_question_len", 64),
+            model=request.model,
+        )
+
+    def prepare(self, query: AnswerQuestionQuery, model: ModelView) -> Prepared[qa.QAPlan]:
+        plans = prepare(query, model.tokenizer, model.limits)
+        return Prepared(tuple(plans), as_windows([p.windows for p in plans]))
+
+    def take(self, output: SpanLogitsOutput, row: int, item: ModelInput) -> tuple[FloatArray, FloatArray]:
+        length = len(item.ids)
+        return output.start_logits[row, :length], output.end_logits[row, :length]
+
+    def finish(
+        self, query: AnswerQuestionQuery, plan: qa.QAPlan, outputs: Sequence[Any], model: ModelView
+    ) -> AnswerQuestionResult:
+        return finish(plan, outputs, query)
+
+    def answer(
+        self,
+        query: AnswerQuestionQuery,
+        prepared: Prepared[qa.QAPlan],
+        results: tuple[AnswerQuestionResult, ...],
+        model_name: str,
+        timing: Timing,
+    ) -> AnswerQuestionAnswer:
+        return AnswerQuestionAnswer(results, model_name, timing)
+
+    def result_message(self, result: AnswerQuestionResult) -> answer_question_pb2.AnswerQuestionResult:
+        return answer_question_pb2.AnswerQuestionResult(
+            answers=[
+                answer_question_pb2.Answer(text=a.text, score=a.score, start=a.start, end=a.end)
+                for a in result.answers
+            ],
+            input=convert.stats(result.input),
+        )
+
+    def to_response(self, answer: AnswerQuestionAnswer) -> answer_question_pb2.AnswerQuestionResponse:
+        return answer_question_pb2.AnswerQuestionResponse(
+            model=answer.model,
+            timing=convert.timing(answer.timing),
+            results=[self.result_message(r) for r in answer.results],
+        )
+
+
+DEFINITION = AnswerQuestion()

@@ -5,24 +5,37 @@ long-input policy: reject, truncate, or split into windows and average their sco
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from bertserve.server import convert
 from bertserve.server.domain import (
+    ClassifySequenceAnswer,
     ClassifySequenceQuery,
     ClassifySequenceResult,
     InputStats,
     LabelScore,
     RequestLimits,
     ScoreFunction,
+    SequenceInput,
+    Timing,
     Truncation,
 )
 from bertserve.server.errors import InvalidInput
-from bertserve.server.tasks.common import RowKernel, Windowed, check_count, check_text, encode_with_policy
+from bertserve.server.tasks.common import Windowed, as_windows, check_count, check_text, encode_with_policy
+from bertserve.server.tasks.definition import ModelInput, ModelView, Prepared, TaskDefinition
 from bertserve.server.tokenization import TextTokenizer
+from bertserve.v1 import classify_sequence_pb2
 from bertserve.workers.protocol import FloatArray, LogitsOutput, Task
 
 TASK = Task.CLASSIFY_SEQUENCE
+SCORE_FUNCTIONS = {
+    classify_sequence_pb2.SCORE_FUNCTION_UNSPECIFIED: ScoreFunction.DEFAULT,
+    classify_sequence_pb2.SCORE_FUNCTION_SOFTMAX: ScoreFunction.SOFTMAX,
+    classify_sequence_pb2.SCORE_FUNCTION_SIGMOID: ScoreFunction.SIGMOID,
+    classify_sequence_pb2.SCORE_FUNCTION_NONE: ScoreFunction.NONE,
+}
 
 
 def prepare(query: ClassifySequenceQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Windowed:
@@ -41,14 +54,6 @@ def prepare(query: ClassifySequenceQuery, tokenizer: TextTokenizer, limits: Requ
         it.text if it.pair is None else (it.text, it.pair) for it in query.inputs
     ]
     return encode_with_policy(tokenizer, texts, "inputs", limits, query.truncation)
-
-
-def kernel(pad_id: int) -> RowKernel:
-    def take(output: LogitsOutput, row: int, _item: object) -> FloatArray:
-        logits: FloatArray = output.logits[row]
-        return logits
-
-    return RowKernel("classify_sequence", pad_id, take)
 
 
 def default_function(problem_type: str, num_labels: int) -> ScoreFunction:
@@ -98,3 +103,65 @@ def finish(
 
 def _label(labels: Sequence[str], i: int) -> str:
     return labels[i] if i < len(labels) else f"LABEL_{i}"
+
+
+class ClassifySequence(
+    TaskDefinition[ClassifySequenceQuery, InputStats, ClassifySequenceResult, ClassifySequenceAnswer]
+):
+    task = TASK
+    rpc = "ClassifySequence"
+    result_type = classify_sequence_pb2.ClassifySequenceResult
+
+    def to_query(self, request: classify_sequence_pb2.ClassifySequenceRequest) -> ClassifySequenceQuery:
+        return ClassifySequenceQuery(
+            inputs=tuple(
+                SequenceInput(i.text, i.text_pair if i.HasField("text_pair") else None)
+                for i in request.inputs
+            ),
+            top_k=request.top_k if request.HasField("top_k") else None,
+            function=convert.enum_value(SCORE_FUNCTIONS, request.function_to_apply, "score function"),
+            model=request.model,
+            truncation=convert.truncation(request.truncation),
+        )
+
+    def prepare(self, query: ClassifySequenceQuery, model: ModelView) -> Prepared[InputStats]:
+        windowed = prepare(query, model.tokenizer, model.limits)
+        return Prepared(windowed.stats, as_windows(windowed.windows))
+
+    def take(self, output: LogitsOutput, row: int, item: ModelInput) -> FloatArray:
+        logits: FloatArray = output.logits[row]
+        return logits
+
+    def finish(
+        self, query: ClassifySequenceQuery, plan: InputStats, outputs: Sequence[Any], model: ModelView
+    ) -> ClassifySequenceResult:
+        return finish(outputs, plan, query.function, model.labels, model.problem_type, query.top_k)
+
+    def answer(
+        self,
+        query: ClassifySequenceQuery,
+        prepared: Prepared[InputStats],
+        results: tuple[ClassifySequenceResult, ...],
+        model_name: str,
+        timing: Timing,
+    ) -> ClassifySequenceAnswer:
+        return ClassifySequenceAnswer(results, model_name, timing)
+
+    def result_message(self, result: ClassifySequenceResult) -> classify_sequence_pb2.ClassifySequenceResult:
+        return classify_sequence_pb2.ClassifySequenceResult(
+            labels=[
+                classify_sequence_pb2.LabelScore(label=ls.label, score=ls.score, label_id=ls.label_id)
+                for ls in result.labels
+            ],
+            input=convert.stats(result.input),
+        )
+
+    def to_response(self, answer: ClassifySequenceAnswer) -> classify_sequence_pb2.ClassifySequenceResponse:
+        return classify_sequence_pb2.ClassifySequenceResponse(
+            model=answer.model,
+            timing=convert.timing(answer.timing),
+            results=[self.result_message(r) for r in answer.results],
+        )
+
+
+DEFINITION = ClassifySequence()

@@ -1,27 +1,41 @@
 """ClassifyTokens: NER with the semantics of the Hugging Face token-classification pipeline
 (aggregation none/simple/first/average/max, ignore_labels, character offsets). Texts longer
-than the model's window run over overlapping windows; server/tasks/ner.py plans the windows
-and merges their predictions back into the text."""
+than the model's window run over overlapping windows; server/tasks/classify_tokens_windows.py plans
+the windows and merges their predictions back into the text."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from bertserve.server import convert
 from bertserve.server.domain import (
+    ClassifyTokensAnswer,
     ClassifyTokensQuery,
     ClassifyTokensResult,
     EntityResult,
     InputStats,
     RequestLimits,
+    Timing,
 )
 from bertserve.server.errors import InvalidInput
-from bertserve.server.tasks import ner
-from bertserve.server.tasks.common import RowKernel, check_count, check_text
+from bertserve.server.tasks import classify_tokens_windows as ner
+from bertserve.server.tasks.common import as_windows, check_count, check_text
+from bertserve.server.tasks.definition import ModelInput, ModelView, Prepared, TaskDefinition
 from bertserve.server.tokenization import TextTokenizer
+from bertserve.v1 import classify_tokens_pb2
 from bertserve.workers.protocol import FloatArray, Task, TokenLogitsOutput
 
 TASK = Task.CLASSIFY_TOKENS
 DEFAULT_IGNORE = ("O",)
+AGGREGATIONS = {
+    classify_tokens_pb2.AGGREGATION_STRATEGY_UNSPECIFIED: "none",
+    classify_tokens_pb2.AGGREGATION_STRATEGY_NONE: "none",
+    classify_tokens_pb2.AGGREGATION_STRATEGY_SIMPLE: "simple",
+    classify_tokens_pb2.AGGREGATION_STRATEGY_FIRST: "first",
+    classify_tokens_pb2.AGGREGATION_STRATEGY_AVERAGE: "average",
+    classify_tokens_pb2.AGGREGATION_STRATEGY_MAX: "max",
+}
 
 
 def prepare(query: ClassifyTokensQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> list[ner.NerPlan]:
@@ -34,14 +48,6 @@ def prepare(query: ClassifyTokensQuery, tokenizer: TextTokenizer, limits: Reques
     for i, text in enumerate(query.texts):
         check_text(text, f"texts[{i}]", limits)
     return [ner.plan(text, tokenizer.backend, limits.max_sequence_length) for text in query.texts]
-
-
-def kernel(pad_id: int) -> RowKernel:
-    def take(output: TokenLogitsOutput, row: int, item: object) -> FloatArray:
-        length = len(item.ids)  # type: ignore[attr-defined]
-        return output.logits[row, :length]
-
-    return RowKernel("classify_tokens", pad_id, take)
 
 
 def finish(
@@ -70,3 +76,62 @@ def finish(
         ),
         InputStats(sum(len(w.ids) for w in plan.windows), False, len(plan.windows)),
     )
+
+
+class ClassifyTokens(
+    TaskDefinition[ClassifyTokensQuery, ner.NerPlan, ClassifyTokensResult, ClassifyTokensAnswer]
+):
+    task = TASK
+    rpc = "ClassifyTokens"
+    result_type = classify_tokens_pb2.ClassifyTokensResult
+
+    def to_query(self, request: classify_tokens_pb2.ClassifyTokensRequest) -> ClassifyTokensQuery:
+        return ClassifyTokensQuery(
+            texts=tuple(request.texts),
+            aggregation=convert.enum_value(AGGREGATIONS, request.aggregation, "aggregation strategy"),
+            ignore_labels=tuple(request.ignore_labels.labels) if request.HasField("ignore_labels") else None,
+            model=request.model,
+        )
+
+    def prepare(self, query: ClassifyTokensQuery, model: ModelView) -> Prepared[ner.NerPlan]:
+        plans = prepare(query, model.tokenizer, model.limits)
+        return Prepared(tuple(plans), as_windows([p.windows for p in plans]))
+
+    def take(self, output: TokenLogitsOutput, row: int, item: ModelInput) -> FloatArray:
+        return output.logits[row, : len(item.ids)]
+
+    def finish(
+        self, query: ClassifyTokensQuery, plan: ner.NerPlan, outputs: Sequence[Any], model: ModelView
+    ) -> ClassifyTokensResult:
+        return finish(plan, outputs, query, model.labels, model.tokenizer)
+
+    def answer(
+        self,
+        query: ClassifyTokensQuery,
+        prepared: Prepared[ner.NerPlan],
+        results: tuple[ClassifyTokensResult, ...],
+        model_name: str,
+        timing: Timing,
+    ) -> ClassifyTokensAnswer:
+        return ClassifyTokensAnswer(results, model_name, timing)
+
+    def result_message(self, result: ClassifyTokensResult) -> classify_tokens_pb2.ClassifyTokensResult:
+        return classify_tokens_pb2.ClassifyTokensResult(
+            entities=[
+                classify_tokens_pb2.Entity(
+                    label=e.label, score=e.score, word=e.word, start=e.start, end=e.end, index=e.index
+                )
+                for e in result.entities
+            ],
+            input=convert.stats(result.input),
+        )
+
+    def to_response(self, answer: ClassifyTokensAnswer) -> classify_tokens_pb2.ClassifyTokensResponse:
+        return classify_tokens_pb2.ClassifyTokensResponse(
+            model=answer.model,
+            timing=convert.timing(answer.timing),
+            results=[self.result_message(r) for r in answer.results],
+        )
+
+
+DEFINITION = ClassifyTokens()

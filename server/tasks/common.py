@@ -1,18 +1,15 @@
-"""Validation and batching helpers shared by every task."""
+"""Validation and long-input helpers shared by the tasks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import Protocol
 
 from bertserve.server.domain import InputStats, RequestLimits, Truncation
 from bertserve.server.errors import InvalidInput
-from bertserve.server.scheduling.work import WorkItem
+from bertserve.server.tasks.definition import Window
 from bertserve.server.tokenization import Encoded, TextTokenizer
-from bertserve.workers.protocol import EncodedBatch
 
 
 def check_count(n: int, what: str, limits: RequestLimits) -> None:
@@ -124,31 +121,14 @@ def encode_with_policy(
     return Windowed(tuple(windows), tuple(stats))
 
 
-class RowKernel:
-    """A kernel whose replica method takes one padded batch and whose output has one row per
-    sequence; `take(output, row, item)` cuts out an item's part."""
+class _Sequence(Protocol):
+    @property
+    def ids(self) -> tuple[int, ...]: ...
 
-    def __init__(self, method: str, pad_id: int, take: Callable[[Any, int, WorkItem], Any]) -> None:
-        self.method = method
-        self._pad_id = pad_id
-        self._take = take
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[EncodedBatch]:
-        return (pad_batch(items, self._pad_id),)
-
-    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
-        return [self._take(output, row, item) for row, item in enumerate(items)]
+    @property
+    def type_ids(self) -> tuple[int, ...]: ...
 
 
-def pad_batch(items: Sequence[WorkItem], pad_id: int) -> EncodedBatch:
-    """Right-pad the items to the longest one."""
-    longest = max(it.length for it in items)
-    ids = np.full((len(items), longest), pad_id, dtype=np.int64)
-    types = np.zeros((len(items), longest), dtype=np.int64)
-    mask = np.zeros((len(items), longest), dtype=np.int64)
-    for row, item in enumerate(items):
-        n = item.length
-        ids[row, :n] = item.ids
-        types[row, :n] = item.type_ids
-        mask[row, :n] = 1
-    return EncodedBatch(input_ids=ids, attention_mask=mask, token_type_ids=types)
+def as_windows(per_input: Sequence[Sequence[_Sequence]]) -> tuple[tuple[Window, ...], ...]:
+    """Per input, its model inputs as windows without per-input arguments."""
+    return tuple(tuple(Window(s.ids, s.type_ids) for s in sequences) for sequences in per_input)

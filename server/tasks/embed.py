@@ -5,21 +5,32 @@ whose vectors are averaged."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from bertserve.server import convert
 from bertserve.server.domain import (
+    EmbedAnswer,
     EmbeddingResult,
     EmbedQuery,
     InputStats,
     Pooling,
     RequestLimits,
+    Timing,
 )
-from bertserve.server.tasks.common import RowKernel, Windowed, check_count, check_text, encode_with_policy
+from bertserve.server.tasks.common import Windowed, as_windows, check_count, check_text, encode_with_policy
+from bertserve.server.tasks.definition import ModelInput, ModelView, Prepared, TaskDefinition
 from bertserve.server.tokenization import TextTokenizer
+from bertserve.v1 import embed_pb2
 from bertserve.workers.protocol import EmbeddingOutput, FloatArray, Task
 
 TASK = Task.EMBED
+POOLINGS = {
+    embed_pb2.POOLING_UNSPECIFIED: Pooling.MEAN,
+    embed_pb2.POOLING_MEAN: Pooling.MEAN,
+    embed_pb2.POOLING_CLS: Pooling.CLS,
+}
 
 
 def prepare(query: EmbedQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Windowed:
@@ -27,13 +38,6 @@ def prepare(query: EmbedQuery, tokenizer: TextTokenizer, limits: RequestLimits) 
     for i, text in enumerate(query.texts):
         check_text(text, f"texts[{i}]", limits)
     return encode_with_policy(tokenizer, query.texts, "texts", limits, query.truncation)
-
-
-def kernel(pad_id: int) -> RowKernel:
-    def take(output: EmbeddingOutput, row: int, _item: object) -> tuple[FloatArray, FloatArray]:
-        return output.cls[row], output.mean[row]
-
-    return RowKernel("embed", pad_id, take)
 
 
 def finish(
@@ -51,3 +55,55 @@ def finish(
         if norm > 0:
             vector = vector / norm
     return EmbeddingResult(tuple(vector.tolist()), stats)
+
+
+class Embed(TaskDefinition[EmbedQuery, InputStats, EmbeddingResult, EmbedAnswer]):
+    task = TASK
+    rpc = "Embed"
+    result_type = embed_pb2.Embedding
+
+    def to_query(self, request: embed_pb2.EmbedRequest) -> EmbedQuery:
+        return EmbedQuery(
+            texts=tuple(request.texts),
+            pooling=convert.enum_value(POOLINGS, request.pooling, "pooling"),
+            normalize=request.normalize,
+            model=request.model,
+            truncation=convert.truncation(request.truncation),
+        )
+
+    def prepare(self, query: EmbedQuery, model: ModelView) -> Prepared[InputStats]:
+        windowed = prepare(query, model.tokenizer, model.limits)
+        return Prepared(windowed.stats, as_windows(windowed.windows))
+
+    def take(self, output: EmbeddingOutput, row: int, item: ModelInput) -> tuple[FloatArray, FloatArray]:
+        return output.cls[row], output.mean[row]
+
+    def finish(
+        self, query: EmbedQuery, plan: InputStats, outputs: Sequence[Any], model: ModelView
+    ) -> EmbeddingResult:
+        return finish(outputs, plan, query.pooling, query.normalize)
+
+    def answer(
+        self,
+        query: EmbedQuery,
+        prepared: Prepared[InputStats],
+        results: tuple[EmbeddingResult, ...],
+        model_name: str,
+        timing: Timing,
+    ) -> EmbedAnswer:
+        dimensions = len(results[0].vector) if results else 0
+        return EmbedAnswer(results, dimensions, model_name, timing)
+
+    def result_message(self, result: EmbeddingResult) -> embed_pb2.Embedding:
+        return embed_pb2.Embedding(values=result.vector, input=convert.stats(result.input))
+
+    def to_response(self, answer: EmbedAnswer) -> embed_pb2.EmbedResponse:
+        return embed_pb2.EmbedResponse(
+            model=answer.model,
+            timing=convert.timing(answer.timing),
+            dimensions=answer.dimensions,
+            embeddings=[self.result_message(r) for r in answer.results],
+        )
+
+
+DEFINITION = Embed()

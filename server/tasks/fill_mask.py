@@ -4,32 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from bertserve.server import convert
 from bertserve.server.domain import (
     DEFAULT_TOP_K,
     Candidate,
+    FillMaskAnswer,
     FillMaskQuery,
     FillMaskResult,
     InputStats,
     MaskResult,
     ReplacedTarget,
     RequestLimits,
+    Timing,
     Truncation,
 )
 from bertserve.server.errors import InvalidInput
-from bertserve.server.scheduling.work import WorkItem
-from bertserve.server.tasks.common import check_count, check_length, check_no_split, check_text, pad_batch
+from bertserve.server.tasks.common import check_count, check_length, check_no_split, check_text
+from bertserve.server.tasks.definition import (
+    ModelInput,
+    ModelView,
+    Prepared,
+    TaskDefinition,
+    Window,
+    pad_batch,
+)
 from bertserve.server.tokenization import Encoded, TextTokenizer
+from bertserve.v1 import fill_mask_pb2
 from bertserve.workers.protocol import EncodedBatch, FillMaskArgs, FillMaskOutput, FloatArray, IntArray, Task
 
 TASK = Task.FILL_MASK
 
 
 @dataclass(frozen=True)
-class MaskHead:
-    """Per input: where its masks are, how many candidates, which targets."""
+class MaskArgs:
+    """One input's arguments of the compute method: where its masks are, how many candidates,
+    which targets."""
 
     positions: tuple[int, ...]
     top_k: int
@@ -47,13 +60,15 @@ class Targets:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class FillMaskInputs:
+    """The query's texts, tokenized, with their masks, and the targets as the model sees them."""
+
     encoded: tuple[Encoded, ...]
-    heads: tuple[MaskHead, ...]
+    masks: tuple[MaskArgs, ...]
     targets: Targets | None = None
 
 
-def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> Prepared:
+def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimits) -> FillMaskInputs:
     """Validate and tokenize. Raises InvalidInput with a message naming the field."""
     check_count(len(query.texts), "texts", limits)
     check_no_split(query.truncation, "FillMask")
@@ -71,7 +86,7 @@ def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimit
     if target_array is not None:
         top_k = min(top_k, len(target_array))
     encoded = tokenizer.encode(query.texts, truncate=query.truncation is Truncation.TRUNCATE)
-    heads = []
+    masks = []
     for i, enc in enumerate(encoded):
         check_length(enc, f"texts[{i}]", limits, query.truncation)
         positions = tuple(p for p, t in enumerate(enc.ids) if t == tokenizer.mask_token_id)
@@ -79,8 +94,8 @@ def prepare(query: FillMaskQuery, tokenizer: TextTokenizer, limits: RequestLimit
             raise InvalidInput(
                 f"texts[{i}] lost its mask token to truncation; put the mask earlier in the text"
             )
-        heads.append(MaskHead(positions, top_k, target_array))
-    return Prepared(tuple(encoded), tuple(heads), targets)
+        masks.append(MaskArgs(positions, top_k, target_array))
+    return FillMaskInputs(tuple(encoded), tuple(masks), targets)
 
 
 def target_ids(targets: Sequence[str], tokenizer: TextTokenizer, limits: RequestLimits) -> Targets | None:
@@ -111,63 +126,54 @@ def target_ids(targets: Sequence[str], tokenizer: TextTokenizer, limits: Request
     return Targets(np.array(sorted(ids), dtype=np.int64), tuple(replaced), tuple(ignored))
 
 
-class FillMaskKernel:
-    """Batch-level functions run by the batcher."""
+def collate(inputs: Sequence[ModelInput], pad_id: int) -> tuple[EncodedBatch, FillMaskArgs]:
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[IntArray | None] = []
+    top_k = 1
+    for row, item in enumerate(inputs):
+        masks: MaskArgs = item.args
+        rows.extend([row] * len(masks.positions))
+        cols.extend(masks.positions)
+        targets.extend([masks.targets] * len(masks.positions))
+        if masks.targets is None:
+            top_k = max(top_k, masks.top_k)
+    args = FillMaskArgs(
+        mask_rows=np.array(rows, dtype=np.int64),
+        mask_cols=np.array(cols, dtype=np.int64),
+        top_k=top_k,
+        targets=tuple(targets),
+    )
+    return pad_batch(inputs, pad_id), args
 
-    method = "fill_mask"
 
-    def __init__(self, pad_id: int) -> None:
-        self._pad_id = pad_id
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[EncodedBatch, FillMaskArgs]:
-        rows: list[int] = []
-        cols: list[int] = []
-        targets: list[IntArray | None] = []
-        top_k = 1
-        for row, item in enumerate(items):
-            head: MaskHead = item.head
-            rows.extend([row] * len(head.positions))
-            cols.extend(head.positions)
-            targets.extend([head.targets] * len(head.positions))
-            if head.targets is None:
-                top_k = max(top_k, head.top_k)
-        args = FillMaskArgs(
-            mask_rows=np.array(rows, dtype=np.int64),
-            mask_cols=np.array(cols, dtype=np.int64),
-            top_k=top_k,
-            targets=tuple(targets),
-        )
-        return pad_batch(items, self._pad_id), args
-
-    def split(
-        self, output: FillMaskOutput, items: Sequence[WorkItem]
-    ) -> list[list[tuple[IntArray, FloatArray]]]:
-        """Per item, per mask: (candidate ids, scores), best first, top_k long."""
-        results = []
-        g = 0
-        for item in items:
-            head: MaskHead = item.head
-            per_mask = []
-            for _ in head.positions:
-                target_scores = output.target_scores[g] if output.target_scores else None
-                if head.targets is None or target_scores is None:
-                    per_mask.append((output.top_ids[g, : head.top_k], output.top_scores[g, : head.top_k]))
-                else:
-                    order = np.argsort(-target_scores, kind="stable")[: head.top_k]
-                    per_mask.append((head.targets[order], target_scores[order]))
-                g += 1
-            results.append(per_mask)
-        return results
+def split(output: FillMaskOutput, inputs: Sequence[ModelInput]) -> list[list[tuple[IntArray, FloatArray]]]:
+    """Per input, per mask: (candidate ids, scores), best first, top_k long."""
+    results = []
+    g = 0
+    for item in inputs:
+        masks: MaskArgs = item.args
+        per_mask = []
+        for _ in masks.positions:
+            target_scores = output.target_scores[g] if output.target_scores else None
+            if masks.targets is None or target_scores is None:
+                per_mask.append((output.top_ids[g, : masks.top_k], output.top_scores[g, : masks.top_k]))
+            else:
+                order = np.argsort(-target_scores, kind="stable")[: masks.top_k]
+                per_mask.append((masks.targets[order], target_scores[order]))
+            g += 1
+        results.append(per_mask)
+    return results
 
 
 def finish(
-    encoded: Encoded, head: MaskHead, per_mask: list[tuple[IntArray, FloatArray]], tokenizer: TextTokenizer
+    encoded: Encoded, masks: MaskArgs, per_mask: list[tuple[IntArray, FloatArray]], tokenizer: TextTokenizer
 ) -> FillMaskResult:
     """Token strings and filled-in sequences, decoded as the pipeline decodes them: with one
     mask, special tokens are skipped; with several, they are kept (the other masks stay)."""
-    single = len(head.positions) == 1
-    masks = []
-    for position, (ids, scores) in zip(head.positions, per_mask, strict=True):
+    single = len(masks.positions) == 1
+    results = []
+    for position, (ids, scores) in zip(masks.positions, per_mask, strict=True):
         token_ids = ids.tolist()
         sequences = tokenizer.decode_fills(encoded.ids, position, token_ids, skip_special_tokens=single)
         candidates = tuple(
@@ -179,5 +185,97 @@ def finish(
             )
             for token_id, score, sequence in zip(token_ids, scores.tolist(), sequences, strict=True)
         )
-        masks.append(MaskResult(position, candidates))
-    return FillMaskResult(tuple(masks), InputStats(encoded.length, encoded.truncated))
+        results.append(MaskResult(position, candidates))
+    return FillMaskResult(tuple(results), InputStats(encoded.length, encoded.truncated))
+
+
+@dataclass(frozen=True)
+class FillMaskPlan:
+    encoded: Encoded
+    masks: MaskArgs
+
+
+class FillMask(TaskDefinition[FillMaskQuery, FillMaskPlan, FillMaskResult, FillMaskAnswer]):
+    task = TASK
+    rpc = "FillMask"
+    result_type = fill_mask_pb2.FillMaskResult
+
+    def to_query(self, request: fill_mask_pb2.FillMaskRequest) -> FillMaskQuery:
+        return FillMaskQuery(
+            texts=tuple(request.texts),
+            top_k=request.top_k if request.HasField("top_k") else None,
+            targets=tuple(request.targets),
+            model=request.model,
+            truncation=convert.truncation(request.truncation),
+        )
+
+    def prepare(self, query: FillMaskQuery, model: ModelView) -> Prepared[FillMaskPlan]:
+        inputs = prepare(query, model.tokenizer, model.limits)
+        return Prepared(
+            tuple(FillMaskPlan(enc, masks) for enc, masks in zip(inputs.encoded, inputs.masks, strict=True)),
+            tuple(
+                (Window(enc.ids, enc.type_ids, masks),)
+                for enc, masks in zip(inputs.encoded, inputs.masks, strict=True)
+            ),
+            inputs.targets,
+        )
+
+    def collate(self, inputs: Sequence[ModelInput], pad_id: int) -> tuple[Any, ...]:
+        return collate(inputs, pad_id)
+
+    def split(self, output: FillMaskOutput, inputs: Sequence[ModelInput]) -> list[Any]:
+        return split(output, inputs)
+
+    def finish(
+        self, query: FillMaskQuery, plan: FillMaskPlan, outputs: Sequence[Any], model: ModelView
+    ) -> FillMaskResult:
+        return finish(plan.encoded, plan.masks, outputs[0], model.tokenizer)
+
+    def answer(
+        self,
+        query: FillMaskQuery,
+        prepared: Prepared[FillMaskPlan],
+        results: tuple[FillMaskResult, ...],
+        model_name: str,
+        timing: Timing,
+    ) -> FillMaskAnswer:
+        targets: Targets | None = prepared.extra
+        return FillMaskAnswer(
+            results,
+            model_name,
+            timing,
+            targets.replaced if targets else (),
+            targets.ignored if targets else (),
+        )
+
+    def result_message(self, result: FillMaskResult) -> fill_mask_pb2.FillMaskResult:
+        return fill_mask_pb2.FillMaskResult(
+            input=convert.stats(result.input),
+            masks=[
+                fill_mask_pb2.MaskPrediction(
+                    position=m.position,
+                    candidates=[
+                        fill_mask_pb2.FillMaskCandidate(
+                            token_id=c.token_id, token=c.token, score=c.score, sequence=c.sequence
+                        )
+                        for c in m.candidates
+                    ],
+                )
+                for m in result.masks
+            ],
+        )
+
+    def to_response(self, answer: FillMaskAnswer) -> fill_mask_pb2.FillMaskResponse:
+        return fill_mask_pb2.FillMaskResponse(
+            model=answer.model,
+            timing=convert.timing(answer.timing),
+            results=[self.result_message(r) for r in answer.results],
+            replaced_targets=[
+                fill_mask_pb2.ReplacedTarget(index=t.index, token_id=t.token_id, token=t.token)
+                for t in answer.replaced_targets
+            ],
+            ignored_targets=answer.ignored_targets,
+        )
+
+
+DEFINITION = FillMask()

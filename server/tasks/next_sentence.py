@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from bertserve.server import convert
 from bertserve.server.domain import (
     InputStats,
+    NextSentenceAnswer,
     NextSentenceQuery,
     NextSentenceResult,
     RequestLimits,
+    Timing,
     Truncation,
 )
-from bertserve.server.scheduling.work import WorkItem
-from bertserve.server.tasks.common import check_count, check_length, check_no_split, check_text, pad_batch
+from bertserve.server.tasks.common import as_windows, check_count, check_length, check_no_split, check_text
+from bertserve.server.tasks.definition import ModelInput, ModelView, Prepared, TaskDefinition
 from bertserve.server.tokenization import Encoded, TextTokenizer
-from bertserve.workers.protocol import EncodedBatch, FloatArray, NextSentenceOutput, Task
+from bertserve.v1 import next_sentence_pb2
+from bertserve.workers.protocol import FloatArray, NextSentenceOutput, Task
 
 TASK = Task.NEXT_SENTENCE
 
@@ -33,19 +38,6 @@ def prepare(query: NextSentenceQuery, tokenizer: TextTokenizer, limits: RequestL
     return encoded
 
 
-class NextSentenceKernel:
-    method = "next_sentence"
-
-    def __init__(self, pad_id: int) -> None:
-        self._pad_id = pad_id
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[EncodedBatch]:
-        return (pad_batch(items, self._pad_id),)
-
-    def split(self, output: NextSentenceOutput, items: Sequence[WorkItem]) -> list[FloatArray]:
-        return [output.logits[i] for i in range(len(items))]
-
-
 def finish(encoded: Encoded, logits: FloatArray) -> NextSentenceResult:
     z = logits.astype(np.float64)
     probs = np.exp(z - z.max())
@@ -55,3 +47,56 @@ def finish(encoded: Encoded, logits: FloatArray) -> NextSentenceResult:
         logits=(float(logits[0]), float(logits[1])),
         input=InputStats(encoded.length, encoded.truncated),
     )
+
+
+class NextSentence(TaskDefinition[NextSentenceQuery, Encoded, NextSentenceResult, NextSentenceAnswer]):
+    task = TASK
+    rpc = "NextSentence"
+    result_type = next_sentence_pb2.NextSentenceResult
+
+    def to_query(self, request: next_sentence_pb2.NextSentenceRequest) -> NextSentenceQuery:
+        return NextSentenceQuery(
+            pairs=tuple((p.first, p.second) for p in request.pairs),
+            model=request.model,
+            truncation=convert.truncation(request.truncation),
+        )
+
+    def prepare(self, query: NextSentenceQuery, model: ModelView) -> Prepared[Encoded]:
+        encoded = prepare(query, model.tokenizer, model.limits)
+        return Prepared(tuple(encoded), as_windows([(enc,) for enc in encoded]))
+
+    def take(self, output: NextSentenceOutput, row: int, item: ModelInput) -> FloatArray:
+        logits: FloatArray = output.logits[row]
+        return logits
+
+    def finish(
+        self, query: NextSentenceQuery, plan: Encoded, outputs: Sequence[Any], model: ModelView
+    ) -> NextSentenceResult:
+        return finish(plan, outputs[0])
+
+    def answer(
+        self,
+        query: NextSentenceQuery,
+        prepared: Prepared[Encoded],
+        results: tuple[NextSentenceResult, ...],
+        model_name: str,
+        timing: Timing,
+    ) -> NextSentenceAnswer:
+        return NextSentenceAnswer(results, model_name, timing)
+
+    def result_message(self, result: NextSentenceResult) -> next_sentence_pb2.NextSentenceResult:
+        return next_sentence_pb2.NextSentenceResult(
+            is_next_probability=result.is_next_probability,
+            logits=list(result.logits),
+            input=convert.stats(result.input),
+        )
+
+    def to_response(self, answer: NextSentenceAnswer) -> next_sentence_pb2.NextSentenceResponse:
+        return next_sentence_pb2.NextSentenceResponse(
+            model=answer.model,
+            timing=convert.timing(answer.timing),
+            results=[self.result_message(r) for r in answer.results],
+        )
+
+
+DEFINITION = NextSentence()

@@ -204,7 +204,7 @@ def test_served_qa_answers_like_the_in_process_model(served: RunningServer, runs
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from bertserve.server.tasks import qa
+    from bertserve.server.tasks import answer_question_windows as qa
     from bertserve_client import BertClient
 
     out = runs["question-answering"]

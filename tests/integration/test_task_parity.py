@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bertserve.server.tasks import qa
+from bertserve.server.tasks import answer_question_windows as qa
 from bertserve_client import BertClient, BertServeError
 from tests.support.hf4_reference import PipelineResult, QACase, answer_questions, terminal_log
 from tests.support.server import RunningServer

@@ -13,7 +13,7 @@ import pytest
 
 from bertserve.workers import replica as replica_module
 from bertserve.workers.affinity import CpuClaim, claim_cpus, preferred_cpus
-from bertserve.workers.replica import Replica
+from bertserve.workers.replica import ReplicaActor
 from bertserve.workers.spec import ReplicaSpec
 
 CPUS = range(8)
@@ -129,8 +129,8 @@ def test_pin_process_pins_every_thread_and_nothing_is_a_no_op() -> None:
 
 def _pinning_replica(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, allowed: range, **spec: Any
-) -> tuple[Replica, list[tuple[int, ...]]]:
-    """A fake-backend Replica whose claims use `tmp_path` and `allowed`; pins are recorded, not
+) -> tuple[ReplicaActor, list[tuple[int, ...]]]:
+    """A fake-backend ReplicaActor whose claims use `tmp_path` and `allowed`; pins are recorded, not
     made (the test runner keeps its CPUs)."""
     pins: list[tuple[int, ...]] = []
 
@@ -141,7 +141,7 @@ def _pinning_replica(
     monkeypatch.setattr(replica_module, "pin_process", lambda cpus: pins.append(tuple(cpus)))
     index = spec.pop("index", 0)
     base = dict(model_name="f", checkpoint="", backend="fake", pin_cpus=True, threads=2)
-    return Replica(ReplicaSpec(**{**base, **spec}), f"f-{index}", index), pins
+    return ReplicaActor(ReplicaSpec(**{**base, **spec}), f"f-{index}", index), pins
 
 
 def test_a_replica_pins_itself_to_its_slots_cores_and_reports_them(

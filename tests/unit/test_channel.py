@@ -18,7 +18,7 @@ import pytest
 
 from bertserve.workers import channel as channel_module
 from bertserve.workers.channel import ChannelClient, ChannelClosed, ChannelServer, ReplicaCallError
-from bertserve.workers.replica import Replica
+from bertserve.workers.replica import ReplicaActor
 from bertserve.workers.spec import ReplicaSpec
 
 
@@ -157,7 +157,7 @@ def test_a_peer_of_another_user_is_refused(server: ChannelServer, monkeypatch: p
 
 
 def test_the_replica_serves_only_its_compute_methods() -> None:
-    replica = Replica(ReplicaSpec(model_name="f", checkpoint="", backend="fake"), "f-0")
+    replica = ReplicaActor(ReplicaSpec(model_name="f", checkpoint="", backend="fake"), "f-0")
     address = replica.open_channel()
     assert replica.open_channel() == address  # idempotent
 

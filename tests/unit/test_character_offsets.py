@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertserve.server import convert
 from bertserve.server.checkpoint import resolve_checkpoint
 from bertserve.server.domain import RequestLimits, Timing, TokenizeAnswer, TokenizeQuery
-from bertserve.server.tasks import ner, qa, tokenize
+from bertserve.server.tasks import answer_question_windows as qa
+from bertserve.server.tasks import classify_tokens_windows as ner
+from bertserve.server.tasks import tokenize
 from bertserve.server.tokenization import TextTokenizer
 
 # Two emoji and a mathematical letter (each one code point, two UTF-16 units, four UTF-8 bytes) and
@@ -42,7 +43,7 @@ def test_the_text_tells_the_units_apart() -> None:
 
 def test_tokenize_offsets_are_code_points_of_the_text(tok: TextTokenizer) -> None:
     [result] = tokenize.tokenize(TokenizeQuery((TEXT,)), tok, LIMITS)
-    response = convert.tokenize_response(TokenizeAnswer((result,), "m", 128, Timing(0, 0, 0, 0)))
+    response = tokenize.RPC.to_response(TokenizeAnswer((result,), "m", 128, Timing(0, 0, 0, 0)))
     tokens = response.results[0].tokens
     assert [(t.start, t.end) for t in tokens if t.token == WORD] == [_code_points(TEXT, WORD)]
     for t in tokens:

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from bertserve.server import convert
 from bertserve.server.checkpoint import resolve_checkpoint
 from bertserve.server.domain import FillMaskAnswer, FillMaskQuery, ReplacedTarget, RequestLimits, Timing
 from bertserve.server.errors import InvalidInput
@@ -42,7 +41,7 @@ def test_a_target_outside_the_vocabulary_is_answered_as_its_first_piece_and_repo
     assert prepared.targets.ids.tolist() == sorted({school, first_piece})
     assert prepared.targets.replaced == (ReplacedTarget(1, first_piece, "z"),)
     assert prepared.targets.ignored == (2, 3)
-    assert prepared.heads[0].top_k == 2  # at most the distinct targets
+    assert prepared.masks[0].top_k == 2  # at most the distinct targets
 
 
 def test_targets_in_the_vocabulary_are_not_reported(tok: TextTokenizer) -> None:
@@ -50,7 +49,7 @@ def test_targets_in_the_vocabulary_are_not_reported(tok: TextTokenizer) -> None:
     assert prepared.targets is not None
     assert (prepared.targets.replaced, prepared.targets.ignored) == ((), ())
     none = fill_mask.prepare(FillMaskQuery(("A [MASK].",)), tok, LIMITS)
-    assert none.targets is None and none.heads[0].targets is None
+    assert none.targets is None and none.masks[0].targets is None
 
 
 def test_targets_that_all_tokenize_to_nothing_are_invalid_input(tok: TextTokenizer) -> None:
@@ -60,8 +59,8 @@ def test_targets_that_all_tokenize_to_nothing_are_invalid_input(tok: TextTokeniz
 
 def test_replaced_and_ignored_targets_reach_the_response() -> None:
     answer = FillMaskAnswer((), "m", Timing(0, 0, 0, 0), (ReplacedTarget(1, 52, "z"),), (2, 3))
-    response = convert.fill_mask_response(answer)
+    response = fill_mask.DEFINITION.to_response(answer)
     assert [(t.index, t.token_id, t.token) for t in response.replaced_targets] == [(1, 52, "z")]
     assert list(response.ignored_targets) == [2, 3]
-    plain = convert.fill_mask_response(FillMaskAnswer((), "m", Timing(0, 0, 0, 0)))
+    plain = fill_mask.DEFINITION.to_response(FillMaskAnswer((), "m", Timing(0, 0, 0, 0)))
     assert not plain.replaced_targets and not plain.ignored_targets

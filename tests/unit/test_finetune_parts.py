@@ -12,7 +12,7 @@ import pytest
 from bertserve.jobs.finetune import features, progress
 from bertserve.jobs.finetune.recipes import RECIPES, with_defaults
 from bertserve.server.cli import main
-from bertserve.server.tasks import qa
+from bertserve.server.tasks import answer_question_windows as qa
 
 
 @pytest.fixture(autouse=True)

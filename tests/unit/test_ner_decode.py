@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from bertserve.server.tasks import ner
-from bertserve.server.tasks.ner import AGGREGATIONS, Entity, NerPlan
+from bertserve.server.tasks import classify_tokens_windows as ner
+from bertserve.server.tasks.classify_tokens_windows import AGGREGATIONS, Entity, NerPlan
 
 TEXTS = [
     "The president of France walked to Paris, then London; quickly!",

@@ -17,7 +17,7 @@ from bertserve.workers.backends.packed_linear import (
     onednn_linear_available,
 )
 from bertserve.workers.protocol import EncodedBatch, FillMaskArgs, ReplicaReport, Task
-from bertserve.workers.replica import Replica
+from bertserve.workers.replica import ReplicaActor
 from bertserve.workers.spec import ReplicaSpec
 
 
@@ -132,23 +132,23 @@ def test_cpu_linear_auto_packs_only_when_the_probe_agrees_and_is_faster(
     spec = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), cpu_linear="auto")
     # The tiny model is under the size floor: not measured, torch's layers.
     monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: pytest.fail("timed"))
-    small = Replica(spec, "tiny-0").ready()
+    small = ReplicaActor(spec, "tiny-0").ready()
     assert small.load_error == "" and small.cpu_linear_choice.startswith("torch: hidden size 64 is under 256")
     monkeypatch.setattr(torch_bert, "PACK_MIN_HIDDEN", 0)
     monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: (0.030, 0.024))
-    faster = Replica(spec, "tiny-0").ready()
+    faster = ReplicaActor(spec, "tiny-0").ready()
     assert faster.load_error == "" and not faster.warnings
     assert faster.cpu_linear_choice.startswith("onednn: 1.25x faster than torch's float32 linear")
     # Faster by less than PACK_MIN_SPEEDUP: torch's layers, and the report says why.
     monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: (0.030, 0.029))
-    slower = Replica(spec, "tiny-0").ready()
+    slower = ReplicaActor(spec, "tiny-0").ready()
     assert slower.cpu_linear_choice.startswith(
         "torch: oneDNN's packed layers are not faster on this CPU (1.03x"
     )
     # Outputs that differ by more than rounding: torch's layers, a warning, and no timing.
     monkeypatch.setattr(torch_bert, "_agreement", lambda ref, other: (1.0, 0.01))
     monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: pytest.fail("timed"))
-    disagreeing = Replica(spec, "tiny-0").ready()
+    disagreeing = ReplicaActor(spec, "tiny-0").ready()
     assert disagreeing.cpu_linear_choice.startswith("torch: oneDNN's packed layers disagreed")
     assert any("cpu_linear auto:" in w for w in disagreeing.warnings)
 
@@ -158,7 +158,7 @@ def test_cpu_linear_says_why_packing_does_not_apply(tiny_checkpoint: Path) -> No
         spec = ReplicaSpec(
             model_name="t", checkpoint=str(tiny_checkpoint), dtype=dtype, cpu_linear=cpu_linear
         )
-        return Replica(spec, "t-0").ready()
+        return ReplicaActor(spec, "t-0").ready()
 
     bf16 = report("bfloat16", "onednn")
     assert bf16.load_error == ""

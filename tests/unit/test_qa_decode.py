@@ -25,8 +25,9 @@ from tokenizers import Tokenizer
 
 from bertserve.server.domain import AnswerQuestionQuery, RequestLimits
 from bertserve.server.errors import InvalidInput
-from bertserve.server.tasks import answer_question, qa
-from bertserve.server.tasks.qa import Answer, QAPlan
+from bertserve.server.tasks import answer_question
+from bertserve.server.tasks import answer_question_windows as qa
+from bertserve.server.tasks.answer_question_windows import Answer, QAPlan
 from bertserve.server.tokenization import TextTokenizer
 from tests.support.hf4_reference import PipelineResult, QACase, answer_questions, terminal_log
 
@@ -540,7 +541,7 @@ def test_decode_rejects_mismatched_logits(served: Served) -> None:
 
 def test_module_imports_neither_torch_nor_transformers() -> None:
     code = (
-        "import sys\nimport bertserve.server.tasks.qa\n"
+        "import sys\nimport bertserve.server.tasks.answer_question_windows\n"
         "print(','.join(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bertserve.workers.protocol import EncodedBatch, FillMaskArgs, Task
-from bertserve.workers.replica import Replica
+from bertserve.workers.replica import ReplicaActor
 from bertserve.workers.spec import ReplicaSpec
 
 
@@ -38,10 +38,10 @@ def test_torch_replica_scores_masks_like_a_full_forward_pass_on_a_padded_batch(t
         top_k=4,
         targets=(None, targets, None),
     )
-    replica = Replica(ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint)), "tiny-0")
+    replica = ReplicaActor(ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint)), "tiny-0")
     report = replica.ready()
     assert report.load_error == "" and report.tasks == (Task.FILL_MASK, Task.NEXT_SENTENCE, Task.EMBED)
-    out = replica.fill_mask(_batch(rows), args)
+    out = replica.compute("fill_mask", _batch(rows), args)
 
     model = BertForPreTraining.from_pretrained(str(tiny_checkpoint)).eval()
     for i, (r, c) in enumerate(where):
@@ -57,24 +57,24 @@ def test_torch_replica_scores_masks_like_a_full_forward_pass_on_a_padded_batch(t
 
 
 def test_replica_with_unloadable_checkpoint_reports_one_line_instead_of_crashing(tmp_path: Path) -> None:
-    replica = Replica(ReplicaSpec(model_name="x", checkpoint=str(tmp_path / "missing")), "x-0")
+    replica = ReplicaActor(ReplicaSpec(model_name="x", checkpoint=str(tmp_path / "missing")), "x-0")
     report = replica.ready()
     assert report.load_error.startswith("cannot load checkpoint")
     assert "\n" not in report.load_error
     with pytest.raises(RuntimeError, match="replica has no model"):
-        replica.next_sentence(_batch([[2, 3]]))
+        replica.compute("next_sentence", _batch([[2, 3]]))
 
 
 def test_fake_backend_is_deterministic_and_shaped_like_the_real_one() -> None:
-    replica = Replica(ReplicaSpec(model_name="f", checkpoint="", backend="fake"), "f-0")
+    replica = ReplicaActor(ReplicaSpec(model_name="f", checkpoint="", backend="fake"), "f-0")
     batch = _batch([[2, 7, 4, 3], [2, 4, 3]])
     args = FillMaskArgs(np.array([0, 1]), np.array([2, 1]), top_k=3, targets=(None, np.array([5, 6])))
-    first = replica.fill_mask(batch, args)
-    second = replica.fill_mask(batch, args)
+    first = replica.compute("fill_mask", batch, args)
+    second = replica.compute("fill_mask", batch, args)
     assert first.top_ids.shape == first.top_scores.shape == (2, 3)
     assert np.array_equal(first.top_ids, second.top_ids)
     assert first.target_scores[0] is None and first.target_scores[1] is not None
-    assert replica.next_sentence(batch).logits.shape == (2, 2)
+    assert replica.compute("next_sentence", batch).logits.shape == (2, 2)
 
 
 def test_replica_refuses_a_task_its_head_weights_cannot_serve(tmp_path: Path) -> None:
@@ -89,12 +89,12 @@ def test_replica_refuses_a_task_its_head_weights_cannot_serve(tmp_path: Path) ->
     config["architectures"] = ["BertForTokenClassification"]
     (ckpt / "config.json").write_text(json.dumps(config))
     spec = ReplicaSpec(model_name="ner", checkpoint=str(ckpt), tasks=(Task.CLASSIFY_TOKENS,))
-    report = Replica(spec, "ner-0").ready()
+    report = ReplicaActor(spec, "ner-0").ready()
     assert report.tasks == ()
     assert report.load_error.startswith("model 'ner' is configured for ClassifyTokens, but checkpoint")
     assert "lacks the weights of the ClassifyTokens head (classifier." in report.load_error
     # Without a configured task it loads and serves what it can: the encoder.
-    plain = Replica(ReplicaSpec(model_name="ner", checkpoint=str(ckpt)), "ner-0").ready()
+    plain = ReplicaActor(ReplicaSpec(model_name="ner", checkpoint=str(ckpt)), "ner-0").ready()
     assert plain.load_error == "" and plain.tasks == (Task.EMBED,)
     assert plain.warnings and "ClassifyTokens is not served" in plain.warnings[0]
 
@@ -107,30 +107,30 @@ def test_dtype_auto_on_cpu_picks_bfloat16_only_where_the_cpu_has_it_the_probe_ag
     spec = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), dtype="auto")
     monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.015))
-    report = Replica(spec, "tiny-0").ready()
+    report = ReplicaActor(spec, "tiny-0").ready()
     assert report.load_error == "" and report.dtype == "bfloat16"
     assert report.dtype_choice.startswith("bfloat16: agrees with float32 and is 2.00x faster")
     # AVX-512 BF16 without AMX can be slower than float32 (an Intel host measured 0.68x on
     # bert-base): then float32 is served, and the report says why.
     monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.045))
-    slower = Replica(spec, "tiny-0").ready()
+    slower = ReplicaActor(spec, "tiny-0").ready()
     assert slower.dtype == "float32" and not slower.warnings
     assert "bfloat16 is not faster on this CPU (0.67x" in slower.dtype_choice
     # Faster, but by less than BF16_MIN_SPEEDUP: not worth bfloat16's rounding.
     monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.029))
-    assert Replica(spec, "tiny-0").ready().dtype == "float32"
+    assert ReplicaActor(spec, "tiny-0").ready().dtype == "float32"
     monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: False)
-    without = Replica(spec, "tiny-0").ready()
+    without = ReplicaActor(spec, "tiny-0").ready()
     assert without.dtype == "float32" and "no bf16 instructions" in without.dtype_choice
     # A probe that disagrees keeps float32 and says why (the timing is not even taken).
     monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(torch_bert, "_probe", lambda ref, low: (0.5, 0.3))
     monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: pytest.fail("timed"))
-    disagreeing = Replica(spec, "tiny-0").ready()
+    disagreeing = ReplicaActor(spec, "tiny-0").ready()
     assert disagreeing.dtype == "float32"
     assert any("bfloat16 disagreed with float32" in w for w in disagreeing.warnings)
     explicit = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), dtype="bfloat16")
-    assert Replica(explicit, "tiny-0").ready().dtype_choice == "configured"
+    assert ReplicaActor(explicit, "tiny-0").ready().dtype_choice == "configured"
 
 
 def test_encoder_timing_probe_times_both_models(tiny_checkpoint: Path) -> None:
