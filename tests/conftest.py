@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import RunningServer, start_server
+from tests.support.server import RunningServer, serving, write_config
 
 
 @pytest.fixture(scope="session")
@@ -34,27 +34,24 @@ def server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
 
     Stopped with SIGTERM at the end; a non-zero exit code fails the session.
     """
-    running = start_server(
-        [
-            "--model",
-            str(tiny_checkpoint),
-            "--replicas",
-            "2",
-            "--threads-per-replica",
-            "1",
-            "--ray-num-cpus",
-            "2",
-            "--max-wait-ms",
-            "5",
-            "--dtype",
-            "float32",  # parity tests compare with float32 references
-            "--log-format",
-            "json",
-        ]
-    )
-    yield running
-    code = running.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+    args = [
+        "--model",
+        str(tiny_checkpoint),
+        "--replicas",
+        "2",
+        "--threads-per-replica",
+        "1",
+        "--ray-num-cpus",
+        "2",
+        "--max-wait-ms",
+        "5",
+        "--dtype",
+        "float32",  # parity tests compare with float32 references
+        "--log-format",
+        "json",
+    ]
+    with serving(args) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -90,27 +87,19 @@ def task_server(
     """One server hosting six models from a YAML configuration file: the pre-trained tiny BERT
     (FillMask, NextSentence), two sequence classifiers, a NER model, a QA model and a plain
     encoder, one single-threaded CPU replica each."""
-    import yaml
-
     models: list[dict[str, object]] = [{"name": "bert", "checkpoint": str(tiny_checkpoint)}]
     for name, path in head_checkpoints.items():
         models.append({"name": name, "checkpoint": str(path)})
     models[-1]["default_for"] = ["embed"]
-    config = tmp_path_factory.mktemp("config") / "bertserve.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "server": {
-                    "threads_per_replica": 1,
-                    "max_wait_ms": 2,
-                    "ray_num_cpus": len(models),
-                    "dtype": "float32",  # parity tests compare with float32 references
-                },
-                "models": models,
-            }
-        )
+    config = write_config(
+        tmp_path_factory.mktemp("config") / "bertserve.yaml",
+        {
+            "threads_per_replica": 1,
+            "max_wait_ms": 2,
+            "ray_num_cpus": len(models),
+            "dtype": "float32",  # parity tests compare with float32 references
+        },
+        models,
     )
-    running = start_server(["--config", str(config), "--log-format", "json"], timeout=300)
-    yield running
-    code = running.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+    with serving(["--config", str(config), "--log-format", "json"], timeout=300) as running:
+        yield running

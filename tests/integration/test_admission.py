@@ -15,11 +15,10 @@ The fake backend holds its one replica busy for a set time per batch; the client
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bertserve.v1 import fill_mask_pb2
 from bertserve_client import BertClient, BertServeError
 from bertserve_client.streaming import StreamResult
-from tests.support.server import RunningServer, start_server
+from tests.support.probes import fake_server_args, rss_mib, wait_until
+from tests.support.server import RunningServer, serving
 
 pytestmark = pytest.mark.integration
 
@@ -41,60 +41,23 @@ BATCH_MS = 1000
 MAX_STREAM_INFLIGHT = 128  # BertServicer's per-stream bound
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(checkpoint: Path, *limits: str) -> tuple[RunningServer, int]:
-    port = _free_port()
-    running = start_server(
-        [
-            "--model",
-            str(checkpoint),
-            "--model-name",
-            MODEL,
-            "--backend",
-            "fake",
-            "--fake-delay-ms",
-            str(BATCH_MS),
-            "--replicas",
-            "1",
-            "--threads-per-replica",
-            "1",
-            "--ray-num-cpus",
-            "1",
-            "--metrics-port",
-            str(port),
-            *limits,
-        ]
-    )
-    return running, port
+def _args(checkpoint: Path, *limits: str) -> list[str]:
+    """One replica of the fake backend, holding each batch BATCH_MS, with these admission limits."""
+    return fake_server_args(checkpoint, *limits, replicas=1, delay_ms=BATCH_MS, model_name=MODEL)
 
 
 @pytest.fixture(scope="module")
 def one_and_one(tiny_checkpoint: Path) -> Iterator[tuple[RunningServer, int]]:
-    running, port = _start(tiny_checkpoint, "--max-inflight-requests", "1", "--max-queued-tokens", "1")
-    yield running, port
-    code = running.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+    limits = ("--max-inflight-requests", "1", "--max-queued-tokens", "1")
+    with serving(_args(tiny_checkpoint, *limits), metrics=True) as running:
+        yield running, running.metrics_port
 
 
 @pytest.fixture(scope="module")
 def tokens_only(tiny_checkpoint: Path) -> Iterator[tuple[RunningServer, int]]:
-    running, port = _start(
-        tiny_checkpoint,
-        "--max-inflight-requests",
-        "0",
-        "--max-queued-tokens",
-        "1",
-        "--batches-per-replica",
-        "1",
-    )
-    yield running, port
-    code = running.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+    limits = ("--max-inflight-requests", "0", "--max-queued-tokens", "1", "--batches-per-replica", "1")
+    with serving(_args(tiny_checkpoint, *limits), metrics=True) as running:
+        yield running, running.metrics_port
 
 
 def _sample(port: int, name: str, **labels: str) -> float:
@@ -105,13 +68,6 @@ def _sample(port: int, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def _concurrent_fill_masks(address: str, n: int) -> list[fill_mask_pb2.FillMaskResponse | BertServeError]:
@@ -186,9 +142,10 @@ def test_with_one_batch_computing_and_one_queued_every_further_call_is_rejected_
     before = _sample(metrics_port, rejections, model=MODEL, reason="queued_tokens")
     with BertClient(server.address, timeout=60, retries=0) as client, ThreadPoolExecutor(2) as pool:
         computing = pool.submit(client.fill_mask, TEXT, top_k=3)
-        _wait_for(lambda: inflight() == 1 and queued_tokens() == 0)  # sent to the replica
+        # Sent to the replica; then one waits behind it: the replica takes one batch at a time.
+        wait_until(lambda: inflight() == 1 and queued_tokens() == 0, timeout=30, interval=0.01)
         queued = pool.submit(client.fill_mask, TEXT, top_k=3)
-        _wait_for(lambda: queued_tokens() > 0)  # waits behind it: the replica takes one batch
+        wait_until(lambda: queued_tokens() > 0, timeout=30, interval=0.01)
 
         outcomes = _concurrent_fill_masks(server.address, 10)
 
@@ -205,13 +162,6 @@ def test_with_one_batch_computing_and_one_queued_every_further_call_is_rejected_
         _assert_answered(client.fill_mask(TEXT, top_k=3))
 
 
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_a_stream_written_as_fast_as_possible_gets_one_answer_per_request_with_bounded_state(
     one_and_one: tuple[RunningServer, int],
 ) -> None:
@@ -220,8 +170,8 @@ def test_a_stream_written_as_fast_as_possible_gets_one_answer_per_request_with_b
     max_stream_inflight stream requests, nor more admitted requests than its limit (1)."""
     server, metrics_port = one_and_one
     n = 5000
-    rss_before = _rss_bytes(server.process.pid)
-    peak = {"pending": 0.0, "inflight": 0.0, "queue": 0.0, "rss": float(rss_before)}
+    rss_before = rss_mib(server.process.pid)
+    peak = {"pending": 0.0, "inflight": 0.0, "queue": 0.0, "rss": rss_before}
     samples = 0
     done = threading.Event()
 
@@ -231,7 +181,7 @@ def test_a_stream_written_as_fast_as_possible_gets_one_answer_per_request_with_b
             peak["pending"] = max(peak["pending"], _sample(metrics_port, "bertserve_stream_pending_requests"))
             peak["inflight"] = max(peak["inflight"], _sample(metrics_port, "bertserve_inflight_requests"))
             peak["queue"] = max(peak["queue"], _sample(metrics_port, "bertserve_queue_depth", model=MODEL))
-            peak["rss"] = max(peak["rss"], float(_rss_bytes(server.process.pid)))
+            peak["rss"] = max(peak["rss"], rss_mib(server.process.pid))
             samples += 1
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -256,7 +206,7 @@ def test_a_stream_written_as_fast_as_possible_gets_one_answer_per_request_with_b
     assert samples > 0
     assert peak["pending"] <= MAX_STREAM_INFLIGHT
     assert peak["inflight"] <= 1 and peak["queue"] <= 1
-    assert peak["rss"] - rss_before < 200 * 1024 * 1024, peak
+    assert peak["rss"] - rss_before < 200, peak  # MiB
     assert _sample(metrics_port, "bertserve_stream_pending_requests") == 0
     assert _sample(metrics_port, "bertserve_inflight_requests", model=MODEL) == 0
     assert os.path.exists(f"/proc/{server.process.pid}")  # still serving

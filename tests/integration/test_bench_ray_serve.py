@@ -1,5 +1,6 @@
 """The Ray Serve baseline of the benchmark answers the bertserve.v1 contract as the Hugging Face
-pipelines do, through the generated client, concurrently, and stops cleanly."""
+pipelines do, through the generated client, concurrently, and stops cleanly. It runs on the
+session's tiny checkpoints: the same ones bertserve's parity tests use."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from bench.baselines.ray_serve import RayServeBaseline, RayServeConfig
 from bertserve.v1 import fill_mask_pb2
 from bertserve_client import BertClient, BertServeError
+from tests.support.fill_mask import assert_masks_match, pipeline_masks
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +34,9 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from bertserve.workers.tiny_bert import build_tiny_bert
-
-    root = tmp_path_factory.mktemp("ray-serve-baseline")
-    return (
-        build_tiny_bert(root / "pretraining", seed=0),
-        build_tiny_bert(root / "classifier", seed=1, head="sequence-classification"),
-    )
+def checkpoints(tiny_checkpoint: Path, head_checkpoints: dict[str, Path]) -> tuple[Path, Path]:
+    """The pre-training checkpoint (FillMask, NextSentence) and a sequence classifier."""
+    return tiny_checkpoint, head_checkpoints["emotion"]
 
 
 @pytest.fixture(scope="module")
@@ -68,30 +65,47 @@ def fill_mask_pipe(checkpoints: tuple[Path, Path]) -> Any:
     return pipeline("fill-mask", model=str(checkpoints[0]), device="cpu")
 
 
-def expected_masks(pipe: Any, text: str, top_k: int) -> list[list[dict[str, Any]]]:
-    answer = pipe(text, top_k=top_k)
-    return [answer] if text.count("[MASK]") == 1 else answer
+def pipeline_response(pipe: Any, model: str, texts: list[str], top_k: int) -> fill_mask_pb2.FillMaskResponse:
+    """The whole FillMaskResponse the baseline should give: the pipeline's candidates for every
+    mask, and nothing the baseline does not fill (positions, input stats; bench/baselines/ray_serve.py)."""
+    response = fill_mask_pb2.FillMaskResponse(model=model)
+    for text in texts:
+        result = response.results.add()
+        for candidates in pipeline_masks(pipe, text, top_k):
+            mask = result.masks.add()
+            for w in candidates:
+                mask.candidates.add(
+                    token_id=w["token"], token=w["token_str"], score=w["score"], sequence=w["sequence"]
+                )
+    return response
 
 
-def assert_fill_mask(result: fill_mask_pb2.FillMaskResult, want: list[list[dict[str, Any]]]) -> None:
-    assert len(result.masks) == len(want)
-    for mask, candidates in zip(result.masks, want, strict=True):
-        got = list(mask.candidates)
-        assert [c.token_id for c in got] == [w["token"] for w in candidates]
-        assert [c.token for c in got] == [w["token_str"] for w in candidates]
-        assert [c.sequence for c in got] == [w["sequence"] for w in candidates]
-        for c, w in zip(got, candidates, strict=True):
-            assert c.score == pytest.approx(w["score"], abs=1e-5)
+def without_timing_and_scores(response: fill_mask_pb2.FillMaskResponse) -> fill_mask_pb2.FillMaskResponse:
+    """A copy with the timing cleared and every score 0: what must match exactly (scores are
+    compared within 1e-5 apart)."""
+    copy = fill_mask_pb2.FillMaskResponse()
+    copy.CopyFrom(response)
+    copy.ClearField("timing")
+    for result in copy.results:
+        for mask in result.masks:
+            for candidate in mask.candidates:
+                candidate.score = 0.0
+    return copy
 
 
-def test_fill_mask_matches_pipeline(client: BertClient, fill_mask_pipe: Any) -> None:
+def test_fill_mask_matches_pipeline(
+    client: BertClient, fill_mask_pipe: Any, checkpoints: tuple[Path, Path]
+) -> None:
     response = client.fill_mask(TEXTS[:2], top_k=3)
     assert len(response.results) == 2
     for text, result in zip(TEXTS[:2], response.results, strict=True):
-        assert_fill_mask(result, expected_masks(fill_mask_pipe, text, 3))
+        assert_masks_match(result, pipeline_masks(fill_mask_pipe, text, 3))
+    # Field for field the pipeline's answer, named after the checkpoint: no other field is set.
+    want = pipeline_response(fill_mask_pipe, checkpoints[0].name, TEXTS[:2], 3)
+    assert without_timing_and_scores(response) == without_timing_and_scores(want)
     # Two masks in one text, and the default top_k (5).
     two = client.fill_mask(TEXTS[4])
-    assert_fill_mask(two.results[0], expected_masks(fill_mask_pipe, TEXTS[4], 5))
+    assert_masks_match(two.results[0], pipeline_masks(fill_mask_pipe, TEXTS[4], 5))
     assert response.timing.total_us >= response.timing.inference_us > 0
 
 
@@ -137,12 +151,12 @@ def test_classify_sequence_matches_pipeline(client: BertClient, checkpoints: tup
 def test_concurrent_requests_batch_and_answer_correctly(client: BertClient, fill_mask_pipe: Any) -> None:
     # Different lengths (padding in shared batches) and different top_k in the same batches.
     cases = [(TEXTS[i % len(TEXTS)], 1 + i % 3) for i in range(16)]
-    expected = [expected_masks(fill_mask_pipe, text, top_k) for text, top_k in cases]
+    expected = [pipeline_masks(fill_mask_pipe, text, top_k) for text, top_k in cases]
     with ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda case: client.fill_mask(case[0], top_k=case[1]), cases))
     for response, want in zip(responses, expected, strict=True):
         assert len(response.results) == 1
-        assert_fill_mask(response.results[0], want)
+        assert_masks_match(response.results[0], want)
 
 
 def test_errors_and_stream(client: BertClient, fill_mask_pipe: Any) -> None:
@@ -160,11 +174,13 @@ def test_errors_and_stream(client: BertClient, fill_mask_pipe: Any) -> None:
     for request_id, text in (("0", TEXTS[0]), ("2", TEXTS[1])):
         response = results[request_id].response
         assert response is not None
-        assert_fill_mask(response.results[0], expected_masks(fill_mask_pipe, text, 2))
+        assert_masks_match(response.results[0], pipeline_masks(fill_mask_pipe, text, 2))
 
 
-def test_stop_makes_calls_fail(baseline: RayServeBaseline, client: BertClient) -> None:
-    assert client.fill_mask(TEXTS[0], top_k=1).results
+def test_stop_makes_calls_fail(baseline: RayServeBaseline, client: BertClient, fill_mask_pipe: Any) -> None:
+    before = client.fill_mask(TEXTS[0], top_k=1)
+    assert len(before.results) == 1
+    assert_masks_match(before.results[0], pipeline_masks(fill_mask_pipe, TEXTS[0], 1))
     baseline.stop()
     with pytest.raises(BertServeError) as failed:
         client.fill_mask(TEXTS[0], top_k=1, timeout=10)

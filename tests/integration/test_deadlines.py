@@ -24,8 +24,8 @@ import grpc
 import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2
-from tests.support.probes import fake_server_args, free_port, metric, model_info, wait_until
-from tests.support.server import RunningServer, start_server
+from tests.support.probes import fake_server_args, metric, model_info, wait_until
+from tests.support.server import RunningServer, serving
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,6 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tiny_checkpoint: Path) -> Iterator[Env]:
-    port = free_port()
     args = fake_server_args(
         tiny_checkpoint,
         "--max-batch-size",
@@ -71,16 +70,11 @@ def env(tiny_checkpoint: Path) -> Iterator[Env]:
         "--batches-per-replica",
         "2",
         "--no-fill-queued-batches",
-        "--metrics-port",
-        str(port),
         replicas=1,
         delay_ms=DELAY_S * 1000,
     )
-    running = start_server(args)
-    channel = running.channel()
-    yield Env(running, port, channel, bert_service_pb2_grpc.BertServiceStub(channel))
-    channel.close()
-    assert running.stop() == 0, running.log()[-3000:]
+    with serving(args, metrics=True) as running, running.channel() as channel:
+        yield Env(running, running.metrics_port, channel, bert_service_pb2_grpc.BertServiceStub(channel))
 
 
 def _request() -> fill_mask_pb2.FillMaskRequest:

@@ -34,7 +34,7 @@ def test_demo_models_are_built_once_served_offline_flagged_meaningless_and_log_j
             entities = client.classify_tokens("Angela Merkel visited São Paulo.")
             answers = client.answer_question("Where?", "The tower is in Paris.")
     finally:
-        assert running.stop() == 0
+        running.stop_cleanly()
     assert sorted(models) == ["demo", "demo-emotion", "demo-ner", "demo-squad"]
     assert all(m.demo and "meaningless" in m.description for m in models.values())
     assert models["demo"].max_sequence_length == 512
@@ -50,7 +50,7 @@ def test_demo_models_are_built_once_served_offline_flagged_meaningless_and_log_j
     assert events.index(ready[0]) > max(i for i, e in enumerate(events) if e["event"] == "serving")
     built = (demo_dir / "demo" / MARKER_FILE).stat().st_mtime_ns
     again = start_server(["--demo", "--demo-dir", str(demo_dir)], env=env)
-    assert again.stop() == 0
+    again.stop_cleanly()
     rebuilt = (demo_dir / "demo" / MARKER_FILE).stat().st_mtime_ns != built
     assert not rebuilt, "the cached demo models were rebuilt"
     assert "building_demo_checkpoints" in running.log() and "building_demo_checkpoints" not in again.log()

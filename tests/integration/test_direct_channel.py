@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2
-from tests.support.probes import fake_server_args, free_port, metric, model_info, wait_until
+from tests.support.probes import fake_server_args, metric, model_info, wait_until
 from tests.support.server import RunningServer, start_server
 
 pytestmark = pytest.mark.integration
@@ -27,11 +27,10 @@ READY = models_pb2.REPLICA_STATE_READY
 
 
 def _server(checkpoint: Path, *extra: str, delay_ms: float = 20) -> tuple[RunningServer, int]:
-    port = free_port()
-    args = fake_server_args(
-        checkpoint, "--max-batch-size", "1", "--metrics-port", str(port), *extra, delay_ms=delay_ms
+    server = start_server(
+        fake_server_args(checkpoint, "--max-batch-size", "1", *extra, delay_ms=delay_ms), metrics=True
     )
-    return start_server(args), port
+    return server, server.metrics_port
 
 
 def _answers(server: RunningServer, texts: list[str]) -> list[list[tuple[str, float]]]:

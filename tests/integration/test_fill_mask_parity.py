@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, common_pb2, fill_mask_pb2
+from tests.support.fill_mask import assert_masks_match, pipeline_masks
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -51,20 +52,7 @@ def test_fill_mask_matches_pipeline(
     response = stub.FillMask(request, timeout=30)
     assert len(response.results) == len(texts)
     for text, result in zip(texts, response.results, strict=True):
-        kwargs: dict[str, Any] = {"top_k": top_k or 5}
-        if targets:
-            kwargs["targets"] = list(targets)
-        expected = pipe(text, **kwargs)
-        if text.count("[MASK]") == 1:
-            expected = [expected]
-        assert len(result.masks) == len(expected)
-        for mask, want in zip(result.masks, expected, strict=True):
-            got = list(mask.candidates)
-            assert [c.token_id for c in got] == [w["token"] for w in want]
-            assert [c.token for c in got] == [w["token_str"] for w in want]
-            assert [c.sequence for c in got] == [w["sequence"] for w in want]
-            for c, w in zip(got, want, strict=True):
-                assert c.score == pytest.approx(w["score"], abs=1e-5)
+        assert_masks_match(result, pipeline_masks(pipe, text, top_k or 5, targets))
         assert result.input.num_tokens > 0
         assert not result.input.truncated
 

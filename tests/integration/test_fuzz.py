@@ -43,7 +43,7 @@ from bertserve.v1 import (
     tokenize_pb2,
 )
 from tests.support.probes import clean_details
-from tests.support.server import RunningServer, start_server
+from tests.support.server import RunningServer, serving, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -76,31 +76,23 @@ TRIED: Counter[tuple[str, str]] = Counter()
 def fuzz_server(
     tiny_checkpoint: Path, head_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    import yaml
-
     checkpoints = {"bert": tiny_checkpoint, **{m: head_checkpoints[m] for m in MODELS[1:]}}
-    config = tmp_path_factory.mktemp("fuzz") / "bertserve.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "server": {
-                    "backend": "fake",
-                    "fake_delay_ms": 1,
-                    "threads_per_replica": 1,
-                    "ray_num_cpus": len(MODELS),
-                    "max_wait_ms": 1,
-                    "max_inputs_per_request": MAX_INPUTS,
-                    "max_text_chars": MAX_TEXT_CHARS,
-                    "admin_enabled": True,  # its ScaleModel is fuzzed too
-                },
-                "models": [{"name": m, "checkpoint": str(p)} for m, p in checkpoints.items()],
-            }
-        )
+    config = write_config(
+        tmp_path_factory.mktemp("fuzz") / "bertserve.yaml",
+        {
+            "backend": "fake",
+            "fake_delay_ms": 1,
+            "threads_per_replica": 1,
+            "ray_num_cpus": len(MODELS),
+            "max_wait_ms": 1,
+            "max_inputs_per_request": MAX_INPUTS,
+            "max_text_chars": MAX_TEXT_CHARS,
+            "admin_enabled": True,  # its ScaleModel is fuzzed too
+        },
+        [{"name": m, "checkpoint": str(p)} for m, p in checkpoints.items()],
     )
-    running = start_server(["--config", str(config)], timeout=300)
-    yield running
-    code = running.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+    with serving(["--config", str(config)], timeout=300) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ per batch shows up as replica busy time.
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,47 +17,26 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bertserve_client import BertClient, BertServeError
-from tests.support.server import BERTSERVE, RunningServer, start_server
+from tests.support.probes import fake_server_args
+from tests.support.server import RunningServer, error_lines, run_serve, serving
 
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def metrics_server(tiny_checkpoint: Path) -> Iterator[tuple[RunningServer, int]]:
-    port = _free_port()
-    running = start_server(
-        [
-            "--model",
-            str(tiny_checkpoint),
-            "--model-name",
-            MODEL,
-            "--backend",
-            "fake",
-            "--fake-delay-ms",
-            "5",
-            "--replicas",
-            "1",
-            "--threads-per-replica",
-            "1",
-            "--ray-num-cpus",
-            "1",
-            "--metrics-port",
-            str(port),
-            "--keep-warm-ms",  # several pings within each 5 ms batch
-            "1",
-        ]
+    args = fake_server_args(
+        tiny_checkpoint,
+        "--keep-warm-ms",  # several pings within each 5 ms batch
+        "1",
+        replicas=1,
+        delay_ms=5,
+        model_name=MODEL,
     )
-    yield running, port
-    code = running.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+    with serving(args, metrics=True) as running:
+        yield running, running.metrics_port
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -137,24 +115,8 @@ def test_a_taken_metrics_port_stops_start_up_with_one_line(tiny_checkpoint: Path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = int(taken.getsockname()[1])
-        args = [
-            "--port",
-            "0",
-            "--model",
-            str(tiny_checkpoint),
-            "--backend",
-            "fake",
-            "--metrics-port",
-            str(port),
-        ]
-        done = subprocess.run(
-            [*BERTSERVE, "serve", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_serve("--model", str(tiny_checkpoint), "--backend", "fake", "--metrics-port", str(port))
     assert done.returncode == 1
-    lines = [line for line in done.stderr.splitlines() if line.startswith("bertserve: error:")]
+    lines = error_lines(done.stderr)
     assert len(lines) == 1 and f"cannot bind the metrics port 127.0.0.1:{port}" in lines[0]
     assert "Traceback" not in done.stderr

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from bertserve.v1 import models_pb2
 from bertserve_client import BertClient
+from tests.support.probes import fake_server_args
 from tests.support.server import BERTSERVE, RunningServer, start_server
 
 pytestmark = pytest.mark.integration
@@ -59,26 +60,19 @@ def cluster() -> Iterator[Any]:
 
 
 def front_end(checkpoint: Path, address: str, replicas: int) -> RunningServer:
-    return start_server(
-        [
-            "--model",
-            str(checkpoint),
-            "--model-name",
-            MODEL,
-            "--backend",
-            "fake",
-            "--threads-per-replica",
-            "1",
-            "--replicas",
-            str(replicas),
-            "--ray-address",
-            address,
-            "--admin-enabled",
-            "--replica-pending-after-s",
-            "1",
-        ],
-        timeout=240,
+    args = fake_server_args(
+        checkpoint,
+        "--ray-address",
+        address,
+        "--admin-enabled",
+        "--replica-pending-after-s",
+        "1",
+        replicas=replicas,
+        delay_ms=0,
+        model_name=MODEL,
+        ray_num_cpus=0,  # the flag's default: the cluster has the CPUs
     )
+    return start_server(args, timeout=240)
 
 
 def wait_for(client: BertClient, check: Any, timeout: float = 120) -> models_pb2.ModelInfo:
@@ -130,4 +124,4 @@ def test_replicas_spread_over_nodes_pending_until_a_node_joins_and_two_front_end
     finally:
         for server in (second, first):
             if server is not None:
-                assert server.stop() == 0, server.log()[-3000:]
+                server.stop_cleanly()

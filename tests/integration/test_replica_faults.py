@@ -30,13 +30,12 @@ from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2, token
 from tests.support.probes import (
     HealthWatch,
     fake_server_args,
-    free_port,
     metric,
     model_info,
     pid_alive,
     wait_until,
 )
-from tests.support.server import RunningServer, start_server
+from tests.support.server import RunningServer, serving
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +61,6 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tiny_checkpoint: Path) -> Iterator[Env]:
     """Two replicas, fake batches of 20 ms, up to 8 requests a batch, 3 restarts each."""
-    port = free_port()
     args = fake_server_args(
         tiny_checkpoint,
         "--max-batch-size",
@@ -71,16 +69,11 @@ def env(tiny_checkpoint: Path) -> Iterator[Env]:
         "5",
         "--max-restarts",
         "3",
-        "--metrics-port",
-        str(port),
         replicas=2,
         delay_ms=20,
     )
-    running = start_server(args)
-    channel = running.channel()
-    yield Env(running, port, channel)
-    channel.close()
-    assert running.stop() == 0, running.log()[-3000:]
+    with serving(args, metrics=True) as running, running.channel() as channel:
+        yield Env(running, running.metrics_port, channel)
 
 
 def _request(i: int) -> fill_mask_pb2.FillMaskRequest:
@@ -248,13 +241,9 @@ def test_replica_killed_mid_batch_under_load_loses_no_request(env: Env) -> None:
 def test_all_replicas_dead_past_their_budget_turn_health_not_serving_and_fail_fast(
     tiny_checkpoint: Path,
 ) -> None:
-    port = free_port()
-    running = start_server(
-        fake_server_args(
-            tiny_checkpoint, "--max-restarts", "0", "--metrics-port", str(port), replicas=2, delay_ms=300
-        )
-    )
-    try:
+    args = fake_server_args(tiny_checkpoint, "--max-restarts", "0", replicas=2, delay_ms=300)
+    with serving(args, metrics=True) as running:
+        port = running.metrics_port
         with running.channel() as channel:
             stub = bert_service_pb2_grpc.BertServiceStub(channel)
             pids = [r.pid for r in model_info(channel).replicas]
@@ -308,5 +297,3 @@ def test_all_replicas_dead_past_their_budget_turn_health_not_serving_and_fail_fa
                 }
             )
         )
-    finally:
-        assert running.stop() == 0, running.log()[-3000:]

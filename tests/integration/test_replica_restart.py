@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve.v1 import models_pb2
 from bertserve_client import BertClient, BertServeError
-from tests.support.server import RunningServer, start_server
+from tests.support.server import RunningServer, serving
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +23,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest.fixture
 def one_replica(tiny_checkpoint: Path) -> Iterator[RunningServer]:
-    running = start_server(
-        ["--model", str(tiny_checkpoint), "--replicas", "1", "--ray-num-cpus", "1", "--max-restarts", "1"]
-    )
-    yield running
-    assert running.stop() == 0, running.log()[-3000:]
+    args = ["--model", str(tiny_checkpoint), "--replicas", "1", "--ray-num-cpus", "1", "--max-restarts", "1"]
+    with serving(args) as running:
+        yield running
 
 
 def _wait_for(statuses: Iterator[health_pb2.HealthCheckResponse], wanted: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2
 
 from bertserve.v1 import admin_pb2, admin_pb2_grpc, models_pb2
 from bertserve_client import BertClient, BertServeError
-from tests.support.server import BERTSERVE, RunningServer, start_server
+from tests.support.probes import fake_server_args, wait_until
+from tests.support.server import BERTSERVE, RunningServer, serving
 
 pytestmark = pytest.mark.integration
 
@@ -28,33 +29,11 @@ PENDING = models_pb2.REPLICA_STATE_PENDING
 TOKEN = "scale-test-token-5f4e3d2c1b"
 
 
-def fake_args(checkpoint: Path, *extra: str) -> list[str]:
-    return [
-        "--model",
-        str(checkpoint),
-        "--model-name",
-        MODEL,
-        "--backend",
-        "fake",
-        "--fake-delay-ms",
-        "5",
-        "--threads-per-replica",
-        "1",
-        *extra,
-    ]
-
-
-def stop(server: RunningServer) -> None:
-    code = server.stop()
-    assert code == 0, f"server exited with {code}:\n{server.log()[-3000:]}"
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+def fake_args(checkpoint: Path, *extra: str, ray_num_cpus: int, delay_ms: float = 5) -> list[str]:
+    """One replica of model MODEL to start with, on a Ray instance of `ray_num_cpus` CPUs."""
+    return fake_server_args(
+        checkpoint, *extra, replicas=1, delay_ms=delay_ms, model_name=MODEL, ray_num_cpus=ray_num_cpus
+    )
 
 
 class Load:
@@ -83,7 +62,7 @@ class Load:
 
     def wait_for_more(self, n: int = 20, timeout: float = 30) -> None:
         target = self.ok + n
-        wait_until(lambda: self.ok >= target, timeout, f"{n} more answered requests")
+        wait_until(lambda: self.ok >= target, timeout, what=f"{n} more answered requests")
 
     def __enter__(self) -> Load:
         for t in self._threads:
@@ -107,11 +86,8 @@ def states(info: models_pb2.ModelInfo) -> list[int]:
 
 @pytest.fixture(scope="module")
 def admin_server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
-    running = start_server(
-        fake_args(tiny_checkpoint, "--replicas", "1", "--ray-num-cpus", "3", "--admin-enabled")
-    )
-    yield running
-    stop(running)
+    with serving(fake_args(tiny_checkpoint, "--admin-enabled", ray_num_cpus=3)) as running:
+        yield running
 
 
 def test_scale_1_3_1_under_load_through_cli_and_rpc_fails_no_request(admin_server: RunningServer) -> None:
@@ -128,12 +104,12 @@ def test_scale_1_3_1_under_load_through_cli_and_rpc_fails_no_request(admin_serve
         assert f"{MODEL}: " in done.stdout and "of 3 replicas" in done.stdout
         # READY once warm (a replica still waiting for the CPUs of a just-removed one may be
         # reported PENDING for a moment: that is what it is).
-        wait_until(lambda: states(client.model_info(MODEL)) == [READY] * 3, 60, "3 ready replicas")
+        wait_until(lambda: states(client.model_info(MODEL)) == [READY] * 3, 60, what="3 ready replicas")
         load.wait_for_more()
         wait_until(
             lambda: sum(r.batches > 0 for r in client.model_info(MODEL).replicas) == 3,
             30,
-            "every replica to take batches",
+            what="every replica to take batches",
         )
 
         reply = admin.ScaleModel(admin_pb2.ScaleModelRequest(model=MODEL, replicas=1, wait=True), timeout=120)
@@ -143,7 +119,7 @@ def test_scale_1_3_1_under_load_through_cli_and_rpc_fails_no_request(admin_serve
 
         reply = admin.ScaleModel(admin_pb2.ScaleModelRequest(model=MODEL, replicas=3, wait=True), timeout=120)
         assert reply.model.total_replicas == 3
-        wait_until(lambda: states(client.model_info(MODEL)) == [READY] * 3, 60, "3 ready replicas")
+        wait_until(lambda: states(client.model_info(MODEL)) == [READY] * 3, 60, what="3 ready replicas")
         load.wait_for_more()
         done = scale_cli(admin_server, 1)
         assert done.returncode == 0, done.stderr
@@ -175,8 +151,7 @@ def test_scale_errors_are_one_line_and_non_zero(admin_server: RunningServer) -> 
 
 
 def test_admin_service_is_unimplemented_by_default(tiny_checkpoint: Path) -> None:
-    running = start_server(fake_args(tiny_checkpoint, "--replicas", "1", "--ray-num-cpus", "1"))
-    try:
+    with serving(fake_args(tiny_checkpoint, ray_num_cpus=1)) as running:
         with running.channel() as channel, pytest.raises(grpc.RpcError) as info:
             admin_pb2_grpc.AdminServiceStub(channel).ScaleModel(
                 admin_pb2.ScaleModelRequest(model=MODEL, replicas=2), timeout=30
@@ -185,8 +160,6 @@ def test_admin_service_is_unimplemented_by_default(tiny_checkpoint: Path) -> Non
         done = scale_cli(running, 2)
         assert done.returncode == 1
         assert len(done.stderr.strip().splitlines()) == 1 and "UNIMPLEMENTED" in done.stderr
-    finally:
-        stop(running)
 
 
 def test_scale_past_the_cpus_exits_1_with_a_hint_and_the_replica_stays_pending(
@@ -194,21 +167,16 @@ def test_scale_past_the_cpus_exits_1_with_a_hint_and_the_replica_stays_pending(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    running = start_server(
-        fake_args(
-            tiny_checkpoint,
-            "--replicas",
-            "1",
-            "--ray-num-cpus",
-            "2",
-            "--admin-enabled",
-            "--replica-pending-after-s",
-            "1",
-            "--auth-token-file",
-            str(token_file),
-        )
+    args = fake_args(
+        tiny_checkpoint,
+        "--admin-enabled",
+        "--replica-pending-after-s",
+        "1",
+        "--auth-token-file",
+        str(token_file),
+        ray_num_cpus=2,
     )
-    try:
+    with serving(args) as running:
         with running.channel() as channel, pytest.raises(grpc.RpcError) as info:
             admin_pb2_grpc.AdminServiceStub(channel).ScaleModel(
                 admin_pb2.ScaleModelRequest(model=MODEL, replicas=2), timeout=30
@@ -230,7 +198,9 @@ def test_scale_past_the_cpus_exits_1_with_a_hint_and_the_replica_stays_pending(
         assert hint.startswith("hint: ") and "--threads-per-replica 1" in hint and "--ray-num-cpus" in hint
         with BertClient(running.address, timeout=30, token=TOKEN) as client:
             wait_until(
-                lambda: states(client.model_info(MODEL)) == [READY, READY, PENDING], 60, "2 ready, 1 pending"
+                lambda: states(client.model_info(MODEL)) == [READY, READY, PENDING],
+                60,
+                what="2 ready, 1 pending",
             )
             assert running.health() == health_pb2.HealthCheckResponse.SERVING
             assert len(client.fill_mask(TEXT, model=MODEL).results) == 1
@@ -240,43 +210,37 @@ def test_scale_past_the_cpus_exits_1_with_a_hint_and_the_replica_stays_pending(
             done = scale_cli(running, 2, "--token-file", str(token_file))
             assert done.returncode == 0, done.stderr
             assert states(client.model_info(MODEL)) == [READY, READY]  # the pending one went first
-    finally:
-        stop(running)
 
 
 def test_autoscaling_follows_a_burst_up_and_idleness_down(tiny_checkpoint: Path) -> None:
-    running = start_server(
-        [
-            *fake_args(tiny_checkpoint, "--replicas", "1", "--ray-num-cpus", "3"),
-            "--fake-delay-ms",
-            "40",
-            "--max-batch-size",
-            "2",
-            "--min-replicas",
-            "1",
-            "--max-replicas",
-            "3",
-            "--autoscale-target-queued-tokens",
-            "20",
-            "--autoscale-up-window-s",
-            "0.3",
-            "--autoscale-up-cooldown-s",
-            "0.5",
-            "--autoscale-down-idle-s",
-            "1.5",
-            "--autoscale-down-cooldown-s",
-            "0.5",
-        ]
+    args = fake_args(
+        tiny_checkpoint,
+        "--max-batch-size",
+        "2",
+        "--min-replicas",
+        "1",
+        "--max-replicas",
+        "3",
+        "--autoscale-target-queued-tokens",
+        "20",
+        "--autoscale-up-window-s",
+        "0.3",
+        "--autoscale-up-cooldown-s",
+        "0.5",
+        "--autoscale-down-idle-s",
+        "1.5",
+        "--autoscale-down-cooldown-s",
+        "0.5",
+        ray_num_cpus=3,
+        delay_ms=40,
     )
-    try:
+    with serving(args) as running:
         with BertClient(running.address, timeout=30) as client:
             assert client.model_info(MODEL).total_replicas == 1
             with Load(running.address, threads=16) as load:
-                wait_until(lambda: client.model_info(MODEL).ready_replicas == 3, 90, "3 ready replicas")
+                wait_until(lambda: client.model_info(MODEL).ready_replicas == 3, 90, what="3 ready replicas")
             assert load.failures == []
-            wait_until(lambda: client.model_info(MODEL).total_replicas == 1, 90, "a scale-down to 1")
+            wait_until(lambda: client.model_info(MODEL).total_replicas == 1, 90, what="a scale-down to 1")
             assert states(client.model_info(MODEL)) == [READY]
             assert running.health() == health_pb2.HealthCheckResponse.SERVING
         assert '"event": "autoscaling"' in running.log()
-    finally:
-        stop(running)

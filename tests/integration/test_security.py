@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bertserve.v1 import bert_service_pb2_grpc, common_pb2, fill_mask_pb2
 from bertserve_client import AsyncBertClient, BertClient, BertServeError
 from tests.support.pki import Pki, make_pki
-from tests.support.probes import free_port, metric
-from tests.support.server import BERTSERVE, RunningServer, start_server
+from tests.support.probes import fake_server_args, metric
+from tests.support.server import BERTSERVE, RunningServer, error_lines, run_serve, serving
 
 pytestmark = pytest.mark.integration
 
@@ -34,28 +34,12 @@ WAIT_S = 30.0
 
 
 def _light(checkpoint: Path) -> list[str]:
-    return [
-        "--model",
-        str(checkpoint),
-        "--backend",
-        "fake",
-        "--replicas",
-        "1",
-        "--threads-per-replica",
-        "1",
-        "--ray-num-cpus",
-        "1",
-    ]
+    return fake_server_args(checkpoint, replicas=1, delay_ms=0)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def _stop(server: RunningServer) -> None:
-    code = server.stop()
-    assert code == 0, f"server exited with {code}:\n{server.log()[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -67,47 +51,30 @@ def secure(
     credentials = grpc.ssl_channel_credentials(
         pki.ca, pki.key("client").read_bytes(), pki.cert("client").read_bytes()
     )
-    server = start_server(
-        [
-            *_light(tiny_checkpoint),
-            "--tls-cert-file",
-            str(pki.cert("server")),
-            "--tls-key-file",
-            str(pki.key("server")),
-            "--tls-client-ca-file",
-            str(pki.cert("ca")),
-            "--auth-token-file",
-            str(token_file),
-            "--log-level",
-            "debug",
-            "--keep-warm-ms",  # not on a TLS port (server/keep_warm.py)
-            "2",
-        ],
-        credentials=credentials,
-    )
-    yield server
-    _stop(server)
-
-
-PLAIN_METRICS_PORT = free_port()
+    args = [
+        *_light(tiny_checkpoint),
+        "--tls-cert-file",
+        str(pki.cert("server")),
+        "--tls-key-file",
+        str(pki.key("server")),
+        "--tls-client-ca-file",
+        str(pki.cert("ca")),
+        "--auth-token-file",
+        str(token_file),
+        "--log-level",
+        "debug",
+        "--keep-warm-ms",  # not on a TLS port (server/keep_warm.py)
+        "2",
+    ]
+    with serving(args, credentials=credentials) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_checkpoint: Path) -> Iterator[RunningServer]:
-    server = start_server(
-        [
-            *_light(tiny_checkpoint),
-            "--max-receive-message-length",
-            str(MAX_MESSAGE),
-            "--keep-warm-ms",
-            "2",
-            "--metrics-port",
-            str(PLAIN_METRICS_PORT),
-        ],
-        env={"BERTSERVE_AUTH_TOKEN": ENV_TOKEN},
-    )
-    yield server
-    _stop(server)
+    args = [*_light(tiny_checkpoint), "--max-receive-message-length", str(MAX_MESSAGE), "--keep-warm-ms", "2"]
+    with serving(args, env={"BERTSERVE_AUTH_TOKEN": ENV_TOKEN}, metrics=True) as server:
+        yield server
 
 
 def _mtls(pki: Pki, **kwargs: Any) -> dict[str, Any]:
@@ -336,7 +303,7 @@ def test_rejected_calls_are_counted_and_logged_once_per_reason_and_minute(plain:
         return plain.log().count('"event": "unauthenticated"')
 
     def rejected(reason: str) -> float:
-        return metric(PLAIN_METRICS_PORT, "bertserve_rejected_calls_total", reason=reason)
+        return metric(plain.metrics_port, "bertserve_rejected_calls_total", reason=reason)
 
     missing_before, invalid_before = rejected("missing_token"), rejected("invalid_token")
     logged_before = lines()
@@ -355,20 +322,11 @@ def test_rejected_calls_are_counted_and_logged_once_per_reason_and_minute(plain:
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [*BERTSERVE, "serve", "--port", "0", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+    return run_serve(*args, env=env, timeout=120)
 
 
 def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in done.stderr.splitlines() if line.startswith("bertserve: error:")]
+    lines = error_lines(done.stderr)
     assert len(lines) == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     return lines[0]

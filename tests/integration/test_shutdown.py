@@ -24,7 +24,6 @@ from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2
 from tests.support.probes import (
     HealthWatch,
     fake_server_args,
-    free_port,
     metric,
     pid_alive,
     process_name,
@@ -42,7 +41,7 @@ TEXT = "Paris is the [MASK] of France."
 BATCH_S = 0.1
 
 
-def _start(checkpoint: Path, grace_s: float, metrics_port: int, batch_s: float = BATCH_S) -> RunningServer:
+def _start(checkpoint: Path, grace_s: float, batch_s: float = BATCH_S) -> RunningServer:
     return start_server(
         fake_server_args(
             checkpoint,
@@ -52,11 +51,10 @@ def _start(checkpoint: Path, grace_s: float, metrics_port: int, batch_s: float =
             "5",
             "--grace-period-s",
             str(grace_s),
-            "--metrics-port",
-            str(metrics_port),
             replicas=2,
             delay_ms=batch_s * 1000,
-        )
+        ),
+        metrics=True,
     )
 
 
@@ -109,10 +107,10 @@ def _wait_exit(server: RunningServer, timeout: float) -> int:
 def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_releases_the_replicas(
     tiny_checkpoint: Path,
 ) -> None:
-    metrics_port = free_port()
     # Batches of 0.5 s: all 100 requests must arrive before the first batches are answered for
     # 100 to be in flight at once, and on a loaded 2-core CI machine 0.1 s was sometimes too short.
-    server = _start(tiny_checkpoint, grace_s=20, metrics_port=metrics_port, batch_s=0.5)
+    server = _start(tiny_checkpoint, grace_s=20, batch_s=0.5)
+    metrics_port = server.metrics_port
     channel = server.channel()
     stub = bert_service_pb2_grpc.BertServiceStub(channel)
     pids = replica_pids(channel)
@@ -179,9 +177,9 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_releases_the_replic
 def test_calls_still_in_flight_when_the_grace_period_ends_are_cancelled_and_the_server_exits(
     tiny_checkpoint: Path,
 ) -> None:
-    metrics_port = free_port()
     grace_s = 1.0
-    server = _start(tiny_checkpoint, grace_s=grace_s, metrics_port=metrics_port)
+    server = _start(tiny_checkpoint, grace_s=grace_s)
+    metrics_port = server.metrics_port
     channel = server.channel()
     stub = bert_service_pb2_grpc.BertServiceStub(channel)
     pids = replica_pids(channel)

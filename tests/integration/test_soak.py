@@ -24,8 +24,8 @@ import grpc
 import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, embed_pb2, fill_mask_pb2, next_sentence_pb2, tokenize_pb2
-from tests.support.probes import fake_server_args, free_port, metric, replica_pids, rss_mib, wait_until
-from tests.support.server import RunningServer, start_server
+from tests.support.probes import fake_server_args, metric, replica_pids, rss_mib, wait_until
+from tests.support.server import RunningServer, serving
 
 pytestmark = pytest.mark.integration
 
@@ -71,14 +71,9 @@ KINDS = (
 
 @pytest.fixture(scope="module")
 def soak_server(tiny_checkpoint: Path) -> Iterator[tuple[RunningServer, int]]:
-    port = free_port()
-    args = fake_server_args(
-        tiny_checkpoint, "--max-batch-size", "32", "--metrics-port", str(port), replicas=2, delay_ms=5
-    )
-    running = start_server(args)
-    yield running, port
-    code = running.stop()
-    assert code == 0, f"server exited with {code} on SIGTERM:\n{running.log()[-3000:]}"
+    args = fake_server_args(tiny_checkpoint, "--max-batch-size", "32", replicas=2, delay_ms=5)
+    with serving(args, metrics=True) as running:
+        yield running, running.metrics_port
 
 
 def _rss(pids: dict[str, int]) -> dict[str, float]:

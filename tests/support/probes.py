@@ -25,11 +25,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fake_server_args(checkpoint: Path, *extra: str, replicas: int = 2, delay_ms: float = 20) -> list[str]:
-    """`bertserve serve` flags for the fake backend on a tiny checkpoint: one CPU per replica."""
+def fake_server_args(
+    checkpoint: Path,
+    *extra: str,
+    replicas: int = 2,
+    delay_ms: float = 20,
+    model_name: str = "",
+    ray_num_cpus: int | None = None,
+) -> list[str]:
+    """`bertserve serve` flags for the fake backend on a tiny checkpoint: `replicas` of one thread,
+    each batch taking `delay_ms`, and a local Ray instance of `ray_num_cpus` CPUs (default: one
+    per replica; 0: every CPU, as without the flag). `model_name`: the model's name (default:
+    the checkpoint folder's)."""
     return [
         "--model",
         str(checkpoint),
+        *(["--model-name", model_name] if model_name else []),
         "--backend",
         "fake",
         "--fake-delay-ms",
@@ -39,7 +50,7 @@ def fake_server_args(checkpoint: Path, *extra: str, replicas: int = 2, delay_ms:
         "--threads-per-replica",
         "1",
         "--ray-num-cpus",
-        str(replicas),
+        str(replicas if ray_num_cpus is None else ray_num_cpus),
         *extra,
     ]
 
@@ -61,14 +72,19 @@ def metric(port: int, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in scrape(port).items() if n == name and wanted <= ls)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `predicate` until it returns a truthy value; return it. AssertionError on timeout."""
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, *, what: str = ""
+) -> Any:
+    """Poll `predicate` until it returns a truthy value; return it. AssertionError on timeout,
+    naming `what` was awaited when given."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
+            if what:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
 

@@ -1,19 +1,31 @@
-"""Start a real `bertserve serve` process for tests and stop it the way an operator would."""
+"""Start a real `bertserve serve` process for tests and stop it the way an operator would.
+
+    with serving([...flags], metrics=True) as server:   # SERVING; stopped and checked at the end
+        metric(server.metrics_port, ...)
+
+`start_server` and `RunningServer.stop_cleanly` are the two halves, for fixtures and tests that
+need them apart; `run_serve` runs a server expected to fail its start-up, and `write_config`
+writes a configuration file for `--config`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.probes import free_port
 
 BERTSERVE = [sys.executable, "-m", "bertserve.server.cli"]
 
@@ -26,6 +38,8 @@ class RunningServer:
     args: Sequence[str] = field(default_factory=list)
     # For a TLS server: what channel() connects with (None: plaintext).
     credentials: grpc.ChannelCredentials | None = None
+    # Where GET /metrics answers (start_server(metrics=True)); 0 when the server has no metrics port.
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -58,6 +72,11 @@ class RunningServer:
             self.process.wait()
             raise
 
+    def stop_cleanly(self, timeout: float = 60) -> None:
+        """SIGTERM, and assert that the server exits with 0 (the log's tail says why not)."""
+        code = self.stop(timeout)
+        assert code == 0, f"server exited with {code} on SIGTERM:\n{self.log()[-3000:]}"
+
 
 def start_server(
     args: Sequence[str],
@@ -65,15 +84,20 @@ def start_server(
     timeout: float = 180,
     env: dict[str, str] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    metrics: bool = False,
 ) -> RunningServer:
     """Run `bertserve serve ARGS --port 0` and wait until it reports its port and is SERVING.
 
     Pass `credentials` (e.g. `grpc.ssl_channel_credentials(ca)`) for a server started with TLS: the
-    readiness check, `health()` and `channel()` then use them."""
+    readiness check, `health()` and `channel()` then use them. `metrics`: Prometheus metrics on a
+    free port too (`--metrics-port`, then `RunningServer.metrics_port`)."""
     workdir = Path(tempfile.mkdtemp(prefix="bertserve-test-"))
     port_file = workdir / "port"
     log_path = workdir / "server.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    metrics_port = free_port() if metrics else 0
+    if metrics:
+        args = [*args, "--metrics-port", str(metrics_port)]
     cmd = [*BERTSERVE, "serve", "--port", "0", "--port-file", str(port_file), *args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
@@ -82,9 +106,54 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         if port_file.is_file() and port_file.read_text().strip():
-            server = RunningServer(process, int(port_file.read_text()), log_path, list(args), credentials)
+            server = RunningServer(
+                process, int(port_file.read_text()), log_path, list(args), credentials, metrics_port
+            )
             if server.health() == health_pb2.HealthCheckResponse.SERVING:
                 return server
         time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"server not SERVING after {timeout}s:\n{log_path.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def serving(args: Sequence[str], **start: Any) -> Iterator[RunningServer]:
+    """A started server (`start_server(args, **start)`) for the block; at its end, stopped and
+    checked: exit code 0 (`RunningServer.stop_cleanly`). When the block raises, the server is
+    stopped and the block's error is the one reported."""
+    server = start_server(args, **start)
+    try:
+        yield server
+    except BaseException:
+        server.stop()
+        raise
+    server.stop_cleanly()
+
+
+def run_serve(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run `bertserve serve --port 0 ARGS` until it exits (a start-up expected to fail); `env` is
+    added to this process's environment."""
+    return subprocess.run(
+        [*BERTSERVE, "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `bertserve: error:` lines of a failed start-up's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("bertserve: error:")]
+
+
+def write_config(path: Path, server: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> Path:
+    """Write a configuration file for `bertserve serve --config PATH` (YAML: a `server` section
+    and a `models` list); returns PATH."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"server": dict(server), "models": [dict(m) for m in models]}))
+    return path
