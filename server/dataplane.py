@@ -38,16 +38,9 @@ from bertserve.server.models import ModelRegistry, ServedModel
 from bertserve.server.scheduling.admission import Permit
 from bertserve.server.scheduling.batcher import Batcher
 from bertserve.server.scheduling.work import ItemResult, WorkItem
-from bertserve.server.tasks import (
-    answer_question,
-    classify_sequence,
-    classify_tokens,
-    embed,
-    fill_mask,
-    next_sentence,
-    tokenize,
-)
+from bertserve.server.tasks import tokenize
 from bertserve.server.tasks.definition import ModelView, TaskDefinition, Window
+from bertserve.server.tasks.registry import DEFINITIONS
 from bertserve.workers.protocol import Task
 
 
@@ -98,30 +91,30 @@ class DataPlane:
         return definition.answer(query, prepared, results, model.name, _timing(start, tokenized, items))
 
     async def fill_mask(self, query: FillMaskQuery, deadline: float | None = None) -> FillMaskAnswer:
-        return await self.answer(fill_mask.DEFINITION, query, deadline)
+        return await self.answer(DEFINITIONS[Task.FILL_MASK], query, deadline)
 
     async def next_sentence(
         self, query: NextSentenceQuery, deadline: float | None = None
     ) -> NextSentenceAnswer:
-        return await self.answer(next_sentence.DEFINITION, query, deadline)
+        return await self.answer(DEFINITIONS[Task.NEXT_SENTENCE], query, deadline)
 
     async def classify_sequence(
         self, query: ClassifySequenceQuery, deadline: float | None = None
     ) -> ClassifySequenceAnswer:
-        return await self.answer(classify_sequence.DEFINITION, query, deadline)
+        return await self.answer(DEFINITIONS[Task.CLASSIFY_SEQUENCE], query, deadline)
 
     async def classify_tokens(
         self, query: ClassifyTokensQuery, deadline: float | None = None
     ) -> ClassifyTokensAnswer:
-        return await self.answer(classify_tokens.DEFINITION, query, deadline)
+        return await self.answer(DEFINITIONS[Task.CLASSIFY_TOKENS], query, deadline)
 
     async def answer_question(
         self, query: AnswerQuestionQuery, deadline: float | None = None
     ) -> AnswerQuestionAnswer:
-        return await self.answer(answer_question.DEFINITION, query, deadline)
+        return await self.answer(DEFINITIONS[Task.ANSWER_QUESTION], query, deadline)
 
     async def embed(self, query: EmbedQuery, deadline: float | None = None) -> EmbedAnswer:
-        return await self.answer(embed.DEFINITION, query, deadline)
+        return await self.answer(DEFINITIONS[Task.EMBED], query, deadline)
 
     async def tokenize(self, query: TokenizeQuery, deadline: float | None = None) -> TokenizeAnswer:
         start = time.perf_counter()

@@ -16,7 +16,6 @@ from bertserve.server.domain import (
     AnswerSpan,
     InputStats,
     RequestLimits,
-    Timing,
 )
 from bertserve.server.errors import InvalidInput
 from bertserve.server.tasks import answer_question_windows as qa
@@ -92,6 +91,8 @@ class AnswerQuestion(
     task = TASK
     rpc = "AnswerQuestion"
     result_type = answer_question_pb2.AnswerQuestionResult
+    response_type = answer_question_pb2.AnswerQuestionResponse
+    answer_type = AnswerQuestionAnswer
 
     def to_query(self, request: answer_question_pb2.AnswerQuestionRequest) -> AnswerQuestionQuery:
         return AnswerQuestionQuery(
@@ -117,16 +118,6 @@ class AnswerQuestion(
     ) -> AnswerQuestionResult:
         return finish(plan, outputs, query)
 
-    def answer(
-        self,
-        query: AnswerQuestionQuery,
-        prepared: Prepared[qa.QAPlan],
-        results: tuple[AnswerQuestionResult, ...],
-        model_name: str,
-        timing: Timing,
-    ) -> AnswerQuestionAnswer:
-        return AnswerQuestionAnswer(results, model_name, timing)
-
     def result_message(self, result: AnswerQuestionResult) -> answer_question_pb2.AnswerQuestionResult:
         return answer_question_pb2.AnswerQuestionResult(
             answers=[
@@ -134,13 +125,6 @@ class AnswerQuestion(
                 for a in result.answers
             ],
             input=convert.stats(result.input),
-        )
-
-    def to_response(self, answer: AnswerQuestionAnswer) -> answer_question_pb2.AnswerQuestionResponse:
-        return answer_question_pb2.AnswerQuestionResponse(
-            model=answer.model,
-            timing=convert.timing(answer.timing),
-            results=[self.result_message(r) for r in answer.results],
         )
 
 

@@ -19,7 +19,6 @@ from bertserve.server.domain import (
     RequestLimits,
     ScoreFunction,
     SequenceInput,
-    Timing,
     Truncation,
 )
 from bertserve.server.errors import InvalidInput
@@ -111,6 +110,8 @@ class ClassifySequence(
     task = TASK
     rpc = "ClassifySequence"
     result_type = classify_sequence_pb2.ClassifySequenceResult
+    response_type = classify_sequence_pb2.ClassifySequenceResponse
+    answer_type = ClassifySequenceAnswer
 
     def to_query(self, request: classify_sequence_pb2.ClassifySequenceRequest) -> ClassifySequenceQuery:
         return ClassifySequenceQuery(
@@ -137,16 +138,6 @@ class ClassifySequence(
     ) -> ClassifySequenceResult:
         return finish(outputs, plan, query.function, model.labels, model.problem_type, query.top_k)
 
-    def answer(
-        self,
-        query: ClassifySequenceQuery,
-        prepared: Prepared[InputStats],
-        results: tuple[ClassifySequenceResult, ...],
-        model_name: str,
-        timing: Timing,
-    ) -> ClassifySequenceAnswer:
-        return ClassifySequenceAnswer(results, model_name, timing)
-
     def result_message(self, result: ClassifySequenceResult) -> classify_sequence_pb2.ClassifySequenceResult:
         return classify_sequence_pb2.ClassifySequenceResult(
             labels=[
@@ -154,13 +145,6 @@ class ClassifySequence(
                 for ls in result.labels
             ],
             input=convert.stats(result.input),
-        )
-
-    def to_response(self, answer: ClassifySequenceAnswer) -> classify_sequence_pb2.ClassifySequenceResponse:
-        return classify_sequence_pb2.ClassifySequenceResponse(
-            model=answer.model,
-            timing=convert.timing(answer.timing),
-            results=[self.result_message(r) for r in answer.results],
         )
 
 

@@ -16,7 +16,6 @@ from bertserve.server.domain import (
     EntityResult,
     InputStats,
     RequestLimits,
-    Timing,
 )
 from bertserve.server.errors import InvalidInput
 from bertserve.server.tasks import classify_tokens_windows as ner
@@ -84,6 +83,8 @@ class ClassifyTokens(
     task = TASK
     rpc = "ClassifyTokens"
     result_type = classify_tokens_pb2.ClassifyTokensResult
+    response_type = classify_tokens_pb2.ClassifyTokensResponse
+    answer_type = ClassifyTokensAnswer
 
     def to_query(self, request: classify_tokens_pb2.ClassifyTokensRequest) -> ClassifyTokensQuery:
         return ClassifyTokensQuery(
@@ -105,16 +106,6 @@ class ClassifyTokens(
     ) -> ClassifyTokensResult:
         return finish(plan, outputs, query, model.labels, model.tokenizer)
 
-    def answer(
-        self,
-        query: ClassifyTokensQuery,
-        prepared: Prepared[ner.NerPlan],
-        results: tuple[ClassifyTokensResult, ...],
-        model_name: str,
-        timing: Timing,
-    ) -> ClassifyTokensAnswer:
-        return ClassifyTokensAnswer(results, model_name, timing)
-
     def result_message(self, result: ClassifyTokensResult) -> classify_tokens_pb2.ClassifyTokensResult:
         return classify_tokens_pb2.ClassifyTokensResult(
             entities=[
@@ -124,13 +115,6 @@ class ClassifyTokens(
                 for e in result.entities
             ],
             input=convert.stats(result.input),
-        )
-
-    def to_response(self, answer: ClassifyTokensAnswer) -> classify_tokens_pb2.ClassifyTokensResponse:
-        return classify_tokens_pb2.ClassifyTokensResponse(
-            model=answer.model,
-            timing=convert.timing(answer.timing),
-            results=[self.result_message(r) for r in answer.results],
         )
 
 

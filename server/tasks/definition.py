@@ -22,13 +22,14 @@ server's answer for that input by construction.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from google.protobuf.message import Message
 
+from bertserve.server import convert
 from bertserve.server.domain import RequestLimits, Timing
 from bertserve.server.tokenization import TextTokenizer
 from bertserve.workers.protocol import EncodedBatch, Task
@@ -147,18 +148,31 @@ class TaskSteps(ABC, Generic[Q, P, R]):
 
 
 class TaskDefinition(TaskSteps[Q, P, R], TaskRpc[Q, A], Generic[Q, P, R, A]):
-    """A task that replicas compute (every task but Tokenize): its steps and its RPC."""
+    """A task that replicas compute (every task but Tokenize): its steps and its RPC. Most
+    tasks' answer is (results, model, timing) and their response (model, timing, results):
+    `answer_type` and `response_type` build them; a task with more overrides `answer` and
+    `to_response`."""
 
     result_type: ClassVar[type[Message]]  # one input's result message (e.g. FillMaskResult)
+    response_type: ClassVar[Callable[..., Message]]
+    answer_type: ClassVar[Callable[..., Any]]
 
-    @abstractmethod
     def answer(
         self, query: Q, prepared: Prepared[P], results: tuple[R, ...], model_name: str, timing: Timing
-    ) -> A: ...
+    ) -> A:
+        answer: A = self.answer_type(results, model_name, timing)
+        return answer
 
     @abstractmethod
     def result_message(self, result: R) -> Message:
         """One input's result as the response carries it (e.g. one FillMaskResult)."""
+
+    def to_response(self, answer: A) -> Message:
+        return self.response_type(
+            model=answer.model,  # type: ignore[attr-defined]
+            timing=convert.timing(answer.timing),  # type: ignore[attr-defined]
+            results=[self.result_message(r) for r in answer.results],  # type: ignore[attr-defined]
+        )
 
     def codec(self, pad_id: int) -> Codec:
         """The batch-level steps, as the batcher calls them (scheduling/work.BatchCodec)."""

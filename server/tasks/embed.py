@@ -61,6 +61,8 @@ class Embed(TaskDefinition[EmbedQuery, InputStats, EmbeddingResult, EmbedAnswer]
     task = TASK
     rpc = "Embed"
     result_type = embed_pb2.Embedding
+    response_type = embed_pb2.EmbedResponse
+    answer_type = EmbedAnswer
 
     def to_query(self, request: embed_pb2.EmbedRequest) -> EmbedQuery:
         return EmbedQuery(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import Message
 
 from bertserve.server import convert
 from bertserve.server.domain import (
@@ -127,24 +128,32 @@ def target_ids(targets: Sequence[str], tokenizer: TextTokenizer, limits: Request
 
 
 def collate(inputs: Sequence[ModelInput], pad_id: int) -> tuple[EncodedBatch, FillMaskArgs]:
+    """The padded batch, and every input's masks with the input's targets (the candidates of a
+    mask without targets: the largest top_k of the batch's inputs without targets)."""
+    masks: list[MaskArgs] = [item.args for item in inputs]
+    top_k = max((m.top_k for m in masks if m.targets is None), default=1)
+    per_input = [(m.positions, [m.targets] * len(m.positions)) for m in masks]
+    return pad_batch(inputs, pad_id), batch_args(per_input, top_k)
+
+
+def batch_args(
+    per_input: Sequence[tuple[Sequence[int], Sequence[IntArray | None]]], top_k: int
+) -> FillMaskArgs:
+    """The compute method's mask arguments from each input's mask positions and per-mask targets
+    (None: the top_k candidates)."""
     rows: list[int] = []
     cols: list[int] = []
     targets: list[IntArray | None] = []
-    top_k = 1
-    for row, item in enumerate(inputs):
-        masks: MaskArgs = item.args
-        rows.extend([row] * len(masks.positions))
-        cols.extend(masks.positions)
-        targets.extend([masks.targets] * len(masks.positions))
-        if masks.targets is None:
-            top_k = max(top_k, masks.top_k)
-    args = FillMaskArgs(
+    for row, (positions, per_mask) in enumerate(per_input):
+        rows += [row] * len(positions)
+        cols += positions
+        targets += per_mask
+    return FillMaskArgs(
         mask_rows=np.array(rows, dtype=np.int64),
         mask_cols=np.array(cols, dtype=np.int64),
         top_k=top_k,
         targets=tuple(targets),
     )
-    return pad_batch(inputs, pad_id), args
 
 
 def split(output: FillMaskOutput, inputs: Sequence[ModelInput]) -> list[list[tuple[IntArray, FloatArray]]]:
@@ -199,6 +208,8 @@ class FillMask(TaskDefinition[FillMaskQuery, FillMaskPlan, FillMaskResult, FillM
     task = TASK
     rpc = "FillMask"
     result_type = fill_mask_pb2.FillMaskResult
+    response_type = fill_mask_pb2.FillMaskResponse
+    answer_type = FillMaskAnswer
 
     def to_query(self, request: fill_mask_pb2.FillMaskRequest) -> FillMaskQuery:
         return FillMaskQuery(
@@ -265,17 +276,15 @@ class FillMask(TaskDefinition[FillMaskQuery, FillMaskPlan, FillMaskResult, FillM
             ],
         )
 
-    def to_response(self, answer: FillMaskAnswer) -> fill_mask_pb2.FillMaskResponse:
-        return fill_mask_pb2.FillMaskResponse(
-            model=answer.model,
-            timing=convert.timing(answer.timing),
-            results=[self.result_message(r) for r in answer.results],
-            replaced_targets=[
-                fill_mask_pb2.ReplacedTarget(index=t.index, token_id=t.token_id, token=t.token)
-                for t in answer.replaced_targets
-            ],
-            ignored_targets=answer.ignored_targets,
+    def to_response(self, answer: FillMaskAnswer) -> Message:
+        response = super().to_response(answer)
+        assert isinstance(response, fill_mask_pb2.FillMaskResponse)
+        response.replaced_targets.extend(
+            fill_mask_pb2.ReplacedTarget(index=t.index, token_id=t.token_id, token=t.token)
+            for t in answer.replaced_targets
         )
+        response.ignored_targets.extend(answer.ignored_targets)
+        return response
 
 
 DEFINITION = FillMask()

@@ -14,7 +14,6 @@ from bertserve.server.domain import (
     NextSentenceQuery,
     NextSentenceResult,
     RequestLimits,
-    Timing,
     Truncation,
 )
 from bertserve.server.tasks.common import as_windows, check_count, check_length, check_no_split, check_text
@@ -53,6 +52,8 @@ class NextSentence(TaskDefinition[NextSentenceQuery, Encoded, NextSentenceResult
     task = TASK
     rpc = "NextSentence"
     result_type = next_sentence_pb2.NextSentenceResult
+    response_type = next_sentence_pb2.NextSentenceResponse
+    answer_type = NextSentenceAnswer
 
     def to_query(self, request: next_sentence_pb2.NextSentenceRequest) -> NextSentenceQuery:
         return NextSentenceQuery(
@@ -74,28 +75,11 @@ class NextSentence(TaskDefinition[NextSentenceQuery, Encoded, NextSentenceResult
     ) -> NextSentenceResult:
         return finish(plan, outputs[0])
 
-    def answer(
-        self,
-        query: NextSentenceQuery,
-        prepared: Prepared[Encoded],
-        results: tuple[NextSentenceResult, ...],
-        model_name: str,
-        timing: Timing,
-    ) -> NextSentenceAnswer:
-        return NextSentenceAnswer(results, model_name, timing)
-
     def result_message(self, result: NextSentenceResult) -> next_sentence_pb2.NextSentenceResult:
         return next_sentence_pb2.NextSentenceResult(
             is_next_probability=result.is_next_probability,
             logits=list(result.logits),
             input=convert.stats(result.input),
-        )
-
-    def to_response(self, answer: NextSentenceAnswer) -> next_sentence_pb2.NextSentenceResponse:
-        return next_sentence_pb2.NextSentenceResponse(
-            model=answer.model,
-            timing=convert.timing(answer.timing),
-            results=[self.result_message(r) for r in answer.results],
         )
 
 
