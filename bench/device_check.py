@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from bench.model import DEFAULT_CACHE, build_bert_base
-from bench.targets import BertserveProcess, free_port
+from bench.targets import BertserveProcess
 from bertserve.v1 import bert_service_pb2_grpc, models_pb2
 
 
@@ -35,7 +35,6 @@ def main() -> int:
         dtype="bfloat16",
         replicas=ns.replicas,
         threads=1,
-        metrics_port=free_port(),
         extra=["--device", "cuda", "--gpus-per-replica", f"{share:g}"],
     )
     try:

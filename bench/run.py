@@ -31,7 +31,7 @@ from bench.bare import BareForwardProcess, ServingReplicaReference
 from bench.loadgen import RunResult, Send, closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.stats import block_bootstrap_interval
-from bench.targets import BertserveProcess, GrpcSenders, blocking_fill_mask, free_port, metric_delta
+from bench.targets import BertserveProcess, GrpcSenders, blocking_fill_mask, metric_delta
 from bench.workloads import classify_items, fill_mask_items, pair_items, single_client_items
 
 
@@ -392,14 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["pipeline"] = pipeline
         phase("pipeline")
-    metrics_port = free_port()
     server = BertserveProcess(
         checkpoint,
         classify,
         dtype=ns.dtype,
         replicas=ns.replicas,
         threads=threads,
-        metrics_port=metrics_port,
         extra=[*ns.bertserve_args.split(), "--device", ns.device],
     )
     try:

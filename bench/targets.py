@@ -34,7 +34,8 @@ from bertserve.workers.affinity import LOCK_DIR_ENV
 
 
 class BertserveProcess:
-    """`bertserve serve --config` with a fill-mask model and (optionally) a classifier."""
+    """`bertserve serve --config` with a fill-mask model and (optionally) a classifier, its
+    Prometheus metrics on `metrics_port` (0: a free port)."""
 
     def __init__(
         self,
@@ -44,7 +45,7 @@ class BertserveProcess:
         dtype: str,
         replicas: int,
         threads: int,
-        metrics_port: int,
+        metrics_port: int = 0,
         extra: Sequence[str] = (),
         code_tree: str = "",
         own_cpu_claims: bool = False,
@@ -64,7 +65,7 @@ class BertserveProcess:
             "models": models,
         }
         (self.workdir / "bertserve.yaml").write_text(yaml.safe_dump(config))
-        self.metrics_port = metrics_port
+        self.metrics_port = metrics_port or free_port()
         self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""

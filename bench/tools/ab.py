@@ -49,7 +49,7 @@ from bench.loadgen import closed_loop, interleaved_single_client, open_loop
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.run import bare_linear
 from bench.stats import block_bootstrap_interval
-from bench.targets import BertserveProcess, GrpcSenders, free_port, metric_delta
+from bench.targets import BertserveProcess, GrpcSenders, metric_delta
 from bench.workloads import fill_mask_items, single_client_items
 
 
@@ -187,7 +187,6 @@ def main() -> None:
             dtype=ns.dtype,
             replicas=ns.replicas,
             threads=ns.threads,
-            metrics_port=free_port(),
             extra=flags.split(),
             code_tree=tree,
             own_cpu_claims=True,  # only one of the two computes at a time: both pinned alike

@@ -59,6 +59,18 @@ def _encode(tokenizer: Any, items: list[Item]) -> tuple[Any, Any]:
     return EncodedBatch(ids, mask, np.zeros_like(ids)), args
 
 
+def _figures(eager: float, compiled: float, speedup: float, paired: float, **more: Any) -> dict[str, Any]:
+    """One workload's result: each variant's figure, the speed-up (> 1: the compiled encoder is
+    faster), its median over rounds, then `more`."""
+    return {
+        "eager": round(eager, 2),
+        "compiled": round(compiled, 2),
+        "speedup": round(speedup, 3),
+        "paired_speedup": round(paired, 3),
+        **more,
+    }
+
+
 def _graphs() -> int:
     """Graphs dynamo has compiled in this process so far."""
     from torch._dynamo.utils import counters
@@ -152,26 +164,21 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "short":
             eager, compiled = (statistics.median(samples[n]) * 1e3 for n in ("eager", "compiled"))
             paired = statistics.median(e / c for e, c in rounds)
-            result["short_p50_ms"] = {
-                "eager": round(eager, 2),
-                "compiled": round(compiled, 2),
-                "speedup": round(eager / compiled, 3),
-                "paired_speedup": round(paired, 3),
-                "inputs": SHORT_INPUTS,
-                "rounds": len(rounds),
-            }
+            result["short_p50_ms"] = _figures(
+                eager, compiled, eager / compiled, paired, inputs=SHORT_INPUTS, rounds=len(rounds)
+            )
         else:
             eager, compiled = (sum(samples[n]) / len(samples[n]) for n in ("eager", "compiled"))
             paired = statistics.median(c / e for e, c in rounds)
-            result["mixed_batch8_seq_per_s"] = {
-                "eager": round(eager, 2),
-                "compiled": round(compiled, 2),
-                "speedup": round(compiled / eager, 3),
-                "paired_speedup": round(paired, 3),
-                "batches": len(mixed),
-                "padded_tokens_per_pass": int(sum(b.padded_tokens for b, _ in mixed)),
-                "rounds": len(rounds),
-            }
+            result["mixed_batch8_seq_per_s"] = _figures(
+                eager,
+                compiled,
+                compiled / eager,
+                paired,
+                batches=len(mixed),
+                padded_tokens_per_pass=int(sum(b.padded_tokens for b, _ in mixed)),
+                rounds=len(rounds),
+            )
         key = "short_p50_ms" if kind == "short" else "mixed_batch8_seq_per_s"
         say(f"{kind}: {json.dumps(result[key])}")
     result["graphs_compiled_after_warm_up"] = _graphs() - graphs_before

@@ -27,7 +27,7 @@ from typing import Any
 from bench.bare import BareForwardProcess
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.stats import block_bootstrap_interval
-from bench.targets import BertserveProcess, free_port
+from bench.targets import BertserveProcess
 from bench.tools import grpc_floor, stack_floor
 from bench.workloads import single_client_items
 from bertserve_client import BertClient
@@ -46,7 +46,6 @@ def measure(
         dtype=ns.dtype,
         replicas=ns.replicas,
         threads=ns.threads,
-        metrics_port=free_port(),
         extra=[*extra, "--cpu-linear", ns.cpu_linear],
     )
     rows: list[tuple[float, ...]] = []
