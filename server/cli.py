@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bertserve.jobs.batch import cli as batch_cli
+from bertserve.jobs.evaluate import cli as evaluate_cli
 from bertserve.jobs.finetune import cli as finetune_cli
 from bertserve.server import settings as settings_mod
 
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_connection_args(scale)
     finetune_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
+    evaluate_cli.add_parser(sub)
     return parser
 
 
@@ -335,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         return _scale(ns)
     if ns.command == "finetune":
         return finetune_cli.run(ns)
+    if ns.command == "batch":
+        return batch_cli.run(ns)
+    if ns.command == "evaluate":
+        return evaluate_cli.run(ns)
     try:
         settings = settings_mod.from_sources(vars(ns))
     except ValueError as exc:
