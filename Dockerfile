@@ -61,6 +61,7 @@ COPY pyproject.toml README.md ./
 COPY client/ ./client/
 COPY server/ ./server/
 COPY workers/ ./workers/
+COPY jobs/ ./jobs/
 
 # Both distributions go in one resolve, so bertserve's pin `bertserve-client==0.1.0` is met
 # by the local client and not looked up on PyPI. constraints.txt pins the key dependencies.

@@ -35,7 +35,7 @@ PYTEST_ARGS ?=
 
 # What `make lint` runs ruff on (tests/unit/test_static_checks.py reads this line); mypy --strict's
 # set is in scripts/typecheck.py.
-LINT_PATHS := server workers client/bertserve_client tests scripts bench
+LINT_PATHS := server workers jobs client/bertserve_client tests scripts bench
 PIP := $(VENV)/bin/python -m pip
 PIP_INSTALL := $(PIP) install --constraint $(CONSTRAINTS)
 TORCH_INDEX_FLAG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
