@@ -20,7 +20,6 @@ from bertserve.server.dataplane import DataPlane
 from bertserve.server.drain import Drain, DrainInterceptor, stop_server
 from bertserve.server.health import SERVICE_NAME, HealthReporter
 from bertserve.server.interceptors import ParseGuard
-from bertserve.server.keep_warm import KeepWarm, loopback_target
 from bertserve.server.logs import configure_logging, get_logger
 from bertserve.server.metrics import Metrics
 from bertserve.server.models import ModelRegistry
@@ -50,7 +49,6 @@ class Server:
         self.port = 0
         # Recorded whether or not they are served over HTTP (--metrics-port).
         self.metrics = Metrics()
-        self.keep_warm: KeepWarm | None = None
         self.drain = Drain(on_hold=lambda: self.metrics.call_rejected("shutting_down"))
         self.auth: BearerTokenInterceptor | None = None
         self.core_calls: core_calls.CoreCalls | None = None
@@ -162,7 +160,6 @@ class Server:
                 tasks=[t.value for t in model.tasks],
                 default_for=[t.value for t in self.registry.default_for(model)],
             )
-        self._start_keep_warm(credentials is not None)
         self._say_ready(tls=credentials is not None)
 
     def _say_ready(self, tls: bool) -> None:
@@ -189,25 +186,6 @@ class Server:
         else:
             _log.info("ready", address=address, message=message, try_command=command)
 
-    def _start_keep_warm(self, tls: bool) -> None:
-        """Ping the own health service while a lone request waits (server/keep_warm.py)."""
-        s, registry = self.settings, self.registry
-        if not s.keep_warm_ms or registry is None:
-            return
-        if tls:
-            _log.info("keep_warm_off", reason="the port serves TLS")
-            return
-        models = registry.all()
-        self.keep_warm = KeepWarm(
-            loopback_target(s.host, self.port),
-            lambda: sum(m.admission.inflight for m in models),
-            s.keep_warm_ms / 1e3,
-            on_ping=self.metrics.keep_warm_pings.inc,
-        )
-        for model in models:
-            model.admission.on_busy = self.keep_warm.wake
-        self.keep_warm.start()
-
     def note_signal(self) -> None:
         """Count, in the signal handler itself, the calls gRPC core holds that the server has not
         read: received before the signal, they are served (drain.py)."""
@@ -232,8 +210,6 @@ class Server:
         the replicas are released."""
         self.begin_drain()
         await self.health.shutting_down()
-        if self.keep_warm is not None:
-            await self.keep_warm.stop()
         if self.grpc_server is not None:
             settled = await stop_server(
                 self.grpc_server, self.drain, self.settings.grace_period_s, time.monotonic

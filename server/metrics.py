@@ -293,11 +293,6 @@ class Metrics:
         )
         for reason in REJECTED_CALL_REASONS:
             self.rejected_calls.labels(reason)
-        self.keep_warm_pings = Counter(
-            "bertserve_keep_warm_pings_total",
-            "Loopback health checks the front end sent to keep its reply path warm (--keep-warm-ms).",
-            registry=r,
-        )
         self._state = _StateCollector()
         r.register(self._state)
         self._http: tuple[WSGIServer, threading.Thread] | None = None

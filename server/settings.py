@@ -255,12 +255,6 @@ class Settings:
     port_file: str = _f(
         "", "write the bound port to this file once it accepts calls (for scripts and tests)", group="server"
     )
-    keep_warm_ms: float = _f(
-        0.0,
-        "while a lone request waits on a replica, ping the server's own health service every this "
-        "many milliseconds to keep the reply path warm (0: off; plaintext ports only)",
-        group="server",
-    )
     grace_period_s: float = _f(
         10.0, "on SIGTERM/SIGINT, seconds in-flight calls get to finish", group="server"
     )
@@ -351,8 +345,6 @@ class Settings:
                 raise ValueError(f"--{_flag(name)} must not be negative (0: unlimited)")
         if not 0.0 <= self.min_padding_efficiency <= 1.0:
             raise ValueError("--min-padding-efficiency must be between 0 and 1")
-        if self.keep_warm_ms < 0:
-            raise ValueError("--keep-warm-ms must not be negative (0: off)")
         if self.max_wait_ms < 0:
             raise ValueError("--max-wait-ms must not be negative")
         if self.gpus_per_replica <= 0:

@@ -207,8 +207,6 @@ class Admission:
         self._retry_after_ms = retry_after_ms
         self._metrics = metrics
         self._inflight = 0
-        # Called when a request is admitted while none was in flight (server/keep_warm.py).
-        self.on_busy: Callable[[], None] | None = None
 
     @property
     def inflight(self) -> int:
@@ -228,8 +226,6 @@ class Admission:
                 REASON_INFLIGHT, f"the model has {limit} requests in flight, its limit; retry later"
             )
         self._inflight += 1
-        if self._inflight == 1 and self.on_busy is not None:
-            self.on_busy()
         return Permit(self)
 
     def check_tokens(self, tokens: int) -> None:

@@ -63,8 +63,6 @@ def secure(
         str(token_file),
         "--log-level",
         "debug",
-        "--keep-warm-ms",  # not on a TLS port (server/keep_warm.py)
-        "2",
     ]
     with serving(args, credentials=credentials) as server:
         yield server
@@ -72,7 +70,7 @@ def secure(
 
 @pytest.fixture(scope="module")
 def plain(tiny_checkpoint: Path) -> Iterator[RunningServer]:
-    args = [*_light(tiny_checkpoint), "--max-receive-message-length", str(MAX_MESSAGE), "--keep-warm-ms", "2"]
+    args = [*_light(tiny_checkpoint), "--max-receive-message-length", str(MAX_MESSAGE)]
     with serving(args, env={"BERTSERVE_AUTH_TOKEN": ENV_TOKEN}, metrics=True) as server:
         yield server
 
@@ -252,13 +250,6 @@ def test_token_never_appears_in_the_server_log(secure: RunningServer, plain: Run
     for secret in (TOKEN, WRONG_TOKEN, ENV_TOKEN):
         assert secret not in log and secret not in plain.log()
     assert "auth_token_without_tls" in plain.log()
-
-
-def test_keep_warm_stays_off_on_a_tls_port_and_runs_on_a_plaintext_one(
-    secure: RunningServer, plain: RunningServer
-) -> None:
-    assert '"event": "keep_warm_off"' in secure.log() and '"reason": "the port serves TLS"' in secure.log()
-    assert "keep_warm_off" not in plain.log()
 
 
 # -- Message size -------------------------------------------------------------------------------

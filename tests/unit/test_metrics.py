@@ -42,7 +42,7 @@ DOCUMENTED = {
     "bertserve_inflight_requests": ("gauge", ("model",)),
     "bertserve_queued_tokens": ("gauge", ("model",)),
     "bertserve_stream_pending_requests": ("gauge", ()),
-    "bertserve_keep_warm_pings_total": ("counter", ()),
+    "bertserve_rejected_calls_total": ("counter", ("reason",)),
 }
 
 
