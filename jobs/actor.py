@@ -51,22 +51,29 @@ class ModelActor:
         self._counter = counter
 
     def __call__(self, block: pa.Table) -> pa.Table:
+        before = self.runner.stats.compute_s
         out, failed = self._job(block, self.runner)
         if self._counter is not None:
-            self._counter.add.remote(block.num_rows, failed)
+            self._counter.add.remote(block.num_rows, failed, self.runner.stats.compute_s - before)
         return out
 
 
 class ProgressCounter:
-    """Rows done and failed so far over every actor (a Ray actor with no CPU of its own)."""
+    """Rows done and failed so far over every actor, and the seconds the model computed (a Ray
+    actor with no CPU of its own)."""
 
     def __init__(self) -> None:
         self.rows = 0
         self.failed = 0
+        self.compute_s = 0.0
 
-    def add(self, rows: int, failed: int) -> None:
+    def add(self, rows: int, failed: int, compute_s: float = 0.0) -> None:
         self.rows += rows
         self.failed += failed
+        self.compute_s += compute_s
 
     def get(self) -> tuple[int, int]:
         return self.rows, self.failed
+
+    def seconds(self) -> float:
+        return self.compute_s

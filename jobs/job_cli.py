@@ -28,10 +28,16 @@ def add_pool_arguments(group: Any) -> None:
     group.add_argument("--backend", choices=("torch", "fake"), help=argparse.SUPPRESS)
 
 
-def pool_from(ns: argparse.Namespace) -> Any:
+def pool_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """The job configuration's fields from `add_pool_arguments`' flags."""
     from bertserve.jobs.ray_jobs import Pool
 
-    return Pool(ns.replicas, ns.threads_per_replica, ns.gpus_per_replica, ns.ray_address)
+    return {
+        "pool": Pool(ns.replicas, ns.threads_per_replica, ns.gpus_per_replica, ns.ray_address),
+        "dtype": ns.dtype,
+        "backend": ns.backend,
+        "progress": not ns.no_progress,
+    }
 
 
 def report(run: Callable[[], dict[str, Any]]) -> int:

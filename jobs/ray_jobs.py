@@ -111,6 +111,14 @@ def counter() -> Any:
     return ray.remote(num_cpus=0)(ProgressCounter).remote()
 
 
+def compute_seconds(counter_actor: Any) -> float:
+    """Seconds the actors' model computed, summed over the actors (the rest of their time went to
+    preparing and finishing rows, and waiting)."""
+    import ray
+
+    return float(ray.get(counter_actor.seconds.remote(), timeout=30))
+
+
 def failure(exc: BaseException) -> str:
     """The one line of an error raised in the actors (Ray wraps it, stack traces included)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -8,10 +8,11 @@ an unreadable input, a missing column, Ray).
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields, replace
 from typing import Any
 
 from bertserve.jobs.batch.options import TASKS, Columns, Options
-from bertserve.jobs.job_cli import add_pool_arguments, pool_from, report
+from bertserve.jobs.job_cli import add_pool_arguments, pool_flags, report
 
 EXAMPLES = """examples:
   bertserve batch fill-mask reviews.jsonl --model bert-base-cased --top-k 3
@@ -109,26 +110,14 @@ def config_from(ns: argparse.Namespace) -> Any:
         config=ns.config,
         model_name=ns.model_name,
         columns=Columns(ns.text_column, ns.pair_column, ns.question_column, ns.context_column),
-        options=Options(
-            top_k=ns.top_k,
+        options=replace(
+            Options(**{f.name: getattr(ns, f.name) for f in fields(Options)}),
             targets=_words(ns.targets),
-            truncation=ns.truncation,
-            function_to_apply=ns.function_to_apply,
-            aggregation=ns.aggregation,
             ignore_labels=_words(ns.ignore_labels),
-            max_answer_len=ns.max_answer_len,
-            doc_stride=ns.doc_stride,
-            max_question_len=ns.max_question_len,
-            handle_impossible_answer=ns.handle_impossible_answer,
-            pooling=ns.pooling,
-            normalize=ns.normalize,
         ),
-        pool=pool_from(ns),
-        dtype=ns.dtype,
-        backend=ns.backend,
         limit=ns.limit,
         rows_per_call=ns.rows_per_call,
-        progress=not ns.no_progress,
+        **pool_flags(ns),
     )
 
 

@@ -33,9 +33,6 @@ ROWS_PER_CALL = 256
 """Rows an actor takes per call (map_batches' batch_size): the runner sorts them by length."""
 
 
-BatchError = JobError
-
-
 @dataclass(frozen=True)
 class BatchConfig:
     task: str
@@ -58,21 +55,21 @@ class BatchConfig:
 def _check(config: BatchConfig) -> tuple[str, str | None]:
     """The input's format and the output's (None: a folder), checked before anything starts."""
     if config.task not in TASKS:
-        raise BatchError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
+        raise JobError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
     wrong = options_for(TASKS[config.task], config.options)
     if wrong:
         flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
-        raise BatchError(f"{flags} does not apply to {config.task}")
+        raise JobError(f"{flags} does not apply to {config.task}")
     if config.output and config.output_dir:
-        raise BatchError("give --output or --output-dir, not both")
+        raise JobError("give --output or --output-dir, not both")
     if config.pool.replicas < 1:
-        raise BatchError("--replicas must be at least 1")
+        raise JobError("--replicas must be at least 1")
     if config.limit is not None and config.limit < 1:
-        raise BatchError("--limit must be at least 1")
+        raise JobError("--limit must be at least 1")
     if config.pool.threads is not None and config.pool.threads < 1:
-        raise BatchError("--threads-per-replica must be at least 1")
+        raise JobError("--threads-per-replica must be at least 1")
     if config.rows_per_call < 1:
-        raise BatchError("--rows-per-call must be at least 1")
+        raise JobError("--rows-per-call must be at least 1")
     kind = files.file_format(config.input)
     files.check_readable(config.input)
     out_kind = None if config.output_dir else files.file_format(config.output or config.input)
@@ -80,7 +77,7 @@ def _check(config: BatchConfig) -> tuple[str, str | None]:
 
 
 def run(config: BatchConfig, stream: Any = None) -> dict[str, Any]:
-    """Run the job; the summary. Raises BatchError (or DataError, ModelError) with one line."""
+    """Run the job; the summary. Raises JobError (or DataError, ModelError) with one line."""
     timeline = ray_jobs.Timeline(time.perf_counter())
     kind, out_kind = _check(config)
     task = TASKS[config.task]
@@ -89,15 +86,13 @@ def run(config: BatchConfig, stream: Any = None) -> dict[str, Any]:
     missing = [c for c in rows.columns if c not in available]
     if missing:
         flag = {v: k for k, v in dataclasses.asdict(config.columns).items()}[missing[0]]
-        raise BatchError(
+        raise JobError(
             f"{config.input} has no column {missing[0]!r} (it has: {', '.join(available) or 'none'}); "
             f"choose another with --{flag.replace('_', '-')}-column"
         )
     taken = [c for c in (RESULT, ERROR) if c in available]
     if taken:
-        raise BatchError(
-            f"{config.input} has a column {taken[0]!r} already, which the output adds; rename it"
-        )
+        raise JobError(f"{config.input} has a column {taken[0]!r} already, which the output adds; rename it")
     model = job_model.resolve_flags(config, task, config.pool.gpus)
     total = files.count_rows(config.input, kind)
     if config.limit is not None:
@@ -119,11 +114,13 @@ def run(config: BatchConfig, stream: Any = None) -> dict[str, Any]:
         else:
             done, failed = _write_file(dataset, out_path, out_kind, timeline.note)
     progress.close(done, failed)
+    compute_s = ray_jobs.compute_seconds(counter)
     return {
         "rows": done,
         "ok": done - failed,
         "failed": failed,
         **timeline.figures(done),
+        "compute_s": round(compute_s, 3),
         "replicas": config.pool.replicas,
         "threads_per_replica": threads,
         "device": model.spec.device,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bertserve.jobs.job_cli import add_pool_arguments, pool_from, report
+from bertserve.jobs.job_cli import add_pool_arguments, pool_flags, report
 
 EXAMPLES = """examples:
   bertserve evaluate fill-mask --model bert-base-cased                 # IMDB test, as on the model card
@@ -112,10 +112,7 @@ def config_from(ns: argparse.Namespace) -> Any:
         output=ns.output,
         per_mask=ns.per_mask,
         markdown=ns.markdown,
-        pool=pool_from(ns),
-        dtype=ns.dtype,
-        backend=ns.backend,
-        progress=not ns.no_progress,
+        **pool_flags(ns),
     )
 
 

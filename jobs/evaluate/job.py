@@ -97,10 +97,12 @@ def _chunked_tokenize(one: Callable[[list[str], bool], list[Any]], size: int) ->
 
 
 def _message(exc: BaseException) -> str:
+    """The one line a text's failure is counted under: the server's message, without a code."""
     if isinstance(exc, ServingError):
         return exc.message
     details = getattr(exc, "details", None)
-    return str(details() if callable(details) else exc).strip().splitlines()[0]
+    lines = str(details() if callable(details) else (details or exc)).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class Side:

@@ -156,47 +156,40 @@ class ServerScorer:
         tokens: Sequence[Sequence[str]],
         done: Callable[[int], None] | None = None,
     ) -> list[tuple[Scored, ...] | str]:
-        """Per text, its masks' scores, or the server's error message."""
-        chunks = [
-            range(i, min(i + self.max_inputs, len(texts))) for i in range(0, len(texts), self.max_inputs)
-        ]
-        top: list[list[tuple[int, ...]] | str] = [""] * len(texts)
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            for chunk, answer in zip(chunks, pool.map(lambda c: self._top(texts, c), chunks), strict=True):
-                for i, result in zip(chunk, answer, strict=True):
-                    top[i] = result
-            logs = list(
-                pool.map(lambda i: self._originals(texts[i], originals[i], tokens[i]), range(len(texts)))
-            )
+        """Per text, its masks' scores, or the server's error message; `done(n)` as the first n
+        texts are scored."""
+        size = self.max_inputs
+        chunks = [range(i, min(i + size, len(texts))) for i in range(0, len(texts), size)]
+        top: list[list[tuple[int, ...]] | str] = []
         out: list[tuple[Scored, ...] | str] = []
-        for i in range(len(texts)):
-            t, lp = top[i], logs[i]
-            if isinstance(t, str) or isinstance(lp, str):
-                out.append(t if isinstance(t, str) and t else str(lp))
-            else:
-                out.append(tuple(Scored(ids, p) for ids, p in zip(t, lp, strict=True)))
-            if done is not None:
-                done(i + 1)
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            for answer in pool.map(lambda c: self._top(texts, c), chunks):
+                top += answer
+            logs = pool.map(lambda i: self._originals(texts[i], originals[i], tokens[i]), range(len(texts)))
+            for i, log_probs in enumerate(logs):
+                ids = top[i]
+                if isinstance(ids, str):
+                    out.append(ids)
+                elif isinstance(log_probs, str):
+                    out.append(log_probs)
+                else:
+                    out.append(tuple(Scored(t, p) for t, p in zip(ids, log_probs, strict=True)))
+                if done is not None:
+                    done(i + 1)
         return out
 
     def _top(self, texts: Sequence[str], chunk: range) -> list[list[tuple[int, ...]] | str]:
+        """The top 5 ids of each mask of the texts in `chunk`; a request that fails is sent again
+        text by text, and a text that fails alone gets the server's message."""
         from bertserve_client import BertServeError
 
         try:
             response = self.client.fill_mask([texts[i] for i in chunk], top_k=TOP, model=self.model)
-        except BertServeError:
-            if len(chunk) == 1:
-                raise
-            return [item for i in chunk for item in self._one_top(texts[i])]
-        return [[tuple(c.token_id for c in m.candidates) for m in r.masks] for r in response.results]
-
-    def _one_top(self, text: str) -> list[list[tuple[int, ...]] | str]:
-        from bertserve_client import BertServeError
-
-        try:
-            return self._top([text], range(1))
         except BertServeError as exc:
-            return [str(exc)]
+            if len(chunk) == 1:
+                return [exc.details or str(exc)]
+            return [item for i in chunk for item in self._top(texts, range(i, i + 1))]
+        return [[tuple(c.token_id for c in m.candidates) for m in r.masks] for r in response.results]
 
     def _originals(self, text: str, originals: Sequence[int], tokens: Sequence[str]) -> list[float] | str:
         """log p(original) at each mask: the text's distinct original tokens as targets."""
@@ -211,7 +204,7 @@ class ServerScorer:
                 for k, mask in enumerate(response.results[0].masks):
                     found[k].update((c.token_id, c.score) for c in mask.candidates)
         except BertServeError as exc:
-            return str(exc)
+            return exc.details or str(exc)
         missing = [t for k, (o, t) in enumerate(zip(originals, tokens, strict=True)) if o not in found[k]]
         if missing:
             return f"the server scored no vocabulary entry {missing[0]!r} (is it the same model?)"

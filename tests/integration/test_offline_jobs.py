@@ -1,8 +1,9 @@
 """`bertserve batch` and `bertserve evaluate` on Ray Data, one local Ray for the whole module.
 
 Batch runs use the fake backend (the model is not under test; tests/integration/
-test_batch_matches_server.py compares real models' rows with the server's answers); evaluate runs
-the tiny checkpoint, in this machine's Ray and against the session's server.
+test_batch_matches_server.py compares real models' rows with the server's answers), one task per
+input format (every task's rows: tests/unit/test_batch_rows.py); evaluate runs the tiny
+checkpoint, in this machine's Ray and against the session's server.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from bertserve.jobs.batch.options import Options
 from bertserve.jobs.evaluate.job import Connection, EvalConfig
 from bertserve.jobs.evaluate.job import run as run_evaluate
 from bertserve.jobs.ray_jobs import JobError, Pool
+from tests.support.batch_cases import CASES
+from tests.support.batch_cases import rows as batch_rows
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -46,51 +49,6 @@ def local_ray() -> Iterator[None]:
 
 
 # ---- batch ---------------------------------------------------------------------------------------
-
-# Per task: good inputs, then bad ones (empty, whitespace-only, null, no mask), cycled over the rows.
-CASES: dict[str, tuple[str, list[dict[str, Any]], list[dict[str, Any]]]] = {
-    "fill-mask": (
-        "jsonl",
-        [{"text": "A [MASK] here."}, {"text": "The [MASK] sat on the [MASK]."}],
-        [{"text": ""}, {"text": "no mask"}, {"text": None}, {"text": "  "}],
-    ),
-    "next-sentence": (
-        "csv",
-        [{"text": "Paris is in France.", "text_pair": "It is a city."}],
-        [{"text": "A dog.", "text_pair": " "}, {"text": None, "text_pair": "B."}],
-    ),
-    "classify-sequence": (
-        "parquet",
-        [{"text": "Nice.", "text_pair": None}, {"text": "Good.", "text_pair": "Bad."}],
-        [{"text": "", "text_pair": None}, {"text": None, "text_pair": "x"}],
-    ),
-    "classify-tokens": (
-        "jsonl",
-        [{"text": "Angela went to Paris."}],
-        [{"text": "   "}, {"text": None}],
-    ),
-    "answer-question": (
-        "csv",
-        [{"question": "Where?", "context": "The tower is in Paris."}],
-        [{"question": "Where?", "context": "   "}, {"question": None, "context": "x"}],
-    ),
-    "embed": (
-        "parquet",
-        [{"text": "some text"}, {"text": "more text here"}],
-        [{"text": ""}, {"text": None}],
-    ),
-}
-
-
-def _rows(task: str) -> tuple[list[dict[str, Any]], list[bool]]:
-    _, good, bad = CASES[task]
-    pattern = [(r, False) for r in good] + [(r, True) for r in bad]
-    rows, flags = [], []
-    for i in range(ROWS):
-        row, is_bad = pattern[i % len(pattern)]
-        rows.append({"id": i, **row, "note": f"n{i}"})
-        flags.append(is_bad)
-    return rows, flags
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -129,12 +87,12 @@ def _batch(task: str, path: Path, tiny: Path, **kw: Any) -> dict[str, Any]:
     return run_batch(config)
 
 
-@pytest.mark.parametrize("task", sorted(CASES))
+@pytest.mark.parametrize("task", ["fill-mask", "answer-question", "classify-sequence"])  # JSONL, CSV, Parquet
 def test_every_row_comes_back_in_order_with_its_columns_and_only_bad_rows_flagged(
     task: str, tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
     fmt = CASES[task][0]
-    rows, bad = _rows(task)
+    rows, bad = batch_rows(task, ROWS)
     source = tmp_path / f"in.{fmt}"
     _write(source, rows)
     summary = _batch(task, source, tiny_checkpoint)
@@ -168,7 +126,7 @@ def test_a_file_of_bad_rows_still_writes_parquet_with_the_full_result_type(
 def test_output_dir_and_limit_write_the_first_rows_with_rays_writers(
     tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
-    rows, bad = _rows("fill-mask")
+    rows, bad = batch_rows("fill-mask", ROWS)
     source = tmp_path / "in.jsonl"
     _write(source, rows)
     summary = _batch("fill-mask", source, tiny_checkpoint, output_dir=str(tmp_path / "out"), limit=10)

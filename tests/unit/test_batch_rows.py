@@ -14,13 +14,15 @@ from bertserve.jobs.actor import ModelActor
 from bertserve.jobs.batch.arrow import message_type, result_column
 from bertserve.jobs.batch.block import BatchBlock
 from bertserve.jobs.batch.files import jsonl_lines
-from bertserve.jobs.batch.options import Columns, Options
+from bertserve.jobs.batch.options import TASKS, Columns, Options
 from bertserve.jobs.batch.rows import RowError, RowTask, options_for
 from bertserve.jobs.model import resolve
 from bertserve.server.cli import main
 from bertserve.workers.backends.fake import FakeBackend
 from bertserve.workers.protocol import Task
 from bertserve.workers.spec import ReplicaSpec
+from tests.support.batch_cases import CASES
+from tests.support.batch_cases import rows as batch_rows
 
 
 def test_errors_name_the_rows_columns_instead_of_the_request_fields() -> None:
@@ -102,6 +104,22 @@ def test_the_actor_marks_only_the_row_whose_text_breaks_the_model(tiny_checkpoin
     result = json.loads(out.column("result")[0].as_py())
     assert set(result) == {"masks", "input"} and len(result["masks"][0]["candidates"]) == 2
     assert result["input"] == {"num_tokens": result["input"]["num_tokens"], "truncated": False, "windows": 1}
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_every_tasks_rows_come_back_in_order_and_only_bad_rows_are_flagged(
+    task: str, tiny_checkpoint: Path
+) -> None:
+    rows, bad = batch_rows(task, 12)
+    table = pa.Table.from_pylist(rows)
+    model = resolve(task=TASKS[task], model=str(tiny_checkpoint), backend="fake")
+    block = BatchBlock(RowTask(TASKS[task], Columns(), Options(), table.column_names), struct=False)
+    compute = FakeBackend(ReplicaSpec("tiny", str(tiny_checkpoint), backend="fake"))
+    out = ModelActor(model, block, compute=lambda method, *args: getattr(compute, method)(*args))(table)
+    assert out.column("id").to_pylist() == list(range(12))
+    assert out.column("note").to_pylist() == [r["note"] for r in rows]
+    assert [bool(e) for e in out.column("error").to_pylist()] == bad
+    assert [r is None for r in out.column("result").to_pylist()] == bad
 
 
 def test_a_missing_column_fails_in_one_line_before_ray_starts(
