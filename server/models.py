@@ -120,6 +120,7 @@ class ServedModel:
         self._background: set[asyncio.Task[None]] = set()
         self._autoscaler: asyncio.Task[None] | None = None
         self._policy = AutoscalePolicy(config.autoscale, time.monotonic())
+        self._first_ready = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -131,16 +132,29 @@ class ServedModel:
         return self.pushback.reject()
 
     async def start(self, timeout_s: float) -> None:
-        await self.pool.start(timeout_s)
+        """Start the replicas; serve as soon as the first is warm (health turns SERVING then),
+        and return once every one is. Raises ReplicaLoadError as `ReplicaPool.start` does."""
+        warming = asyncio.get_running_loop().create_task(self.pool.start(timeout_s))
+        first = asyncio.get_running_loop().create_task(self._first_ready.wait())
+        try:
+            await asyncio.wait({warming, first}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first.cancel()
+        if not warming.done() or warming.exception() is None:
+            self._serve()
+        await warming
+        if self.config.autoscale.enabled:
+            self._policy.note_scaled(time.monotonic())
+            self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale_loop())
+
+    def _serve(self) -> None:
+        """Start the batchers of the tasks the first warm replica reports it can serve."""
         reports = [r.report for r in self.pool.replicas() if r.report is not None]
         if reports:
             self.tasks = (*(t for t in reports[0].tasks if t in self.config.tasks), Task.TOKENIZE)
         for task, batcher in self.batchers.items():
             if task in self.tasks:
                 batcher.start()
-        if self.config.autoscale.enabled:
-            self._policy.note_scaled(time.monotonic())
-            self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale_loop())
 
     @property
     def queued_tokens(self) -> int:
@@ -187,6 +201,8 @@ class ServedModel:
     def replicas_changed(self) -> None:
         """Pool callback: wake the router and the batchers (which fail, with no replica ready, the
         queued requests that cannot wait for one: Batcher.replicas_changed)."""
+        if self.pool.ready_count:
+            self._first_ready.set()
         task = asyncio.get_running_loop().create_task(self.router.notify())
         self._background.add(task)
         task.add_done_callback(self._background.discard)

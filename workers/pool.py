@@ -295,9 +295,18 @@ class ReplicaPool:
         cls = self._actor_class()
         for _ in range(self._num):
             self._new_handle(cls)
+        warming = [asyncio.ensure_future(self._warm(h)) for h in self._handles]
         try:
-            await asyncio.wait_for(asyncio.gather(*(self._warm(h) for h in self._handles)), timeout_s)
-        except TimeoutError:
+            done, pending = await asyncio.wait(
+                warming, timeout=timeout_s, return_when=asyncio.FIRST_EXCEPTION
+            )
+        finally:  # cancelled (a signal during start-up), failed or timed out: stop the others
+            for task in warming:
+                task.cancel()
+            await asyncio.gather(*warming, return_exceptions=True)
+        for task in done:
+            task.result()  # a replica that could not load: its ReplicaLoadError
+        if pending:
             waiting = [h.replica_id for h in self._handles if not h.ready]
             raise ReplicaLoadError(
                 f"replicas {', '.join(waiting)} were not ready after {timeout_s:.0f}s: the Ray cluster may "
