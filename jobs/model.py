@@ -129,7 +129,6 @@ def resolve(
         backend=s.backend,
         fake_delay_ms=s.fake_delay_ms,
         tasks=(task,),
-        compile=s.compile,
         cpu_linear=s.cpu_linear,
     )
     limits = RequestLimits(

@@ -246,7 +246,6 @@ def _served_model(
         fake_delay_ms=s.fake_delay_ms,
         fake_load_ms=s.fake_load_ms,
         tasks=tuple(t for t in entry.tasks if t is not Task.TOKENIZE),
-        compile=s.compile,
         cpu_linear=s.cpu_linear,
         pin_cpus=s.pin_replica_cpus,
         cpu_slot_base=cpu_slot_base,

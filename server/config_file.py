@@ -36,46 +36,8 @@ import yaml
 from bertserve.server.settings import Settings
 from bertserve.workers.protocol import Task
 
-# Settings a model entry may set for itself (the rest are server-wide).
-MODEL_FIELDS = (
-    "model",
-    "model_name",
-    "revision",
-    "replicas",
-    "device",
-    "gpus_per_replica",
-    "threads_per_replica",
-    "pin_replica_cpus",
-    "dtype",
-    "compile",
-    "cpu_linear",
-    "max_restarts",
-    "replica_pending_after_s",
-    "min_replicas",
-    "max_replicas",
-    "autoscale_target_queued_tokens",
-    "autoscale_up_window_s",
-    "autoscale_down_idle_s",
-    "autoscale_up_cooldown_s",
-    "autoscale_down_cooldown_s",
-    "backend",
-    "fake_delay_ms",
-    "fake_load_ms",
-    "max_batch_size",
-    "max_batch_tokens",
-    "max_wait_ms",
-    "min_padding_efficiency",
-    "batches_per_replica",
-    "fill_queued_batches",
-    "share_batches",
-    "replica_choice",
-    "max_queued_requests",
-    "max_inflight_requests",
-    "max_queued_tokens",
-    "max_inputs_per_request",
-    "max_text_chars",
-    "max_top_k",
-)
+# Settings a model entry may set for itself (the rest are server-wide): those marked per_model.
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(Settings) if f.metadata.get("per_model"))
 MODEL_ALIASES = {"name": "model_name", "checkpoint": "model"}
 MODEL_LISTS = ("tasks", "default_for")
 TASK_VALUES = tuple(t.value for t in Task)

@@ -69,14 +69,16 @@ def _f(
     *,
     group: str = "",
     secret: bool = False,
+    per_model: bool = False,
 ) -> Any:
     """A documented field, shown in the `group` of GROUPS. A `secret` one has no CLI flag (argv is
     visible to every local user), only its environment variable and the configuration file, and
-    stays out of the repr."""
+    stays out of the repr. A `per_model` one may also be set by each model entry of the
+    configuration file (config_file.MODEL_FIELDS); the others are server-wide."""
     return field(
         default=default,
         repr=not secret,
-        metadata={"help": help, "choices": choices, "secret": secret, "group": group},
+        metadata={"help": help, "choices": choices, "secret": secret, "group": group, "per_model": per_model},
     )
 
 
@@ -89,12 +91,18 @@ class Settings:
     )
     # Model
     model: str = _f(
-        DEFAULT_MODEL, "Hub id (e.g. bert-base-cased) or local checkpoint directory", group="model"
+        DEFAULT_MODEL,
+        "Hub id (e.g. bert-base-cased) or local checkpoint directory",
+        group="model",
+        per_model=True,
     )
     model_name: str = _f(
-        "", "name clients use to select the model (empty: the last part of --model)", group="model"
+        "",
+        "name clients use to select the model (empty: the last part of --model)",
+        group="model",
+        per_model=True,
     )
-    revision: str = _f("", "Hub revision: branch, tag or commit (empty: main)", group="model")
+    revision: str = _f("", "Hub revision: branch, tag or commit (empty: main)", group="model", per_model=True)
     demo: bool = _f(
         False,
         "serve tiny random-weight models, built locally, that cover every task (no network; predictions "
@@ -105,26 +113,32 @@ class Settings:
         "~/.cache/bertserve/demo", "where the --demo models are built and cached", group="model"
     )
     # Replicas
-    replicas: int = _f(1, "model replicas (Ray actors) to start", group="replicas")
+    replicas: int = _f(1, "model replicas (Ray actors) to start", group="replicas", per_model=True)
     device: str = _f(
         "auto",
         "replica device: auto (cuda if the Ray cluster has GPUs), cpu or cuda",
         ("auto", "cpu", "cuda"),
         group="replicas",
+        per_model=True,
     )
     gpus_per_replica: float = _f(
-        1.0, "GPUs each replica asks Ray for (fractions share a GPU)", group="replicas"
+        1.0,
+        "GPUs each replica asks Ray for (fractions share a GPU)",
+        group="replicas",
+        per_model=True,
     )
     threads_per_replica: int = _f(
         0,
         "torch threads, and Ray CPUs, of each CPU replica (0: the CPUs divided among the replicas "
         "started with, which leaves none for `bertserve scale` to add)",
         group="replicas",
+        per_model=True,
     )
     pin_replica_cpus: bool = _f(
         True,
         "pin each CPU replica's threads to cores of its own (docs/configuration.md#replicas)",
         group="replicas",
+        per_model=True,
     )
     dtype: str = _f(
         "auto",
@@ -132,12 +146,7 @@ class Settings:
         "accurate and faster, else float32), float32, bfloat16 or float16",
         ("auto", "float32", "bfloat16", "float16"),
         group="replicas",
-    )
-    compile: bool = _f(
-        False,
-        "torch.compile each replica's encoder; warm-up takes about 1-2 minutes longer for bert-base "
-        "on CPU (docs/configuration.md#replicas)",
-        group="replicas",
+        per_model=True,
     )
     cpu_linear: str = _f(
         "auto",
@@ -145,8 +154,11 @@ class Settings:
         "faster and in agreement), onednn or torch (docs/configuration.md#replicas)",
         ("auto", "onednn", "torch"),
         group="replicas",
+        per_model=True,
     )
-    max_restarts: int = _f(3, "times Ray restarts a crashed replica (-1: forever)", group="replicas")
+    max_restarts: int = _f(
+        3, "times Ray restarts a crashed replica (-1: forever)", group="replicas", per_model=True
+    )
     direct_channel: bool = _f(
         True,
         "replicas on the front end's node take batches over a Unix socket, not a Ray actor call "
@@ -158,64 +170,93 @@ class Settings:
         "seconds a replica added at run time may wait for Ray to place it before it is reported "
         "PENDING (it starts by itself once the cluster has its CPUs/GPUs)",
         group="replicas",
+        per_model=True,
     )
     # Autoscaling (per model; off unless max_replicas > 0; README "Scaling out")
     min_replicas: int = _f(
-        0, "fewest replicas (0 with --max-replicas 0: autoscaling off)", group="autoscaling"
+        0,
+        "fewest replicas (0 with --max-replicas 0: autoscaling off)",
+        group="autoscaling",
+        per_model=True,
     )
-    max_replicas: int = _f(0, "most replicas (0: autoscaling off)", group="autoscaling")
+    max_replicas: int = _f(0, "most replicas (0: autoscaling off)", group="autoscaling", per_model=True)
     autoscale_target_queued_tokens: int = _f(
-        4096, "queued tokens per ready replica above which the model scales up", group="autoscaling"
+        4096,
+        "queued tokens per ready replica above which the model scales up",
+        group="autoscaling",
+        per_model=True,
     )
     autoscale_up_window_s: float = _f(
-        2.0, "seconds the queue must stay above the target before scaling up", group="autoscaling"
+        2.0,
+        "seconds the queue must stay above the target before scaling up",
+        group="autoscaling",
+        per_model=True,
     )
     autoscale_down_idle_s: float = _f(
         60.0,
         "seconds a model must stay idle (empty queues, a replica free) before it loses a replica",
         group="autoscaling",
+        per_model=True,
     )
     autoscale_up_cooldown_s: float = _f(
-        5.0, "seconds after any scaling before scaling up again", group="autoscaling"
+        5.0,
+        "seconds after any scaling before scaling up again",
+        group="autoscaling",
+        per_model=True,
     )
     autoscale_down_cooldown_s: float = _f(
-        30.0, "seconds after any scaling before scaling down again", group="autoscaling"
+        30.0,
+        "seconds after any scaling before scaling down again",
+        group="autoscaling",
+        per_model=True,
     )
     backend: str = _f(
         "torch",
         "replica backend: torch, or fake (synthetic outputs, for tests)",
         ("torch", "fake"),
         group="testing",
+        per_model=True,
     )
-    fake_delay_ms: float = _f(0.0, "fake backend: compute time per batch, in milliseconds", group="testing")
+    fake_delay_ms: float = _f(
+        0.0, "fake backend: compute time per batch, in milliseconds", group="testing", per_model=True
+    )
     fake_load_ms: float = _f(
         0.0,
         "fake backend: load time of every replica but a model's first, in milliseconds (start-up tests)",
         group="testing",
+        per_model=True,
     )
     # Batching
-    max_batch_size: int = _f(32, "most sequences in one batch", group="batching")
+    max_batch_size: int = _f(32, "most sequences in one batch", group="batching", per_model=True)
     max_batch_tokens: int = _f(
-        16384, "most padded tokens (batch size x longest sequence) in one batch", group="batching"
+        16384,
+        "most padded tokens (batch size x longest sequence) in one batch",
+        group="batching",
+        per_model=True,
     )
     max_wait_ms: float = _f(
         2.0,
         "while replicas are busy, milliseconds the oldest request waits for its batch to fill "
         "(docs/configuration.md#batching)",
         group="batching",
+        per_model=True,
     )
-    batches_per_replica: int = _f(2, "batches in flight per replica (1 running + queued)", group="batching")
+    batches_per_replica: int = _f(
+        2, "batches in flight per replica (1 running + queued)", group="batching", per_model=True
+    )
     fill_queued_batches: bool = _f(
         True,
         "the batch queued behind a busy replica keeps filling until that replica is due to be free "
         "(off: it leaves after --max-wait-ms)",
         group="batching",
+        per_model=True,
     )
     share_batches: bool = _f(
         True,
         "split waiting inputs between the replicas that can start them about as soon, rather than "
         "give them all to one",
         group="batching",
+        per_model=True,
     )
     replica_choice: str = _f(
         "warm",
@@ -223,14 +264,19 @@ class Settings:
         "finished last) or spread (the one with the fewest batches)",
         ("warm", "spread"),
         group="batching",
+        per_model=True,
     )
     min_padding_efficiency: float = _f(
         0.9,
         "real tokens / padded tokens a batch must keep, 0..1 (lower it on GPUs, where padding costs less)",
         group="batching",
+        per_model=True,
     )
     max_queued_requests: int = _f(
-        4096, "queued inputs per model; more get RESOURCE_EXHAUSTED", group="limits"
+        4096,
+        "queued inputs per model; more get RESOURCE_EXHAUSTED",
+        group="limits",
+        per_model=True,
     )
     # Admission (per model; server/scheduling/admission.py)
     max_inflight_requests: int = _f(
@@ -238,17 +284,21 @@ class Settings:
         "requests (unary calls and stream requests) admitted to a model and not yet answered; more "
         "get RESOURCE_EXHAUSTED (0: unlimited)",
         group="limits",
+        per_model=True,
     )
     max_queued_tokens: int = _f(
         262_144,
         "tokens waiting in a model's queues; a request that would pass it gets RESOURCE_EXHAUSTED "
         "unless the queues are empty (0: unlimited)",
         group="limits",
+        per_model=True,
     )
     # Request limits
-    max_inputs_per_request: int = _f(64, "most texts, pairs or questions in one request", group="limits")
-    max_text_chars: int = _f(100_000, "most characters in one text", group="limits")
-    max_top_k: int = _f(100, "largest FillMask and AnswerQuestion top_k", group="limits")
+    max_inputs_per_request: int = _f(
+        64, "most texts, pairs or questions in one request", group="limits", per_model=True
+    )
+    max_text_chars: int = _f(100_000, "most characters in one text", group="limits", per_model=True)
+    max_top_k: int = _f(100, "largest FillMask and AnswerQuestion top_k", group="limits", per_model=True)
     # Network
     host: str = _f("127.0.0.1", "address to bind (0.0.0.0: every interface)", group="server")
     port: int = _f(50051, "gRPC port (0: pick a free one)", group="server")

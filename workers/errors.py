@@ -1,10 +1,16 @@
-"""Errors the replica pool raises to the front end."""
+"""Errors of the replicas: what the pool raises to the front end, and what a backend raises when it
+cannot load its model."""
 
 from __future__ import annotations
 
 
 class ReplicaFailed(RuntimeError):
     """A replica died or became unreachable while computing a batch (the batch may be retried)."""
+
+
+class ModelLoadError(RuntimeError):
+    """A replica's backend could not load or serve its checkpoint; the message is one line and
+    becomes the replica's load error as it is."""
 
 
 class ReplicaLoadError(RuntimeError):

@@ -21,7 +21,6 @@ class ReplicaSpec:
     fake_load_ms: load time of the fake backend in every replica but the model's first (index 0),
         in milliseconds: a replica that warms up late, for start-up tests.
     tasks: tasks the configuration asks of this model; loading fails when the head cannot serve one.
-    compile: torch.compile the encoder at load time (the warm-up batch compiles it).
     cpu_linear: float32 CPU linear layers: "torch" (torch's kernels), "onednn" (oneDNN's, on
         weights packed at load) or "auto" (packed when a probe measures them faster and agreeing;
         workers/backends/packed_linear.py).
@@ -41,7 +40,6 @@ class ReplicaSpec:
     fake_delay_ms: float = 0.0
     fake_load_ms: float = 0.0
     tasks: tuple[Task, ...] = ()
-    compile: bool = False
     cpu_linear: str = "auto"
     pin_cpus: bool = False
     cpu_slot_base: int = 0

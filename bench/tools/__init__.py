@@ -9,7 +9,6 @@ JSON and writes nothing else:
     python -m bench.tools.latency_breakdown  where one request's time goes, per transport
     python -m bench.tools.grpc_floor         a do-nothing gRPC round trip after an idle gap
     python -m bench.tools.stack_floor        client -> gRPC server -> model process, no bertserve code
-    python -m bench.tools.compile_check      eager against torch.compile (the `compile` setting), in-process
 
 docs/benchmarks.md ("Investigation tools") says what each has been used for.
 """

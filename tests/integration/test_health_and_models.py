@@ -73,7 +73,7 @@ def test_model_info_describes_the_checkpoint(server: RunningServer, tiny_checkpo
     assert {r.state for r in info.replicas} == {models_pb2.REPLICA_STATE_READY}
     assert all(r.device == "cpu" and r.node_id for r in info.replicas)
     assert all(r.dtype == "float32" and r.dtype_choice == "configured" for r in info.replicas)
-    # cpu_linear auto does not measure a model this small (workers/backends/torch_bert.py).
+    # cpu_linear auto does not measure a model this small (workers/backends/probes.py).
     assert all(r.cpu_linear_choice.startswith("torch: hidden size 64 is under 256") for r in info.replicas)
     # Pinned replicas (pin_replica_cpus, on by default) run where they say, never on a shared
     # core. A replica may find its core taken by another test's server: it then runs unpinned.

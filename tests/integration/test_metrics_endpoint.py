@@ -101,7 +101,6 @@ def test_metrics_endpoint_counts_requests_batches_tokens_and_busy_time(
     assert _get(after, "bertserve_queue_depth", **fm) == 0
 
 
-
 def test_a_taken_metrics_port_stops_start_up_with_one_line(tiny_checkpoint: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

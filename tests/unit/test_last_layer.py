@@ -101,13 +101,3 @@ def test_the_backend_runs_the_last_layer_at_masks_and_cls_only(
     seen = _rows_into_last_feed_forward(classifier)
     classifier.classify_sequence(batch)
     assert seen == [3]
-
-
-def test_a_compiled_encoder_keeps_the_full_last_layer(tiny_checkpoint: Path, monkeypatch: Any) -> None:
-    from bertserve.workers.backends import torch_bert
-
-    monkeypatch.setattr(torch_bert, "_compile_encoder", lambda model: None)  # compiling is slow here
-    backend = torch_bert.TorchBertBackend(
-        ReplicaSpec(model_name="m", checkpoint=str(tiny_checkpoint), compile=True)
-    )
-    assert backend._read is None

@@ -1,5 +1,5 @@
 """cpu_linear: oneDNN linear layers on weights packed at load (workers/backends/packed_linear.py)
-and the replica's choice between them and torch's (workers/backends/torch_bert.py)."""
+and the replica's choice between them and torch's (workers/backends/probes.py)."""
 
 from __future__ import annotations
 
@@ -127,27 +127,27 @@ def test_a_packed_replica_answers_every_task_like_torchs_layers(
 def test_cpu_linear_auto_packs_only_when_the_probe_agrees_and_is_faster(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bertserve.workers.backends import torch_bert
+    from bertserve.workers.backends import probes
 
     spec = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), cpu_linear="auto")
     # The tiny model is under the size floor: not measured, torch's layers.
-    monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: pytest.fail("timed"))
+    monkeypatch.setattr(probes, "_time_linear_kernels", lambda model, packing: pytest.fail("timed"))
     small = ReplicaActor(spec, "tiny-0").ready()
     assert small.load_error == "" and small.cpu_linear_choice.startswith("torch: hidden size 64 is under 256")
-    monkeypatch.setattr(torch_bert, "PACK_MIN_HIDDEN", 0)
-    monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: (0.030, 0.024))
+    monkeypatch.setattr(probes, "PACK_MIN_HIDDEN", 0)
+    monkeypatch.setattr(probes, "_time_linear_kernels", lambda model, packing: (0.030, 0.024))
     faster = ReplicaActor(spec, "tiny-0").ready()
     assert faster.load_error == "" and not faster.warnings
     assert faster.cpu_linear_choice.startswith("onednn: 1.25x faster than torch's float32 linear")
     # Faster by less than PACK_MIN_SPEEDUP: torch's layers, and the report says why.
-    monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: (0.030, 0.029))
+    monkeypatch.setattr(probes, "_time_linear_kernels", lambda model, packing: (0.030, 0.029))
     slower = ReplicaActor(spec, "tiny-0").ready()
     assert slower.cpu_linear_choice.startswith(
         "torch: oneDNN's packed layers are not faster on this CPU (1.03x"
     )
     # Outputs that differ by more than rounding: torch's layers, a warning, and no timing.
-    monkeypatch.setattr(torch_bert, "_agreement", lambda ref, other: (1.0, 0.01))
-    monkeypatch.setattr(torch_bert, "_time_linear_kernels", lambda model, packing: pytest.fail("timed"))
+    monkeypatch.setattr(probes, "_agreement", lambda ref, other: (1.0, 0.01))
+    monkeypatch.setattr(probes, "_time_linear_kernels", lambda model, packing: pytest.fail("timed"))
     disagreeing = ReplicaActor(spec, "tiny-0").ready()
     assert disagreeing.cpu_linear_choice.startswith("torch: oneDNN's packed layers disagreed")
     assert any("cpu_linear auto:" in w for w in disagreeing.warnings)
@@ -170,20 +170,10 @@ def test_cpu_linear_says_why_packing_does_not_apply(tiny_checkpoint: Path) -> No
     assert "unsupported cpu_linear 'mkl'; choose one of auto, onednn, torch" in bad.load_error
 
 
-def test_a_compiled_encoder_keeps_torchs_layers(tiny_checkpoint: Path) -> None:
-    from bertserve.workers.backends.torch_bert import TorchBertBackend
-
-    backend = TorchBertBackend(
-        ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), compile=True, cpu_linear="onednn")
-    )
-    assert backend.compiled and count_packed(backend.model) == 0
-    assert backend.cpu_linear_choice == "torch: the encoder is compiled (compile)"
-
-
 def test_linear_kernel_timing_runs_each_variant_with_its_layers(tiny_checkpoint: Path) -> None:
     from transformers import BertForPreTraining
 
-    from bertserve.workers.backends.torch_bert import _time_linear_kernels
+    from bertserve.workers.backends.probes import _time_linear_kernels
 
     model = BertForPreTraining.from_pretrained(str(tiny_checkpoint)).eval()
     packing = PackedLinears(model)
@@ -198,7 +188,7 @@ def test_linear_kernel_timing_runs_each_variant_with_its_layers(tiny_checkpoint:
 def test_probe_timing_counts_the_replicas_cpu_time_not_time_spent_preempted() -> None:
     import time
 
-    from bertserve.workers.backends.torch_bert import _time_passes
+    from bertserve.workers.backends.probes import _time_passes
 
     def waits() -> None:  # stands in for a pass that another process kept off the core
         time.sleep(0.05)

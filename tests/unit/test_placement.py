@@ -33,7 +33,7 @@ def test_fractional_gpus_share_a_device(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_without_gpus_replicas_split_the_cpus_into_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     placed = _place(monkeypatch, {"CPU": 8.0}, replicas=2)
-    # dtype auto stays auto for CPU replicas: each decides from its CPU and a probe (torch_bert.py).
+    # dtype auto stays auto for CPU replicas: each decides from its CPU and a probe (probes.py).
     assert placed.device == "cpu" and placed.dtype == "auto" and placed.threads == 4
     assert placed.placement == Placement(num_cpus=4)
 

@@ -102,30 +102,30 @@ def test_replica_refuses_a_task_its_head_weights_cannot_serve(tmp_path: Path) ->
 def test_dtype_auto_on_cpu_picks_bfloat16_only_where_the_cpu_has_it_the_probe_agrees_and_it_is_faster(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bertserve.workers.backends import torch_bert
+    from bertserve.workers.backends import probes
 
     spec = ReplicaSpec(model_name="tiny", checkpoint=str(tiny_checkpoint), dtype="auto")
-    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.015))
+    monkeypatch.setattr(probes, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(probes, "_time_encoders", lambda ref, low: (0.030, 0.015))
     report = ReplicaActor(spec, "tiny-0").ready()
     assert report.load_error == "" and report.dtype == "bfloat16"
     assert report.dtype_choice.startswith("bfloat16: agrees with float32 and is 2.00x faster")
     # AVX-512 BF16 without AMX can be slower than float32 (an Intel host measured 0.68x on
     # bert-base): then float32 is served, and the report says why.
-    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.045))
+    monkeypatch.setattr(probes, "_time_encoders", lambda ref, low: (0.030, 0.045))
     slower = ReplicaActor(spec, "tiny-0").ready()
     assert slower.dtype == "float32" and not slower.warnings
     assert "bfloat16 is not faster on this CPU (0.67x" in slower.dtype_choice
     # Faster, but by less than BF16_MIN_SPEEDUP: not worth bfloat16's rounding.
-    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: (0.030, 0.029))
+    monkeypatch.setattr(probes, "_time_encoders", lambda ref, low: (0.030, 0.029))
     assert ReplicaActor(spec, "tiny-0").ready().dtype == "float32"
-    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(probes, "cpu_has_bf16", lambda: False)
     without = ReplicaActor(spec, "tiny-0").ready()
     assert without.dtype == "float32" and "no bf16 instructions" in without.dtype_choice
     # A probe that disagrees keeps float32 and says why (the timing is not even taken).
-    monkeypatch.setattr(torch_bert, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(torch_bert, "_probe", lambda ref, low: (0.5, 0.3))
-    monkeypatch.setattr(torch_bert, "_time_encoders", lambda ref, low: pytest.fail("timed"))
+    monkeypatch.setattr(probes, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(probes, "_probe", lambda ref, low: (0.5, 0.3))
+    monkeypatch.setattr(probes, "_time_encoders", lambda ref, low: pytest.fail("timed"))
     disagreeing = ReplicaActor(spec, "tiny-0").ready()
     assert disagreeing.dtype == "float32"
     assert any("bfloat16 disagreed with float32" in w for w in disagreeing.warnings)
@@ -139,7 +139,7 @@ def test_encoder_timing_probe_times_both_models(tiny_checkpoint: Path) -> None:
     import torch
     from transformers import BertForPreTraining
 
-    from bertserve.workers.backends.torch_bert import _time_encoders
+    from bertserve.workers.backends.probes import _time_encoders
 
     model = BertForPreTraining.from_pretrained(str(tiny_checkpoint)).eval()
     low = copy.deepcopy(model).to(torch.bfloat16)
@@ -156,7 +156,7 @@ def test_bf16_probe_measures_agreement_between_two_models(tiny_checkpoint: Path)
     import torch
     from transformers import BertForPreTraining
 
-    from bertserve.workers.backends.torch_bert import _probe
+    from bertserve.workers.backends.probes import _probe
 
     model = BertForPreTraining.from_pretrained(str(tiny_checkpoint)).eval()
     assert _probe(model, model) == (1.0, 0.0)
@@ -172,7 +172,7 @@ def test_bf16_probe_counts_near_ties_as_agreeing_and_clear_flips_as_disagreeing(
 
     import torch
 
-    from bertserve.workers.backends.torch_bert import BF16_TIE_PROB, _probe
+    from bertserve.workers.backends.probes import BF16_TIE_PROB, _probe
 
     class Fixed(torch.nn.Module):
         """Every position gets the same logits over 4 labels (the probe draws input ids from

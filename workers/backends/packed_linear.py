@@ -4,7 +4,7 @@ torch's float32 `Linear` on CPU calls the BLAS it was built with (MKL in the x86
 hands it the weight in its plain layout on every call. oneDNN can reorder a weight once into the
 blocked layout its kernels read, and its float32 kernels run faster than MKL's on some CPUs, an
 AMD EPYC (Zen 2, AVX2) among them (docs/benchmarks.md, "Optimisations"). Where it is not faster,
-a replica keeps torch's layers: `cpu_linear` auto measures (workers/backends/torch_bert.py).
+a replica keeps torch's layers: `cpu_linear` auto measures (workers/backends/probes.py).
 
 `PackedLinears(model)` packs every `nn.Linear` of a model and can switch the model between the
 packed layers and the original ones (to compare them), then `keep_packed()` drops the originals

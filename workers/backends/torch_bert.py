@@ -10,11 +10,7 @@ on the device, and only [masks, k] arrays travel back.
 from __future__ import annotations
 
 import contextlib
-import copy
-import logging
-import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,8 +18,8 @@ import torch
 
 from bertserve.workers import heads
 from bertserve.workers.backends.last_layer import ReadPositions, mask_slots
-from bertserve.workers.backends.packed_linear import PackedLinears, onednn_linear_available
-from bertserve.workers.errors import first_line
+from bertserve.workers.backends.probes import CPU_LINEAR_CHOICES, choose_cpu_dtype, choose_cpu_linear
+from bertserve.workers.errors import ModelLoadError, first_line
 from bertserve.workers.protocol import (
     EmbeddingOutput,
     EncodedBatch,
@@ -38,12 +34,6 @@ from bertserve.workers.protocol import (
 from bertserve.workers.spec import ReplicaSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-log = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """The checkpoint could not be loaded as a BERT pre-training model."""
 
 
 class TorchBertBackend:
@@ -115,117 +105,20 @@ class TorchBertBackend:
         self.architecture = heads.architecture(config.to_dict())
         self.model: Any = model.eval().to(self._device)
         if spec.dtype == "auto":
-            self._choose_cpu_dtype(warnings)
-            self.warnings = tuple(warnings)
+            choice = choose_cpu_dtype(self.model)
+            self.model, self.dtype, self.dtype_choice = choice.model, choice.dtype, choice.reason
+            if choice.warning:
+                warnings.append(choice.warning)
         self.vocab_size = int(model.config.vocab_size)
         self.max_position_embeddings = int(model.config.max_position_embeddings)
         self.hidden_size = int(model.config.hidden_size)
-        self.cpu_linear_choice = self._choose_cpu_linear(spec, warnings)
-        self.warnings = tuple(warnings)
-        self.compiled = False
-        # The last layer at the read positions only (workers/backends/last_layer.py); the
-        # compiled encoder keeps the model's own forward.
-        self._read = None if spec.compile else ReadPositions.install(self.model)
-        if not spec.compile:
-            self.warm_up()
-            return
-        # torch.compile is lazy: the warm-up batch compiles, so that is where it fails.
-        start = time.perf_counter()
-        try:
-            _compile_encoder(self.model)
-            self.warm_up()
-        except Exception as exc:
-            raise ModelLoadError(
-                f"torch.compile of model {spec.model_name!r} failed: {type(exc).__name__}: {first_line(exc)}"
-            ) from None
-        self.compiled = True
-        log.info(
-            "model %s: encoder compiled with torch.compile (dtype %s, %s) in %.1f s",
-            spec.model_name,
-            self.dtype,
-            self.device,
-            time.perf_counter() - start,
+        self.cpu_linear_choice = choose_cpu_linear(
+            self.model, spec.cpu_linear, self.device, self.dtype, self.hidden_size, warnings
         )
-
-    def _choose_cpu_dtype(self, warnings: list[str]) -> None:
-        """dtype auto on CPU: bfloat16 only when the CPU has bf16 instructions, a probe batch's
-        outputs agree with float32 (top-1 agreement and largest probability difference within
-        BF16_MIN_AGREEMENT / BF16_MAX_PROB_DIFF) and the encoder runs a timed probe batch at least
-        BF16_MIN_SPEEDUP times faster in bfloat16 (AVX-512 BF16 without AMX can be slower than
-        float32); float32 otherwise. `dtype_choice` says what was measured."""
-        if not cpu_has_bf16():
-            self.dtype_choice = "float32: the CPU has no bf16 instructions"
-            return
-        low = copy.deepcopy(self.model).to(torch.bfloat16)
-        agreement, diff = _probe(self.model, low)
-        if agreement < BF16_MIN_AGREEMENT or diff > BF16_MAX_PROB_DIFF:
-            reason = (
-                f"bfloat16 disagreed with float32 on the probe batch (top-1 agreement "
-                f"{agreement:.3f}, largest probability difference {diff:.3g})"
-            )
-            self.dtype_choice = f"float32: {reason}"
-            warnings.append(f"dtype auto: {reason}; serving float32")
-            return
-        fp32_s, bf16_s = _time_encoders(self.model, low)
-        speedup = fp32_s / bf16_s
-        timing = f"probe batch {fp32_s * 1e3:.1f} CPU ms in float32, {bf16_s * 1e3:.1f} in bfloat16"
-        if speedup >= BF16_MIN_SPEEDUP:
-            self.model = low
-            self.dtype = "bfloat16"
-            self.dtype_choice = f"bfloat16: agrees with float32 and is {speedup:.2f}x faster ({timing})"
-        else:
-            self.dtype_choice = f"float32: bfloat16 is not faster on this CPU ({speedup:.2f}x; {timing})"
-
-    def _choose_cpu_linear(self, spec: ReplicaSpec, warnings: list[str]) -> str:
-        """cpu_linear: serve float32 CPU linear layers with torch's kernels or with oneDNN's on
-        weights packed once (workers/backends/packed_linear.py). `auto` packs only when the model
-        is large enough for kernels to matter (hidden size >= PACK_MIN_HIDDEN), a probe batch's
-        outputs agree with torch's (float32 both: only rounding may differ) and a timed probe
-        batch runs at least PACK_MIN_SPEEDUP times faster. Returns what was chosen and why."""
-        if spec.cpu_linear == "torch":
-            return "torch: configured"
-        not_applicable = ""
-        if self._device != "cpu" or self.dtype != "float32":
-            not_applicable = (
-                f"packing is for float32 on CPU, and this replica runs {self.dtype} on {self.device}"
-            )
-        elif spec.compile:
-            not_applicable = "the encoder is compiled (compile)"
-        elif not onednn_linear_available():
-            not_applicable = "this torch build has no oneDNN packed linear operators"
-            if spec.cpu_linear == "onednn":
-                raise ModelLoadError(f"cpu_linear onednn: {not_applicable}")
-        if not_applicable:
-            if spec.cpu_linear == "onednn":
-                warnings.append(f"cpu_linear onednn: {not_applicable}; serving torch's linear layers")
-            return f"torch: {not_applicable}"
-        if spec.cpu_linear == "auto" and self.hidden_size < PACK_MIN_HIDDEN:
-            return f"torch: hidden size {self.hidden_size} is under {PACK_MIN_HIDDEN}, too small to measure"
-        packing = PackedLinears(self.model)
-        layers = len(packing)  # keep_packed() and keep_torch() let the list go
-        if spec.cpu_linear == "onednn":
-            packing.keep_packed()
-            return f"onednn: configured ({layers} layers packed)"
-        packing.use_torch()
-        reference = _probe_probs(self.model)
-        packing.use_packed()
-        agreement, diff = _agreement(reference, _probe_probs(self.model))
-        if agreement < 1.0 or diff > PACK_MAX_PROB_DIFF:
-            packing.keep_torch()
-            reason = (
-                f"oneDNN's packed layers disagreed with torch's on the probe batch (top-1 agreement "
-                f"{agreement:.3f}, largest probability difference {diff:.3g})"
-            )
-            warnings.append(f"cpu_linear auto: {reason}; serving torch's linear layers")
-            return f"torch: {reason}"
-        torch_s, packed_s = _time_linear_kernels(self.model, packing)
-        speedup = torch_s / packed_s
-        timing = f"probe batch {torch_s * 1e3:.1f} CPU ms with torch's layers, {packed_s * 1e3:.1f} packed"
-        if speedup >= PACK_MIN_SPEEDUP:
-            packing.keep_packed()
-            return f"onednn: {speedup:.2f}x faster than torch's float32 linear ({timing}; {layers} layers)"
-        packing.keep_torch()
-        return f"torch: oneDNN's packed layers are not faster on this CPU ({speedup:.2f}x; {timing})"
+        self.warnings = tuple(warnings)
+        # The last layer at the read positions only (workers/backends/last_layer.py).
+        self._read = ReadPositions.install(self.model)
+        self.warm_up()
 
     def _inputs(self, batch: EncodedBatch) -> dict[str, Any]:
         # Arrays arrive read-only from Ray's object store: torch.tensor copies them.
@@ -337,192 +230,6 @@ class TorchBertBackend:
             mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
             out = EmbeddingOutput(cls=hidden[:, 0].cpu().numpy(), mean=mean.cpu().numpy(), compute_us=0)
         return EmbeddingOutput(out.cls, out.mean, _elapsed_us(start))
-
-
-class _CompiledEncoder(torch.nn.Module):
-    """Stands in for the model's encoder (BertModel): every call, from the task methods or
-    from a head's own forward, goes through one torch.compile'd function of the three input
-    tensors, so one compiled graph serves them all.
-
-    dynamic=True keeps the sequence length symbolic; the batch dimension is marked unbacked on
-    every call, or dynamo would specialise batch size 1 apart from the rest and compile twice.
-    Calls with any other non-default argument (position_ids, inputs_embeds, ...) run eagerly.
-    """
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self._orig_mod = encoder
-
-        def encode(
-            input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> Any:
-            return encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                return_dict=True,
-            )
-
-        # isolate_recompiles: `encode` is one code object for every model in the process; each
-        # model's graph must not count as a recompile of another's. (torch 2.13's overloads of
-        # torch.compile lack the argument its implementation takes, hence the Any.)
-        compile_: Any = torch.compile
-        self._encode = compile_(encode, dynamic=True, isolate_recompiles=True)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        extra = {k: v for k, v in kwargs.items() if k != "return_dict" and v is not None and v is not False}
-        if input_ids is None or extra:
-            return self._orig_mod(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        for tensor in (input_ids, attention_mask, token_type_ids):
-            torch._dynamo.decorators.mark_unbacked(tensor, 0)
-        return self._encode(input_ids, attention_mask, token_type_ids)
-
-    def __getattr__(self, name: str) -> Any:
-        # Attributes of the encoder (config, embeddings, ...) stay reachable through the stand-in.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["_orig_mod"], name)
-
-
-def _compile_encoder(model: Any) -> None:
-    """Replace the model's encoder (model.bert, i.e. model.base_model) by a compiled stand-in;
-    the heads' own forwards and model.base_model then go through it."""
-    prefix = model.base_model_prefix
-    encoder = getattr(model, prefix, None)
-    if not isinstance(encoder, torch.nn.Module) or encoder is model:
-        raise ModelLoadError(f"the model has no {prefix!r} encoder to compile")
-    setattr(model, prefix, _CompiledEncoder(encoder))
-
-
-BF16_MIN_AGREEMENT = 0.95
-BF16_MAX_PROB_DIFF = 0.05
-# Top-1 flips between tokens whose float32 probabilities differ by at most this much are ties, not
-# disagreements. A random-weight bert-base gives near-uniform probabilities (about 3e-5 each)
-# whose top-1 flips on differences of 1e-5. Where a model's top two are within 1e-3, either is
-# float32's answer to three decimals.
-BF16_TIE_PROB = 1e-3
-# bfloat16 must beat float32 by this much on the timed probe batch to be picked.
-BF16_MIN_SPEEDUP = 1.1
-CPU_LINEAR_CHOICES = ("auto", "onednn", "torch")
-# cpu_linear auto: oneDNN's packed layers must beat torch's by this much on the timed probe batch,
-# agree on every top-1 (near-ties aside) and differ by at most this much in any probability: both
-# are float32, so only the order of additions differs (about 1e-6 on bert-base).
-PACK_MIN_SPEEDUP = 1.05
-PACK_MAX_PROB_DIFF = 1e-4
-# Smaller models (the tests' tiny ones) are not measured: their passes take microseconds, and
-# kernel choice is lost in the noise.
-PACK_MIN_HIDDEN = 256
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _probe_ids(model: Any, length: int, seed: int) -> torch.Tensor:
-    """A fixed random batch of 4 x `length` token ids (at most the model's positions)."""
-    generator = torch.Generator().manual_seed(seed)
-    length = min(length, int(model.config.max_position_embeddings))
-    return torch.randint(5, int(model.config.vocab_size), (4, length), generator=generator)
-
-
-def _probe_probs(model: Any) -> torch.Tensor:
-    """The model's first output head on a fixed random batch (4 x 48 tokens), as probabilities."""
-    with torch.inference_mode():
-        probs: torch.Tensor = (
-            _first_output(model(input_ids=_probe_ids(model, 48, seed=0))).float().softmax(-1)
-        )
-        return probs
-
-
-def _agreement(ref: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
-    """Top-1 agreement of `other` with `ref` (near-ties counted as agreeing, see BF16_TIE_PROB)
-    and the largest probability difference."""
-    # A position agrees when the candidate's top-1 is the reference's top-1, or a token the
-    # reference itself scores within BF16_TIE_PROB of it: a near-tie rounding may flip either way.
-    picked = ref.gather(-1, other.argmax(-1, keepdim=True)).squeeze(-1)
-    agreement = float((ref.amax(-1) - picked <= BF16_TIE_PROB).float().mean())
-    return agreement, float((ref - other).abs().max())
-
-
-def _probe(reference: Any, candidate: Any) -> tuple[float, float]:
-    """Run a fixed random batch through both models and compare their first output head."""
-    return _agreement(_probe_probs(reference), _probe_probs(candidate))
-
-
-def _time_passes(passes: tuple[Callable[[], Any], ...], rounds: int = 2) -> tuple[float, ...]:
-    """CPU seconds each of `passes` takes in this process: the best of `rounds`, the passes
-    alternating after one untimed run each (a host's speed drifts; only interleaved figures
-    compare). CPU time rather than wall time: replicas probe while others load beside them, and
-    a pass preempted by another process would read slower than it is (timed by the wall clock,
-    two replicas loading side by side on a 2-core host read oneDNN's speed-up far apart, one of
-    them below 1)."""
-    best = [math.inf] * len(passes)
-    with torch.inference_mode():
-        for run in passes:
-            run()
-        for _ in range(rounds):
-            for i, run in enumerate(passes):
-                start = time.process_time()
-                run()
-                best[i] = min(best[i], time.process_time() - start)
-    return tuple(best)
-
-
-def _time_encoders(reference: Any, candidate: Any, rounds: int = 2) -> tuple[float, float]:
-    """Seconds one encoder forward pass of a fixed batch (4 x 64 tokens: the size of batch a
-    loaded replica runs) takes in each model (_time_passes)."""
-    ids = _probe_ids(reference, 64, seed=1)
-    first, second = _time_passes(
-        (lambda: reference.base_model(input_ids=ids), lambda: candidate.base_model(input_ids=ids)), rounds
-    )
-    return first, second
-
-
-def _time_linear_kernels(model: Any, packing: PackedLinears, rounds: int = 3) -> tuple[float, float]:
-    """Seconds the model's encoder takes on a fixed 2 x 32-token batch with torch's linear layers
-    and with the packed ones (_time_passes; each timed pass starts by swapping the layers in, a
-    few microseconds). Smaller than the dtype probe's batch, so that the probe adds little to a
-    bert-base replica's load on one core (where oneDNN won at this size, it won by about as much
-    at every input length tried, up to 528 tokens)."""
-    ids = _probe_ids(model, 32, seed=1)[:2]
-
-    def with_torch() -> Any:
-        packing.use_torch()
-        return model.base_model(input_ids=ids)
-
-    def packed() -> Any:
-        packing.use_packed()
-        return model.base_model(input_ids=ids)
-
-    first, second = _time_passes((with_torch, packed), rounds)
-    return first, second
-
-
-def _first_output(output: Any) -> Any:
-    for name in ("prediction_logits", "logits", "start_logits", "last_hidden_state"):
-        value = getattr(output, name, None)
-        if value is not None:
-            return value
-    raise ModelLoadError("the model returned no logits to probe")
 
 
 def _gpu_label() -> str:
