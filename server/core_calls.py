@@ -7,7 +7,7 @@ the drain (drain.py) serves too.
 
 grpcio exposes channelz to Python through its Cython module (`grpc._cython.cygrpc`, what the
 grpcio-channelz package calls). Should that change, `live()` returns None and the drain holds
-unread calls like new ones; tests/unit/test_core_calls.py fails on such a grpcio.
+unread calls like new ones; tests/unit/test_drain_phases.py fails on such a grpcio.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 
 def _servers() -> dict[int, dict[str, Any]]:
-    from grpc._cython import cygrpc  # type: ignore[attr-defined]
+    from grpc._cython import cygrpc  # type: ignore[attr-defined,unused-ignore]
 
     found: dict[int, dict[str, Any]] = {}
     start = 0

@@ -40,3 +40,15 @@ def test_ruff_lint_and_format_are_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     done = _run(sys.executable, "scripts/typecheck.py")
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """tests/ has no __init__.py per folder (pytest's rootdir import mode), so two test files with
+    one basename in different folders stop collection of the whole suite ("import file
+    mismatch")."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue
+        other = seen.setdefault(path.name, path)
+        assert other == path, f"{other.relative_to(ROOT)} and {path.relative_to(ROOT)} share a basename"
