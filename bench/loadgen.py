@@ -2,7 +2,10 @@
 answered) and open loop (requests arrive at a fixed rate whatever the server does), over any
 async `send(item)`. Latency is measured per request, client side; a sender that returns the
 replica's compute time for the request (bertserve's FillMask senders) gets it paired with the
-request's latency (`RunResult.own_overhead_ms`)."""
+request's latency (`RunResult.own_overhead_ms`).
+
+Every function reads time from its `clock` (time.perf_counter unless given): the unit tests run
+them on an event loop with virtual time and pass its clock."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 # A sender may return the replica's compute time for the request (ms, from the response's Timing):
 # RunResult then pairs it with the request's latency (`own_overhead_ms`).
 Send = Callable[[Any], Awaitable[float | None]]
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -83,9 +87,14 @@ class RunResult:
 
 
 async def _timed(
-    send: Send, item: Any, result: RunResult, per_request: int, measuring: Callable[[], bool]
+    send: Send,
+    item: Any,
+    result: RunResult,
+    per_request: int,
+    measuring: Callable[[], bool],
+    clock: Clock = time.perf_counter,
 ) -> None:
-    start = time.perf_counter()
+    start = clock()
     try:
         compute_ms = await send(item)
     except Exception as exc:  # counted, never hidden: the report shows errors and the first one
@@ -96,7 +105,7 @@ async def _timed(
     if measuring():
         result.requests += 1
         result.sequences += per_request
-        result.latencies_s.append(time.perf_counter() - start)
+        result.latencies_s.append(clock() - start)
         if compute_ms is not None:
             result.compute_ms.append(compute_ms)
 
@@ -108,6 +117,7 @@ async def interleaved_single_client(
     blocks: int,
     per_block: int,
     warmup: int = 5,
+    clock: Clock = time.perf_counter,
 ) -> tuple[dict[str, RunResult], list[float]]:
     """One client at a time, sending `items` in order, in `blocks` blocks of `per_block` requests
     per sender; before each block, `reference(per_block)` times the same inputs some other way
@@ -127,10 +137,10 @@ async def interleaved_single_client(
         for name in names[b % len(names) :] + names[: b % len(names)]:
             send, result = senders[name], results[name]
             result.block_starts.append(len(result.latencies_s))
-            block_start = time.perf_counter()
+            block_start = clock()
             for i in range(per_block):
-                await _timed(send, items[(b * per_block + i) % len(items)], result, 1, lambda: True)
-            result.duration_s += time.perf_counter() - block_start
+                await _timed(send, items[(b * per_block + i) % len(items)], result, 1, lambda: True, clock)
+            result.duration_s += clock() - block_start
     return results, reference_ms
 
 
@@ -176,6 +186,7 @@ async def closed_loop(
     max_extra_s: float = 0.0,
     max_settle_s: float = 0.0,
     abandon_at_end: bool = False,
+    clock: Clock = time.perf_counter,
 ) -> RunResult:
     """`concurrency` clients each send items back to back; only requests that finish inside the
     measured window count.
@@ -188,7 +199,7 @@ async def closed_loop(
     last point before the server is stopped: those requests would not count, and a queue of
     them can take longer than the point)."""
     result = RunResult("closed", concurrency, duration_s)
-    begin = time.perf_counter()
+    begin = clock()
     earliest = begin + warmup_s
     answered: set[int] = set()
     all_answered_at = math.inf
@@ -199,13 +210,13 @@ async def closed_loop(
         nonlocal window
         if window is None:
             start = max(earliest, min(all_answered_at, earliest + max_settle_s))
-            if time.perf_counter() >= start:
+            if clock() >= start:
                 window = Window(start, duration_s, min_requests, max_extra_s)
         return window
 
     def measuring() -> bool:
         w = current()
-        return w is not None and w.open_at(time.perf_counter(), result.requests)
+        return w is not None and w.open_at(clock(), result.requests)
 
     def sending() -> bool:
         return current() is None or measuring()
@@ -214,18 +225,18 @@ async def closed_loop(
         nonlocal all_answered_at
         i = k
         while sending():
-            await _timed(send, items[i % len(items)], result, per_request, measuring)
+            await _timed(send, items[i % len(items)], result, per_request, measuring, clock)
             if k not in answered:
                 answered.add(k)
                 if len(answered) == concurrency:
-                    all_answered_at = time.perf_counter()
+                    all_answered_at = clock()
             i += concurrency
 
     clients = [asyncio.ensure_future(client(k)) for k in range(concurrency)]
     if abandon_at_end:
         while sending():
             w = current()
-            await asyncio.sleep(max(0.0, w.end - time.perf_counter()) + 0.001 if w else 0.01)
+            await asyncio.sleep(max(0.0, w.end - clock()) + 0.001 if w else 0.01)
         for task in clients:
             task.cancel()
     for outcome in await asyncio.gather(*clients, return_exceptions=True):
@@ -243,12 +254,13 @@ async def open_loop(
     warmup_s: float = 1.0,
     per_request: int = 1,
     max_outstanding: int = 2048,
+    clock: Clock = time.perf_counter,
 ) -> RunResult:
     """Start a request every 1/rate seconds (whatever the server does) for warmup + duration;
     latency includes any queueing in the server. Past max_outstanding unanswered requests the
     generator counts the arrival as an error instead of piling up memory."""
     result = RunResult("open", rate, duration_s)
-    start = time.perf_counter()
+    start = clock()
     measure_from = start + warmup_s
     stop_at = measure_from + duration_s
     pending: set[asyncio.Task[None]] = set()
@@ -261,7 +273,7 @@ async def open_loop(
         due = start + n / rate
         if due > stop_at:
             break
-        delay = due - time.perf_counter()
+        delay = due - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         if len(pending) >= max_outstanding:
@@ -270,7 +282,7 @@ async def open_loop(
                 result.first_error = result.first_error or "load generator: too many outstanding requests"
         else:
             task = asyncio.create_task(
-                _timed(send, items[n % len(items)], result, per_request, measuring_arrival(due))
+                _timed(send, items[n % len(items)], result, per_request, measuring_arrival(due), clock)
             )
             pending.add(task)
             task.add_done_callback(pending.discard)

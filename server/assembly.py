@@ -250,22 +250,15 @@ def _served_model(
         pin_cpus=s.pin_replica_cpus,
         cpu_slot_base=cpu_slot_base,
     )
-    model: ServedModel | None = None
-
-    def changed() -> None:
-        if model is not None:
-            model.replicas_changed()
-        on_change()
-
     pool = ReplicaPool(
         spec,
         _start_replicas(s),
         placed.placement,
         max_restarts=s.max_restarts,
-        on_change=changed,
         pending_after_s=s.replica_pending_after_s,
         direct_channel=s.direct_channel,
     )
     tokenizer = TextTokenizer(config.checkpoint.files_dir, config.limits.max_sequence_length)
-    model = ServedModel(config, tokenizer, pool, metrics)
+    model = ServedModel(config, tokenizer, pool, metrics)  # subscribes to the pool's changes
+    pool.subscribe(on_change)  # health follows, after the model has seen the change
     return model

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bertserve.server.domain import InputStats, Timing, Truncation
 from bertserve.server.errors import InvalidInput, ServingError
 from bertserve.v1 import common_pb2, models_pb2
-from bertserve.workers.pool import ReplicaState
+from bertserve.workers.pool import ReplicaHandle, ReplicaState
 from bertserve.workers.protocol import Task
 
 if TYPE_CHECKING:
@@ -127,21 +127,25 @@ def model_info(model: ServedModel, default_for: Sequence[Task]) -> models_pb2.Mo
             max_wait_ms=cfg.batch_limits.max_wait_s * 1000.0,
             min_padding_efficiency=cfg.batch_limits.min_padding_efficiency,
         ),
-        replicas=[
-            models_pb2.ReplicaInfo(
-                replica_id=r.replica_id,
-                state=_STATES[r.state],
-                device=r.report.device if r.report else "",
-                node_id=r.report.node_id if r.report else "",
-                batches=r.batches,
-                sequences=r.sequences,
-                pid=r.report.pid if r.report else 0,
-                restarts=r.restarts,
-                dtype=r.report.dtype if r.report else "",
-                dtype_choice=r.report.dtype_choice if r.report else "",
-                cpu_linear_choice=r.report.cpu_linear_choice if r.report else "",
-                cpus=list(r.report.cpus) if r.report else [],
-            )
-            for r in model.pool.replicas()
-        ],
+        replicas=[_replica_info(model, r) for r in model.pool.replicas()],
+    )
+
+
+def _replica_info(model: ServedModel, r: ReplicaHandle) -> models_pb2.ReplicaInfo:
+    """A replica as the pool knows it (state, report, restarts), with the batches and inputs it
+    computed as the router counted them."""
+    load = model.router.load(r.replica_id)
+    return models_pb2.ReplicaInfo(
+        replica_id=r.replica_id,
+        state=_STATES[r.state],
+        device=r.report.device if r.report else "",
+        node_id=r.report.node_id if r.report else "",
+        batches=load.batches if load else 0,
+        sequences=load.sequences if load else 0,
+        pid=r.report.pid if r.report else 0,
+        restarts=r.restarts,
+        dtype=r.report.dtype if r.report else "",
+        dtype_choice=r.report.dtype_choice if r.report else "",
+        cpu_linear_choice=r.report.cpu_linear_choice if r.report else "",
+        cpus=list(r.report.cpus) if r.report else [],
     )

@@ -66,24 +66,36 @@ def _depth_of(batcher: Batcher) -> Callable[[], int]:
 
 
 class ServedModel:
+    """A model's pool, router, batchers and admission. It follows the pool's events
+    (`replicas_changed`), and the pool reads the replicas' load from the router.
+
+    `clock` is the monotonic clock of the model's scheduling (router, batchers, retry hints,
+    autoscaling), injected so that tests control time; it must be the event loop's time (as
+    time.monotonic is), since their timers run on the loop."""
+
     def __init__(
         self,
         config: ModelConfig,
         tokenizer: TextTokenizer,
         pool: ReplicaPool,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.pool = pool
+        self._clock = clock
         self.router = Router(
             pool,
             depth=config.batches_per_replica,
             prefer_warm=config.replica_choice == "warm",
             ready_eta=pool.expected_ready_at,
+            clock=clock,
         )
+        pool.subscribe(self.replicas_changed)
+        pool.set_load_view(self.router)
         # What the replicas get through, over every task: the rate that retry hints divide by.
-        self.throughput = ThroughputMeter()
+        self.throughput = ThroughputMeter(clock=clock)
         self.batchers = {
             task: Batcher(
                 f"{config.name}:{task.value}",
@@ -93,6 +105,7 @@ class ServedModel:
                 None if metrics is None else metrics.batcher(config.name, task.value),
                 throughput=self.throughput,
                 retry_after_ms=self.retry_after_ms,
+                clock=clock,
             )
             for task, codec in _codecs(tokenizer).items()
             if task in config.tasks
@@ -101,6 +114,7 @@ class ServedModel:
             work_tokens=lambda: self.queued_tokens + self.throughput.tokens_at_replicas,
             inflight=lambda: self.admission.inflight,
             rate=self.throughput.rate,
+            clock=clock,
         )
         # Every request of a task that uses replicas is admitted here first (dataplane.py).
         self.admission = Admission(
@@ -117,9 +131,8 @@ class ServedModel:
                 config.name, lambda: self.admission.inflight, lambda: self.admission.queued_tokens
             )
         self.tasks: tuple[Task, ...] = config.tasks
-        self._background: set[asyncio.Task[None]] = set()
         self._autoscaler: asyncio.Task[None] | None = None
-        self._policy = AutoscalePolicy(config.autoscale, time.monotonic())
+        self._policy = AutoscalePolicy(config.autoscale, clock())
         self._first_ready = asyncio.Event()
 
     @property
@@ -144,7 +157,7 @@ class ServedModel:
             self._serve()
         await warming
         if self.config.autoscale.enabled:
-            self._policy.note_scaled(time.monotonic())
+            self._policy.note_scaled(self._clock())
             self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale_loop())
 
     def _serve(self) -> None:
@@ -167,7 +180,7 @@ class ServedModel:
         if not low <= replicas <= high:
             where = "its min_replicas..max_replicas" if lim.enabled else "the allowed range"
             raise InvalidInput(f"model {self.name!r}: replicas must be within {where}, {low}..{high}")
-        self._policy.note_scaled(time.monotonic())
+        self._policy.note_scaled(self._clock())
         await self.pool.scale_to(replicas, wait=wait)
 
     async def _autoscale_loop(self) -> None:
@@ -176,7 +189,7 @@ class ServedModel:
             current = self.pool.target
             queued = self.queued_tokens
             wanted = self._policy.decide(
-                time.monotonic(),
+                self._clock(),
                 current=current,
                 ready=self.pool.ready_count,
                 queued_tokens=queued,
@@ -199,13 +212,12 @@ class ServedModel:
         await self.pool.stop()
 
     def replicas_changed(self) -> None:
-        """Pool callback: wake the router and the batchers (which fail, with no replica ready, the
-        queued requests that cannot wait for one: Batcher.replicas_changed)."""
+        """Pool subscription: the router updates its records and wakes its waiters, and the
+        batchers fail, with no replica ready, the queued requests that cannot wait for one
+        (Batcher.replicas_changed)."""
         if self.pool.ready_count:
             self._first_ready.set()
-        task = asyncio.get_running_loop().create_task(self.router.notify())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.router.replicas_changed()
         for batcher in self.batchers.values():
             batcher.replicas_changed()
 
@@ -224,7 +236,7 @@ class ServedModel:
 
     @property
     def dtype(self) -> str:
-        """What the replicas run ("auto" resolves in each replica: see workers/backends/torch_bert.py)."""
+        """What the replicas run ("auto" resolves in each replica: see workers/backends/probes.py)."""
         reports = [r.report for r in self.pool.replicas() if r.report is not None]
         return reports[0].dtype if reports else self.config.dtype
 

@@ -2,8 +2,10 @@
 
 Runs in the front end's event loop. Ray restarts a crashed actor (`max_restarts`); the pool
 marks it RESTARTING, takes it out of routing, and probes it until it answers again (READY) or
-its restart budget is spent (DEAD). `on_change` fires on every state change, so health and
-routing follow.
+its restart budget is spent (DEAD). Every change (a state, a replica added or removed) calls the
+pool's subscribers (`subscribe`), so that routing and health follow. How a batch reaches a
+replica (the direct channel or a Ray actor call) is workers/transport.py's job; the batches each
+replica holds are counted by the router, which the pool reads (`set_load_view`).
 
 Scaling at run time (`scale_to`): a new replica starts in STARTING and takes traffic only once
 its `ready()` answers (warm). One that Ray cannot place (no free CPUs/GPUs) is reported PENDING
@@ -29,17 +31,17 @@ import contextlib
 import enum
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from bertserve.workers.channel import ChannelClient, ChannelClosed
-from bertserve.workers.errors import ReplicaFailed, ReplicaLoadError, first_line
+from bertserve.workers.errors import ReplicaLoadError
 from bertserve.workers.protocol import ReplicaReport
 from bertserve.workers.replica import ReplicaActor
 from bertserve.workers.spec import ReplicaSpec
+from bertserve.workers.transport import ReplicaTransport, local_node_id
 
 _log = structlog.get_logger("bertserve.pool")
 
@@ -79,8 +81,28 @@ class Placement:
     num_gpus: float = 0.0
 
 
+class LoadView(Protocol):
+    """The batches each replica holds, as the pool reads them: whom to probe (idle replicas only),
+    whom to remove first, and when a draining replica is done. The router keeps these numbers
+    (server/scheduling/router.py)."""
+
+    def in_flight(self, replica_id: str) -> int: ...
+
+    async def drained(self, replica_id: str) -> None: ...
+
+
+class _NoLoad:
+    """Before a router is attached (or in tests without one): no replica holds a batch."""
+
+    def in_flight(self, replica_id: str) -> int:
+        return 0
+
+    async def drained(self, replica_id: str) -> None:
+        return None
+
+
 class ReplicaHandle:
-    """The front end's view of one replica actor."""
+    """The front end's view of one replica actor: its state in the pool and its calls."""
 
     def __init__(self, replica_id: str, actor: Any, pool: ReplicaPool, index: int = 0) -> None:
         self.replica_id = replica_id
@@ -88,17 +110,16 @@ class ReplicaHandle:
         self.actor = actor
         self.state = ReplicaState.STARTING
         self.report: ReplicaReport | None = None
-        self.inflight = 0
-        self.batches = 0
-        self.sequences = 0
         self.restarts = 0
         # Since when it has been on its way to READY (created, or failed): None while ready.
         self.down_since: float | None = None
-        self._pool = pool
-        # The direct channel (workers/channel.py): opened on the first batch after each READY.
-        self._channel: ChannelClient | None = None
-        self._channel_tried = False
-        self._channel_lock = asyncio.Lock()
+        self._transport = ReplicaTransport(
+            replica_id,
+            actor,
+            on_failure=lambda exc: pool.replica_failed(self, exc),
+            direct_channel=pool.direct_channel,
+            node_id=pool.local_node_id,
+        )
 
     @property
     def ready(self) -> bool:
@@ -112,64 +133,20 @@ class ReplicaHandle:
     @property
     def transport(self) -> str:
         """How batches reach this replica now: "channel" (same-node Unix socket) or "ray"."""
-        return "channel" if self._channel is not None and not self._channel.closed else "ray"
+        return self._transport.kind
 
-    async def call(self, method: str, *args: Any) -> Any:
-        """Run `method` on the replica: over the direct channel when the replica shares the front
-        end's node, else as a Ray actor call. Raises ReplicaFailed when the replica died or is
-        unreachable."""
-        import ray.exceptions
+    def call(self, method: str, *args: Any) -> Awaitable[Any]:
+        """Run `method` on the replica (workers/transport.py). Raises ReplicaFailed when the
+        replica died or is unreachable; the pool has then taken it out of routing."""
+        return self._transport.call(method, *args)
 
-        channel = await self._direct_channel()
-        if channel is not None:
-            try:
-                return await channel.call(method, *args)
-            except ChannelClosed as exc:
-                self._pool.replica_failed(self, exc)
-                raise ReplicaFailed(f"replica {self.replica_id} failed: {type(exc).__name__}") from None
-        try:
-            return await self.actor.compute.remote(method, *args)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            self._pool.replica_failed(self, exc)
-            raise ReplicaFailed(f"replica {self.replica_id} failed: {type(exc).__name__}") from None
+    def turned_ready(self, report: ReplicaReport) -> None:
+        """The replica (re)started and answered with `report`: calls go to its new process."""
+        self.report = report
+        self._transport.reset(report.node_id)
 
-    async def _direct_channel(self) -> ChannelClient | None:
-        """The open channel, opening it on first use when the replica runs on this node."""
-        channel = self._channel
-        if channel is not None and not channel.closed:
-            return channel
-        if self._channel_tried or not self._pool.direct_channel:
-            return None
-        async with self._channel_lock:
-            if not self._channel_tried:
-                self._channel_tried = True
-                self._channel = await self._open_channel()
-        return self._channel if self._channel is not None and not self._channel.closed else None
-
-    async def _open_channel(self) -> ChannelClient | None:
-        report = self.report
-        if report is None or not report.node_id or report.node_id != self._pool.local_node_id():
-            return None  # another node (or unknown): Ray actor calls
-        try:
-            address: str = await asyncio.wait_for(self.actor.open_channel.remote(), 10)
-            channel = await ChannelClient.connect(address)
-        except Exception as exc:
-            _log.warning(
-                "replica_channel_unavailable",
-                replica=self.replica_id,
-                error=f"{type(exc).__name__}: {first_line(exc)}",
-                notice="batches take Ray actor calls",
-            )
-            return None
-        _log.info("replica_channel_open", replica=self.replica_id)
-        return channel
-
-    def reset_channel(self) -> None:
-        """Close the channel; the next batch opens a new one (after a restart: a new process)."""
-        channel, self._channel = self._channel, None
-        self._channel_tried = False
-        if channel is not None:
-            channel.close()
+    def close_transport(self) -> None:
+        self._transport.close()
 
 
 class ReplicaPool:
@@ -181,7 +158,6 @@ class ReplicaPool:
         *,
         max_restarts: int = 3,
         probe_interval_s: float = 1.0,
-        on_change: Callable[[], None] | None = None,
         pending_after_s: float = 5.0,
         direct_channel: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -199,7 +175,8 @@ class ReplicaPool:
         self.max_restarts = max_restarts
         self._num = num_replicas
         self._probe_interval_s = probe_interval_s
-        self._on_change = on_change or (lambda: None)
+        self._subscribers: list[Callable[[], None]] = []
+        self._load: LoadView = _NoLoad()
         self._handles: list[ReplicaHandle] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -212,17 +189,22 @@ class ReplicaPool:
     def replicas(self) -> Sequence[ReplicaHandle]:
         return self._handles
 
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on every change: a replica's state, a replica added or removed."""
+        self._subscribers.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._subscribers:
+            callback()
+
+    def set_load_view(self, load: LoadView) -> None:
+        """Read the batches each replica holds from `load` (the model's router)."""
+        self._load = load
+
     def local_node_id(self) -> str:
         """The Ray node this front end runs on ("" outside Ray)."""
         if self._local_node_id is None:
-            try:
-                import ray
-
-                self._local_node_id = (
-                    str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
-                )
-            except Exception:
-                self._local_node_id = ""
+            self._local_node_id = local_node_id()
         return self._local_node_id
 
     @property
@@ -327,8 +309,7 @@ class ReplicaPool:
         self._set_ready(handle, report, at_start=True)
 
     def _set_ready(self, handle: ReplicaHandle, report: ReplicaReport, *, at_start: bool = False) -> None:
-        handle.reset_channel()
-        handle.report = report
+        handle.turned_ready(report)
         handle.state = ReplicaState.READY
         self._note_ready(handle, at_start)
         _log.info(
@@ -342,7 +323,7 @@ class ReplicaPool:
             pid=report.pid,
             cpus=list(report.cpus),
         )
-        self._on_change()
+        self._changed()
 
     def _note_restart(self, handle: ReplicaHandle, report: ReplicaReport) -> None:
         """A probe answered from another process than the one the pool knew: Ray restarted the
@@ -355,7 +336,7 @@ class ReplicaPool:
         if report.load_error:  # came back without its model: it will not serve
             handle.state = ReplicaState.DEAD
             _log.error("replica_dead", replica=handle.replica_id, error=report.load_error)
-            self._on_change()
+            self._changed()
             return
         _log.warning(
             "replica_restarted",
@@ -381,7 +362,7 @@ class ReplicaPool:
             restarts=handle.restarts,
             state=handle.state.value,
         )
-        self._on_change()
+        self._changed()
         if not budget_spent:
             self._spawn(self._recover(handle))
 
@@ -408,7 +389,7 @@ class ReplicaPool:
         if not self._closed and handle.state is ReplicaState.RESTARTING:
             handle.state = ReplicaState.DEAD
             _log.error("replica_dead", replica=handle.replica_id)
-            self._on_change()
+            self._changed()
 
     async def _probe_loop(self) -> None:
         """Notice replicas that die while idle (busy ones fail their calls)."""
@@ -417,7 +398,7 @@ class ReplicaPool:
         while not self._closed:
             await asyncio.sleep(self._probe_interval_s)
             for handle in list(self._handles):
-                if handle.ready and handle.inflight == 0:
+                if handle.ready and self._load.in_flight(handle.replica_id) == 0:
                     try:
                         report: ReplicaReport = await asyncio.wait_for(handle.actor.ready.remote(), 5)
                     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
@@ -450,13 +431,16 @@ class ReplicaPool:
                     changed.append(handle)
                     self._spawn(self._warm_new(handle))
             elif n < len(active):
-                victims = sorted(active, key=lambda h: (_REMOVAL_RANK[h.state], h.inflight, -h.index))
+                victims = sorted(
+                    active,
+                    key=lambda h: (_REMOVAL_RANK[h.state], self._load.in_flight(h.replica_id), -h.index),
+                )
                 for handle in victims[: len(active) - n]:
                     handle.state = ReplicaState.DRAINING
                     changed.append(handle)
                     self._spawn(self._drain(handle))
             _log.info("pool_scaling", model=self.spec.model_name, replicas=n, changed=len(changed))
-            self._on_change()
+            self._changed()
         if wait:
             while any(h.state in (ReplicaState.STARTING, ReplicaState.DRAINING) for h in changed):
                 self._settled.clear()
@@ -466,7 +450,7 @@ class ReplicaPool:
 
     def _settle(self) -> None:
         self._settled.set()
-        self._on_change()
+        self._changed()
 
     async def _warm_new(self, handle: ReplicaHandle) -> None:
         """Wait for a new replica's warm-up; report it PENDING while Ray cannot place it."""
@@ -524,10 +508,9 @@ class ReplicaPool:
         """True when Ray has not placed the actor (pending creation for lack of resources)."""
         return await asyncio.to_thread(_actor_unplaced, handle.actor, self.placement)
 
-    async def _drain(self, handle: ReplicaHandle, poll_s: float = 0.02) -> None:
+    async def _drain(self, handle: ReplicaHandle) -> None:
         """Let a DRAINING replica finish its batches, then kill it and drop it."""
-        while handle.inflight > 0 and not self._closed:
-            await asyncio.sleep(poll_s)
+        await self._load.drained(handle.replica_id)
         self._kill(handle)
         self._drop(handle)
         handle.state = ReplicaState.DEAD  # out of the pool; only `scale_to(wait=True)` still looks
@@ -535,7 +518,7 @@ class ReplicaPool:
         self._settle()
 
     def _kill(self, handle: ReplicaHandle) -> None:
-        handle.reset_channel()
+        handle.close_transport()
         with contextlib.suppress(Exception):
             import ray
 
@@ -552,19 +535,15 @@ class ReplicaPool:
 
     async def stop(self) -> None:
         """Stop probing and release the actors."""
-        import ray
-
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for handle in self._handles:
-            handle.reset_channel()
-            with contextlib.suppress(Exception):
-                ray.kill(handle.actor, no_restart=True)
+            self._kill(handle)
             handle.state = ReplicaState.DEAD
         self._settled.set()
-        self._on_change()
+        self._changed()
 
 
 def _actor_unplaced(actor: Any, placement: Placement) -> bool:

@@ -11,7 +11,8 @@ waiting a whole batch more; it is still sent before the replica needs it, so the
 wait between batches. Every release on the router wakes the batchers that have queued inputs
 (`Router.on_release`). Batches group inputs of similar length (around the oldest waiting input,
 so nothing starves) under `max_batch_tokens` padded tokens. One replica call per batch
-(workers/pool.py: the direct channel or a Ray actor call).
+(workers/transport.py: the direct channel or a Ray actor call). How the batcher and the router
+share the replicas' slots: server/scheduling/router.py.
 
 With no replica ready (all restarting), a request whose deadline ends before a replica is expected
 back (`Router.ready_eta`) fails at once with `Unavailable`, carrying the time until then as its
@@ -38,7 +39,7 @@ from bertserve.server.logs import get_logger
 from bertserve.server.metrics import BatcherMetrics
 from bertserve.server.scheduling.admission import MAX_RETRY_MS, MIN_RETRY_MS, retry_hint_ms
 from bertserve.server.scheduling.estimate import BatchTimeModel, ThroughputMeter
-from bertserve.server.scheduling.router import BatchNote, Replica, Router
+from bertserve.server.scheduling.router import Lease, Router
 from bertserve.server.scheduling.work import BatchCodec, ItemResult, WorkItem
 from bertserve.workers.errors import ReplicaFailed
 
@@ -110,7 +111,9 @@ class Batcher:
     `throughput` is the model's meter, shared by its batchers (its own when not given);
     `retry_after_ms` gives the retry hint of a full queue's rejection, once per rejection (the
     model's admission.Pushback; without it, this queue's and its meter's work over the meter's
-    rate). `clock` is the monotonic clock that deadlines are read against."""
+    rate). `clock` is the monotonic clock that deadlines are read against and that `submit` stamps
+    each input's `enqueued_at` with; it must keep time with the event loop's (time.monotonic does,
+    and tests run the loop on virtual time), since the batcher waits on loop timers."""
 
     def __init__(
         self,
@@ -175,6 +178,9 @@ class Batcher:
                 f"the request queue is full ({self._limits.max_queued} inputs); retry later",
                 retry_after_ms=self.retry_after_ms(),
             )
+        now = self._clock()
+        for item in items:
+            item.enqueued_at = now
         none_ready = self._router.ready_replicas == 0
         if none_ready:
             eta = self._router.ready_eta()
@@ -192,9 +198,9 @@ class Batcher:
             # Every ready replica is idle: a request of several inputs is shared between them.
             batch = self._next_batch(self._router.ready_replicas if self._limits.share else 1)
             if batch:
-                replica = self._router.acquire_idle()
-                assert replica is not None  # all_idle: a ready replica has no work
-                self._dispatch(replica, batch)
+                lease = self._router.acquire_idle()
+                assert lease is not None  # all_idle: a ready replica has no work
+                self._dispatch(lease, batch)
             if not self._queue:
                 return
         self._changed.set()
@@ -300,25 +306,25 @@ class Batcher:
         while True:
             await self._wait_for_work()
             try:
-                replica = await self._router.acquire()
+                lease = await self._router.acquire()
             except Unavailable as exc:
                 self._fail_all(exc)
                 continue
-            if replica.inflight > 1:
-                await self._fill(replica)
-                if replica.inflight > 1 and self._router.has_idle_replica():
+            if lease.queued:
+                await self._fill(lease)
+                if lease.queued and self._router.has_idle_replica():
                     # Another replica went idle while the batch filled: send it there rather than
                     # queue it behind the reserved replica's running batch.
-                    await self._router.release(replica)
-                    replica = await self._router.acquire()
-            batch = self._next_batch(self._share(replica))
+                    lease.end()
+                    lease = await self._router.acquire()
+            batch = self._next_batch(self._share(lease))
             if not batch:
-                await self._router.release(replica)
+                lease.end()
                 continue
-            self._dispatch(replica, batch)
+            self._dispatch(lease, batch)
 
-    def _dispatch(self, replica: Replica, batch: list[WorkItem]) -> None:
-        task = asyncio.create_task(self._execute(replica, batch))
+    def _dispatch(self, lease: Lease, batch: list[WorkItem]) -> None:
+        task = asyncio.create_task(self._execute(lease, batch))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -331,18 +337,18 @@ class Batcher:
             finally:
                 self._dispatcher_waiting = False
 
-    async def _fill(self, replica: Replica) -> None:
+    async def _fill(self, lease: Lease) -> None:
         """Let the batch for a busy replica's queued slot fill: up to max_wait, or with
         fill_queued until shortly before the running batch is expected to end."""
         while self._queue:
             now = self._clock()
             until = self._queue[0].enqueued_at + self._limits.max_wait_s
-            if self._limits.fill_queued and (running := self._router.running_batch(replica)):
+            if self._limits.fill_queued and (running := lease.running()):
                 since, expected_s = running
                 ahead = max(SEND_AHEAD_S, SEND_AHEAD_FRACTION * expected_s)
                 until = max(until, since + expected_s - ahead)
             remaining = until - now
-            if remaining <= 0 or self._full() or self._router.has_idle_replica() or replica.inflight <= 1:
+            if remaining <= 0 or self._full() or self._router.has_idle_replica() or not lease.queued:
                 return
             self._changed.clear()
             try:
@@ -355,24 +361,24 @@ class Batcher:
             return True
         return sum(it.length for it in self._queue) >= self._limits.max_batch_tokens
 
-    def _share(self, replica: Replica) -> int:
-        """Between how many replicas the queue's next batch shares the waiting inputs: `replica`
-        (reserved) and every other ready replica with a free slot that would start a batch before
-        half of a batch of the whole queue had run on `replica`. Without it, a replica that turns
+    def _share(self, lease: Lease) -> int:
+        """Between how many replicas the queue's next batch shares the waiting inputs: the leased
+        one and every other ready replica with a free slot that would start a batch before half of
+        a batch of the whole queue had run on the leased one. Without it, a replica that turns
         idle as many requests arrive takes them all in one long batch while the other, a moment
         later, finds the queue empty and runs single inputs as its lone clients send them, over
         and over (what sharing brought: docs/benchmarks.md, "Optimisations", share_batches)."""
         if not self._limits.share or len(self._queue) < 2:
             return 1
         now = self._clock()
-        starts_at = self._router.free_slot_start(replica, now)
+        starts_at = lease.starts_at(now)
         longest = max(it.length for it in self._queue)
         whole = self.batch_time.estimate(longest * min(len(self._queue), self._limits.max_batch_size))
         if starts_at is None:
             starts_at = now
         # Without an estimate yet, only replicas free no later than this one count.
         before = starts_at + (whole / 2 if whole is not None else 0.0)
-        others = self._router.free_slot_starts(now, exclude=replica)
+        others = self._router.free_slot_starts(now, exclude=lease)
         return 1 + sum(1 for at in others if at is not None and at <= before)
 
     def _next_batch(self, share: int = 1) -> list[WorkItem]:
@@ -398,14 +404,14 @@ class Batcher:
         self._queued_tokens = sum(it.length for it in self._queue)
         return batch
 
-    async def _execute(self, replica: Replica, batch: list[WorkItem]) -> None:
+    async def _execute(self, lease: Lease, batch: list[WorkItem]) -> None:
         dispatched = self._clock()
         args = self._codec.collate(batch)
         tokens = sum(it.length for it in batch)
         computed = False
         self.throughput.sent(tokens)
         try:
-            output, replica, note = await self._compute(replica, batch, args)
+            output, lease = await self._compute(lease, batch, args)
             computed = True
         except ServingError as exc:
             _fail(batch, exc)
@@ -420,45 +426,42 @@ class Batcher:
         finally:
             self.throughput.ended(tokens, computed)
         compute_us = int(getattr(output, "compute_us", 0))
+        replica_id = lease.replica.replica_id
         try:
-            try:
-                outputs = self._codec.split(output, batch)
-            except Exception:
-                self._log.exception("batch_split_error", batch_size=len(batch))
-                _fail(batch, Internal("internal error while reading the batch's results"))
-                return
-            for item, out in zip(batch, outputs, strict=True):
-                if not item.future.done():
-                    queue_us = int((dispatched - item.enqueued_at) * 1e6)
-                    item.future.set_result(ItemResult(out, queue_us, compute_us, replica.replica_id))
-        finally:
-            await self._router.release(replica, note)  # wakes this batcher (on_release)
+            results = list(zip(batch, self._codec.split(output, batch), strict=True))
+        except Exception:
+            self._log.exception("batch_split_error", batch_size=len(batch))
+            _fail(batch, Internal("internal error while reading the batch's results"))
+            lease.end()  # wakes this batcher (on_release)
+            return
+        for item, out in results:
+            if not item.future.done():
+                queue_us = int((dispatched - item.enqueued_at) * 1e6)
+                item.future.set_result(ItemResult(out, queue_us, compute_us, replica_id))
+        lease.end(len(batch))  # wakes this batcher (on_release)
         # The callers answer their clients before this batch's bookkeeping: they resume first.
         await asyncio.sleep(0)
-        self._account(replica, batch, compute_us)
+        self._account(lease, batch, compute_us)
 
-    async def _compute(
-        self, replica: Replica, batch: list[WorkItem], args: tuple[Any, ...]
-    ) -> tuple[Any, Replica, BatchNote]:
-        """Run the batch on `replica`; when the replica fails, once more (elsewhere when another
-        replica is alive: inference is idempotent). Returns the output, the replica that
-        computed it, still reserved, and the router's note of the batch (for the release);
-        whatever it raises, it has released what it reserved."""
+    async def _compute(self, lease: Lease, batch: list[WorkItem], args: tuple[Any, ...]) -> tuple[Any, Lease]:
+        """Run the batch on the leased replica; when the replica fails, once more (elsewhere when
+        another replica is alive: inference is idempotent). Returns the output and the lease of
+        the replica that computed it, not yet ended; whatever it raises, it has ended the leases
+        it took."""
         tried: set[str] = set()
         attempts = 1
         expected_s = self.batch_time.estimate(max(it.length for it in batch) * len(batch))
         while True:
-            tried.add(replica.replica_id)
-            note = self._router.note_batch(replica, expected_s)
+            tried.add(lease.replica.replica_id)
             try:
-                return await replica.call(self._codec.method, *args), replica, note
+                return await lease.compute(self._codec.method, *args, expected_s=expected_s), lease
             except ReplicaFailed as exc:
                 self._log.warning(
-                    "batch_failed", replica=replica.replica_id, batch_size=len(batch), error=str(exc)
+                    "batch_failed", replica=lease.replica.replica_id, batch_size=len(batch), error=str(exc)
                 )
-                await self._router.release(replica, note)
+                lease.end()
             except BaseException:
-                await self._router.release(replica, note)  # wakes this batcher (on_release)
+                lease.end()  # wakes this batcher (on_release)
                 raise
             if attempts >= 2:
                 raise Unavailable(
@@ -477,25 +480,25 @@ class Batcher:
             self._retrying.append(batch)
             self._look_again_when_due()
             try:
-                replica = await self._router.acquire(exclude=frozenset(tried))
+                lease = await self._router.acquire(exclude=frozenset(tried))
             finally:
                 self._retrying.remove(batch)
             if all(it.abandoned for it in batch):
-                await self._router.release(replica)
+                lease.end()
                 raise self._not_back_in_time(self._router.ready_eta())
 
-    def _account(self, replica: Replica, batch: list[WorkItem], compute_us: int) -> None:
-        """Counters, the batch time model, metrics and the log line of a computed batch."""
+    def _account(self, lease: Lease, batch: list[WorkItem], compute_us: int) -> None:
+        """The batch time model, this batcher's counters, metrics and the log line of a computed
+        batch (the replica's counts are the router's: `Lease.end`)."""
         padded = max(it.length for it in batch) * len(batch)
         real = sum(it.length for it in batch)
-        replica.batches += 1
-        replica.sequences += len(batch)
         if compute_us > 0:  # the replica's own time: without the trip there and back
             self.batch_time.add(padded, compute_us / 1e6)
         self.stats.batches += 1
         self.stats.sequences += len(batch)
         self.stats.real_tokens += real
         self.stats.padded_tokens += padded
+        replica = lease.replica
         if self._metrics is not None:
             self._metrics.batch_done(
                 size=len(batch),

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -26,6 +25,7 @@ class WorkItem:
 
     args: per-input arguments of the task's compute method (fill-mask: its masks); None for most.
     deadline: monotonic time after which the result is useless (None: no deadline).
+    enqueued_at: when it was queued, on the batcher's clock (set by Batcher.submit).
     """
 
     ids: tuple[int, ...]
@@ -33,7 +33,7 @@ class WorkItem:
     args: Any
     future: asyncio.Future[ItemResult]
     deadline: float | None = None
-    enqueued_at: float = field(default_factory=time.monotonic)
+    enqueued_at: float = 0.0
 
     @property
     def length(self) -> int:

@@ -45,6 +45,7 @@ from bertserve.workers.backends.fake import FakeBackend
 from bertserve.workers.pool import ReplicaState
 from bertserve.workers.protocol import Task
 from bertserve.workers.spec import ReplicaSpec
+from tests.support.echo_codec import EchoCodec
 
 WAIT_S = 20.0
 MASKED = "Paris is the [MASK] of France."
@@ -68,10 +69,7 @@ class GatedReplica:
 
     def __init__(self, backend: FakeBackend) -> None:
         self.replica_id = "bert-0"
-        self.inflight = 0
         self.transport = "test"
-        self.batches = 0
-        self.sequences = 0
         self.report = None
         self.state = ReplicaState.READY
         self.backend = backend
@@ -107,6 +105,12 @@ class OnePool:
 
     def expected_ready_at(self) -> float:
         return math.inf  # never asked: the one replica is always ready
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        pass  # the one replica never changes
+
+    def set_load_view(self, load: Any) -> None:
+        pass
 
     async def start(self, timeout_s: float) -> None:
         pass
@@ -367,16 +371,6 @@ def test_reasons_of_the_module_are_the_metric_label_values() -> None:
 # ---- the batcher's own bound ------------------------------------------------------------------
 
 
-class _EchoKernel:
-    method = "echo"
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]:
-        return ([it.ids for it in items],)
-
-    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
-        return list(output)
-
-
 def test_batcher_queue_full_carries_a_retry_hint_and_is_counted() -> None:
     async def main() -> None:
         metrics = Metrics()
@@ -387,7 +381,7 @@ def test_batcher_queue_full_carries_a_retry_hint_and_is_counted() -> None:
 
         batcher = Batcher(
             "bert:fill_mask",
-            _EchoKernel(),
+            EchoCodec(),
             Router(OnePool(GatedReplica(None))),  # type: ignore[arg-type]
             BatchLimits(max_batch_size=4, max_batch_tokens=512, max_wait_s=0.0, max_queued=2),
             metrics.batcher("bert", "fill_mask"),

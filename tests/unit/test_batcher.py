@@ -1,9 +1,10 @@
-"""The batcher and router with fake replicas: no Ray, no model."""
+"""The batcher and router with fake replicas: no Ray, no model. Every test runs on virtual time
+(tests/support/virtual_time.py): the router and batchers read the loop's clock, and a test lets
+time pass with `elapse`, so what it sees does not depend on how busy the machine is."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,34 +13,24 @@ import pytest
 from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, Unavailable
 from bertserve.server.scheduling.batcher import Batcher, BatchLimits, take_batch
 from bertserve.server.scheduling.router import Router
-from bertserve.server.scheduling.work import ItemResult, WorkItem
+from bertserve.server.scheduling.work import BatchCodec, ItemResult, WorkItem
 from bertserve.workers.errors import ReplicaFailed
-
-
-class EchoKernel:
-    """Each item's output is its own ids; the 'batch' is the list of item ids."""
-
-    method = "echo"
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]:
-        return ([it.ids for it in items],)
-
-    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
-        return list(output)
+from tests.support import virtual_time as vt
+from tests.support.echo_codec import EchoCodec
+from tests.support.virtual_time import elapse
 
 
 class FakeReplica:
     def __init__(self, replica_id: str, *, fail: bool = False) -> None:
         self.replica_id = replica_id
-        self.inflight = 0
         self.transport = "test"
-        self.batches = 0
-        self.sequences = 0
         self.fail = fail
         self.dead = False
         self.calls: list[list[tuple[int, ...]]] = []
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
+        # The most slots the router had reserved on it at any call (set `router` to watch).
+        self.router: Router | None = None
         self.max_inflight_seen = 0
 
     @property
@@ -52,7 +43,8 @@ class FakeReplica:
 
     async def call(self, method: str, batch: list[tuple[int, ...]]) -> Any:
         self.calls.append(batch)
-        self.max_inflight_seen = max(self.max_inflight_seen, self.inflight)
+        if self.router is not None:
+            self.max_inflight_seen = max(self.max_inflight_seen, self.router.in_flight(self.replica_id))
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -81,7 +73,16 @@ def _limits(**kw: Any) -> BatchLimits:
 
 
 def _run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+    return vt.run(coro, 20)
+
+
+def _router(*replicas: FakeReplica, **kw: Any) -> Router:
+    """A router over `replicas` on the loop's (virtual) clock."""
+    return Router(Pool(*replicas), clock=vt.now, **kw)
+
+
+def _batcher(name: str, codec: BatchCodec, router: Router, limits: BatchLimits) -> Batcher:
+    return Batcher(name, codec, router, limits, clock=vt.now)
 
 
 # ---- take_batch ------------------------------------------------------------------------------
@@ -121,13 +122,13 @@ def test_take_batch_always_takes_the_oldest_even_when_alone_over_budget() -> Non
 def test_idle_replica_gets_a_request_at_once_without_waiting_for_max_wait() -> None:
     async def main() -> None:
         replica = FakeReplica("r0")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=10.0))
+        batcher = _batcher("t", EchoCodec(), _router(replica), _limits(max_wait_s=10.0))
         batcher.start()
         item = _item(4, tag=7)
-        start = time.monotonic()
+        start = vt.now()
         batcher.submit([item])
         result: ItemResult = await item.future
-        assert time.monotonic() - start < 1.0
+        assert vt.now() - start < 1.0
         assert result.output == (7, 7, 7, 7) and result.replica_id == "r0"
         await batcher.stop()
 
@@ -138,7 +139,7 @@ def test_requests_arriving_while_replica_is_busy_share_one_batch_and_one_call() 
     async def main() -> None:
         replica = FakeReplica("r0")
         replica.gate = asyncio.Event()
-        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=0.2))
+        batcher = _batcher("t", EchoCodec(), _router(replica), _limits(max_wait_s=0.2))
         batcher.start()
         first = _item(3, tag=0)
         batcher.submit([first])
@@ -160,15 +161,15 @@ def test_router_keeps_at_most_depth_batches_per_replica_and_spreads_load() -> No
         a, b = FakeReplica("a"), FakeReplica("b")
         gate = asyncio.Event()
         a.gate = b.gate = gate
-        batcher = Batcher(
-            "t", EchoKernel(), Router(Pool(a, b), depth=2), _limits(max_batch_size=1, max_wait_s=0)
-        )
+        router = _router(a, b, depth=2)
+        a.router = b.router = router
+        batcher = _batcher("t", EchoCodec(), router, _limits(max_batch_size=1, max_wait_s=0))
         batcher.start()
         items = [_item(2, tag=i) for i in range(10)]
         batcher.submit(items)
         await a.started.wait()
         await b.started.wait()
-        await asyncio.sleep(0.05)  # let the dispatcher fill every free slot
+        await elapse(0.05)  # the dispatcher fills every free slot meanwhile
         assert len(a.calls) == 2 and len(b.calls) == 2
         gate.set()
         await asyncio.gather(*(it.future for it in items))
@@ -182,8 +183,8 @@ def test_router_keeps_at_most_depth_batches_per_replica_and_spreads_load() -> No
 def test_router_spreads_a_lone_client_over_replicas_when_asked() -> None:
     async def main() -> None:
         a, b = FakeReplica("a"), FakeReplica("b")
-        router = Router(Pool(a, b), prefer_warm=False)  # replica_choice: spread
-        batcher = Batcher("t", EchoKernel(), router, _limits(max_wait_s=0))
+        router = _router(a, b, prefer_warm=False)  # replica_choice: spread
+        batcher = _batcher("t", EchoCodec(), router, _limits(max_wait_s=0))
         batcher.start()
         for i in range(4):
             item = _item(2, tag=i)
@@ -198,13 +199,14 @@ def test_router_spreads_a_lone_client_over_replicas_when_asked() -> None:
 def test_a_lone_request_to_an_idle_server_is_sent_from_submit() -> None:
     async def main() -> None:
         a, b = FakeReplica("a"), FakeReplica("b")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b), depth=1), _limits(max_wait_s=0))
+        router = _router(a, b, depth=1)
+        batcher = _batcher("t", EchoCodec(), router, _limits(max_wait_s=0))
         batcher.start()
         await asyncio.sleep(0)  # the dispatcher is waiting for work
         first = _item(2, tag=1)
         batcher.submit([first])
         # Reserved and queued for the replica in the same turn, without waking the dispatcher.
-        assert batcher.queued == 0 and a.inflight + b.inflight == 1
+        assert batcher.queued == 0 and router.in_flight("a") + router.in_flight("b") == 1
         # With a replica busy (under load), a request waits for the dispatcher's turn, so that
         # requests arriving in the same turn can join its batch.
         a.gate = b.gate = asyncio.Event()
@@ -213,18 +215,18 @@ def test_a_lone_request_to_an_idle_server_is_sent_from_submit() -> None:
         third = _item(2, tag=3)
         batcher.submit([third])
         assert batcher.queued == 2
-        await asyncio.sleep(0.01)
-        assert batcher.queued == 0 and a.inflight + b.inflight == 2
+        await elapse(0.01)
+        assert batcher.queued == 0 and router.in_flight("a") + router.in_flight("b") == 2
         assert sorted(len(r.calls) for r in (a, b)) == [1, 1]  # the two went as one batch
         a.gate.set()
         assert [(await it.future).output for it in (first, second, third)] == [(1, 1), (2, 2), (3, 3)]
         # A request whose deadline has passed fails at once and reserves nothing.
-        late = _item(2, deadline=time.monotonic() - 1)
+        late = _item(2, deadline=vt.now() - 1)
         batcher.submit([late])
         with pytest.raises(DeadlineExceeded):
             await late.future
-        await asyncio.sleep(0.01)
-        assert a.inflight == b.inflight == 0
+        await elapse(0.01)
+        assert router.in_flight("a") == router.in_flight("b") == 0
         await batcher.stop()
 
     _run(main())
@@ -233,15 +235,17 @@ def test_a_lone_request_to_an_idle_server_is_sent_from_submit() -> None:
 def test_callers_resume_after_the_release_and_before_the_bookkeeping() -> None:
     async def main() -> None:
         replica = FakeReplica("a")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=0))
+        router = _router(replica)
+        batcher = _batcher("t", EchoCodec(), router, _limits(max_wait_s=0))
         batcher.start()
         item = _item(2)
         batcher.submit([item])
         await item.future
         # The replica is free for the caller's next request, the batch not yet counted.
-        assert replica.inflight == 0 and batcher.stats.batches == 0
+        assert router.in_flight("a") == 0 and batcher.stats.batches == 0
         await asyncio.sleep(0)
-        assert batcher.stats.batches == 1 and replica.batches == 1
+        load = router.load("a")
+        assert batcher.stats.batches == 1 and load is not None and load.batches == 1
         await batcher.stop()
 
     _run(main())
@@ -250,7 +254,7 @@ def test_callers_resume_after_the_release_and_before_the_bookkeeping() -> None:
 def test_router_keeps_a_lone_client_on_the_replica_that_finished_last() -> None:
     async def main() -> None:
         a, b, c = FakeReplica("a"), FakeReplica("b"), FakeReplica("c")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b, c)), _limits(max_wait_s=0))
+        batcher = _batcher("t", EchoCodec(), _router(a, b, c), _limits(max_wait_s=0))
         batcher.start()
         for i in range(5):  # one request at a time: all on one warm replica, not round robin
             item = _item(2, tag=i)
@@ -263,7 +267,7 @@ def test_router_keeps_a_lone_client_on_the_replica_that_finished_last() -> None:
         a.gate = gate
         held = _item(2, tag=10)
         batcher.submit([held])
-        await asyncio.sleep(0.01)
+        await elapse(0.01)
         other = _item(2, tag=11)
         batcher.submit([other])
         await other.future
@@ -281,13 +285,14 @@ def test_router_keeps_a_lone_client_on_the_replica_that_finished_last() -> None:
 
 
 def test_results_that_cannot_be_split_fail_the_batch_and_free_the_replica() -> None:
-    class BrokenSplit(EchoKernel):
+    class BrokenSplit(EchoCodec):
         def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
             raise ValueError("a task's split has a bug")
 
     async def main() -> None:
         replica = FakeReplica("r0")
-        batcher = Batcher("t", BrokenSplit(), Router(Pool(replica)), _limits(max_wait_s=0))
+        router = _router(replica)
+        batcher = _batcher("t", BrokenSplit(), router, _limits(max_wait_s=0))
         batcher.start()
         items = [_item(2, tag=1), _item(2, tag=2)]
         batcher.submit(items)
@@ -295,7 +300,7 @@ def test_results_that_cannot_be_split_fail_the_batch_and_free_the_replica() -> N
             with pytest.raises(Internal, match="results"):
                 await item.future
         await asyncio.sleep(0)
-        assert replica.inflight == 0 and batcher.stats.batches == 0
+        assert router.in_flight("r0") == 0 and batcher.stats.batches == 0
         await batcher.stop()
 
     _run(main())
@@ -304,7 +309,7 @@ def test_results_that_cannot_be_split_fail_the_batch_and_free_the_replica() -> N
 def test_full_queue_rejects_the_whole_request_with_overloaded() -> None:
     async def main() -> None:
         replica = FakeReplica("r0")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits(max_queued=3))
+        batcher = _batcher("t", EchoCodec(), _router(replica), _limits(max_queued=3))
         batcher.submit([_item(1), _item(1)])  # not started: items stay queued
         with pytest.raises(Overloaded, match="queue is full"):
             batcher.submit([_item(1), _item(1)])
@@ -317,8 +322,8 @@ def test_full_queue_rejects_the_whole_request_with_overloaded() -> None:
 def test_request_whose_deadline_passed_in_the_queue_never_reaches_a_replica() -> None:
     async def main() -> None:
         replica = FakeReplica("r0")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits())
-        expired = _item(3, deadline=time.monotonic() - 0.001, tag=9)
+        batcher = _batcher("t", EchoCodec(), _router(replica), _limits())
+        expired = _item(3, deadline=vt.now() - 0.001, tag=9)
         live = _item(3, tag=1)
         batcher.submit([expired, live])
         batcher.start()
@@ -334,7 +339,7 @@ def test_request_whose_deadline_passed_in_the_queue_never_reaches_a_replica() ->
 def test_cancelled_request_is_skipped_and_others_in_its_batch_succeed() -> None:
     async def main() -> None:
         replica = FakeReplica("r0")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(replica)), _limits())
+        batcher = _batcher("t", EchoCodec(), _router(replica), _limits())
         gone, kept = _item(3, tag=5), _item(3, tag=6)
         batcher.submit([gone, kept])
         gone.future.cancel()
@@ -349,8 +354,11 @@ def test_cancelled_request_is_skipped_and_others_in_its_batch_succeed() -> None:
 def test_batch_on_a_failed_replica_is_retried_once_on_another() -> None:
     async def main() -> None:
         bad, good = FakeReplica("bad", fail=True), FakeReplica("good")
-        good.batches = 10  # the router prefers 'bad' (fewer batches) first
-        batcher = Batcher("t", EchoKernel(), Router(Pool(bad, good)), _limits())
+        router = _router(bad, good)
+        good_load = router.load("good")
+        assert good_load is not None
+        good_load.batches = 10  # the router prefers 'bad' (fewer batches) first
+        batcher = _batcher("t", EchoCodec(), router, _limits())
         batcher.start()
         item = _item(2, tag=3)
         batcher.submit([item])
@@ -365,7 +373,7 @@ def test_batch_on_a_failed_replica_is_retried_once_on_another() -> None:
 def test_batch_fails_with_unavailable_when_every_replica_is_dead() -> None:
     async def main() -> None:
         a, b = FakeReplica("a", fail=True), FakeReplica("b", fail=True)
-        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b)), _limits())
+        batcher = _batcher("t", EchoCodec(), _router(a, b), _limits())
         batcher.start()
         item = _item(2)
         batcher.submit([item])
@@ -390,7 +398,7 @@ def test_single_replica_that_keeps_failing_is_retried_once_then_unavailable() ->
             raise ReplicaFailed("crashed again")  # the replica stays ready (Ray restarted it)
 
         flaky.call = call_and_recover  # type: ignore[method-assign]
-        batcher = Batcher("t", EchoKernel(), Router(Pool(flaky)), _limits())
+        batcher = _batcher("t", EchoCodec(), _router(flaky), _limits())
         batcher.start()
         item = _item(2)
         batcher.submit([item])
@@ -409,7 +417,7 @@ def test_a_batch_filling_for_a_busy_replica_goes_to_one_that_turned_idle() -> No
     async def main() -> None:
         a, b = FakeReplica("a"), FakeReplica("b")
         a.gate, b.gate = asyncio.Event(), asyncio.Event()
-        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b), depth=2), _limits(max_wait_s=5.0))
+        batcher = _batcher("t", EchoCodec(), _router(a, b, depth=2), _limits(max_wait_s=5.0))
         batcher.start()
         first, second = _item(2, tag=1), _item(2, tag=2)
         batcher.submit([first])
@@ -418,7 +426,7 @@ def test_a_batch_filling_for_a_busy_replica_goes_to_one_that_turned_idle() -> No
         await b.started.wait()
         third = _item(2, tag=3)
         batcher.submit([third])  # both busy: waits up to max_wait (5 s) for more inputs
-        await asyncio.sleep(0.05)
+        await elapse(0.05)
         b.gate.set()  # b goes idle long before max_wait
         result = await asyncio.wait_for(third.future, 2)
         assert result.replica_id == "b" and [len(c) for c in b.calls] == [1, 1] and len(a.calls) == 1
@@ -446,18 +454,18 @@ def test_take_batch_keeps_short_inputs_out_of_a_long_batch_below_the_padding_flo
 def test_among_equally_busy_replicas_the_one_running_longest_takes_the_next_batch() -> None:
     async def main() -> None:
         a, b = FakeReplica("a"), FakeReplica("b")
-        router = Router(Pool(a, b), depth=2)
+        router = _router(a, b, depth=2)
         first = await router.acquire()  # idle replicas, none used yet: a (fewest batches, by id order)
         second = await router.acquire()  # b is idle: least loaded
-        assert (first.replica_id, second.replica_id) == ("a", "b")
+        assert (first.replica.replica_id, second.replica.replica_id) == ("a", "b")
         # b finished its batch after a started: both run one batch now, a's started earlier.
-        await router.release(b)
-        assert (await router.acquire()).replica_id == "b"  # idle b is preferred (warm)
-        await router.release(a)
-        assert (await router.acquire()).replica_id == "a"  # a is idle again: the warm one
+        second.end()
+        assert (await router.acquire()).replica.replica_id == "b"  # idle b is preferred (warm)
+        first.end()
+        assert (await router.acquire()).replica.replica_id == "a"  # a is idle again: the warm one
         # Both busy with one batch each; b's batch started before a's (b was taken first):
         # the next batch queues behind b, which frees up first.
-        assert (await router.acquire()).replica_id == "b"
+        assert (await router.acquire()).replica.replica_id == "b"
 
     _run(main())
 
@@ -465,16 +473,17 @@ def test_among_equally_busy_replicas_the_one_running_longest_takes_the_next_batc
 def test_a_busy_replica_counts_from_when_its_running_batch_started_not_its_last_release() -> None:
     async def main() -> None:
         a, b = FakeReplica("a"), FakeReplica("b")
-        router = Router(Pool(a, b), depth=2)
-        for _ in range(4):  # a and b each run one batch and hold one queued
-            await router.acquire()
-        assert (a.inflight, b.inflight) == (2, 2)
-        await router.release(a)
-        await router.release(a)  # a is idle from here
-        await router.release(b)  # b's queued batch starts now
-        assert (await router.acquire()).replica_id == "a"  # idle first; a's batch starts after b's
+        router = _router(a, b, depth=2)
+        leases = [await router.acquire() for _ in range(4)]  # a and b: one batch running, one queued
+        assert (router.in_flight("a"), router.in_flight("b")) == (2, 2)
+        on_a = [lease for lease in leases if lease.replica is a]
+        on_b = [lease for lease in leases if lease.replica is b]
+        on_a[0].end()
+        on_a[1].end()  # a is idle from here
+        on_b[0].end()  # b's queued batch starts now
+        assert (await router.acquire()).replica.replica_id == "a"  # idle first; a's batch starts after b's
         # Both run one batch; a was released before b, but b's batch started first.
-        assert (await router.acquire()).replica_id == "b"
+        assert (await router.acquire()).replica.replica_id == "b"
 
     _run(main())
 
@@ -503,8 +512,8 @@ async def _queued_batch_behind_a_running_one(fill_queued: bool) -> tuple[TimedRe
     then runs while input A arrives, and B 0.15 s later (both past max_wait, 0.01 s). Returns the
     replica and how many calls it had 0.27 s and 0.47 s into batch 2 (still running then)."""
     replica = TimedReplica("r0", compute_us=400_000)  # 4 tokens in 0.4 s
-    router = Router(Pool(replica), depth=2)
-    batcher = Batcher("t", EchoKernel(), router, _limits(max_wait_s=0.01, fill_queued=fill_queued))
+    router = _router(replica, depth=2)
+    batcher = _batcher("t", EchoCodec(), router, _limits(max_wait_s=0.01, fill_queued=fill_queued))
     batcher.start()
     learn = _item(4, tag=9)
     batcher.submit([learn])
@@ -514,15 +523,15 @@ async def _queued_batch_behind_a_running_one(fill_queued: bool) -> tuple[TimedRe
     replica.gate = asyncio.Event()
     running = _item(4, tag=0)
     batcher.submit([running])
-    await asyncio.sleep(0.02)
+    await elapse(0.02)
     a = _item(4, tag=1)
     batcher.submit([a])
-    await asyncio.sleep(0.15)
+    await elapse(0.15)
     b = _item(4, tag=2)
     batcher.submit([b])
-    await asyncio.sleep(0.1)  # 0.27 s into the running batch: due to end at 0.4
+    await elapse(0.1)  # 0.27 s into the running batch: due to end at 0.4
     calls_at_027 = len(replica.calls)
-    await asyncio.sleep(0.2)  # 0.47 s: the running batch is late (the gate is still shut)
+    await elapse(0.2)  # 0.47 s: the running batch is late (the gate is still shut)
     calls_at_047 = len(replica.calls)
     replica.gate.set()
     await asyncio.gather(running.future, a.future, b.future)
@@ -547,25 +556,29 @@ def test_without_fill_queued_the_queued_batch_leaves_after_max_wait() -> None:
 def test_router_tracks_which_sent_batch_a_replica_is_running() -> None:
     async def main() -> None:
         replica = FakeReplica("r0")
-        router = Router(Pool(replica), depth=2)
-        assert router.running_batch(replica) is None
-        await router.acquire()
-        first = router.note_batch(replica, 0.5)
-        since, expected = router.running_batch(replica) or (0.0, 0.0)
-        assert expected == 0.5 and since <= time.monotonic()
-        await router.acquire()
-        second = router.note_batch(replica, 0.25)
-        assert router.running_batch(replica) == (since, 0.5)  # still the first
-        await asyncio.sleep(0.01)
-        await router.release(replica, first)
-        since2, expected2 = router.running_batch(replica) or (0.0, 0.0)
+        replica.gate = asyncio.Event()  # the batches sent stay at the replica
+        router = _router(replica, depth=2)
+        first = await router.acquire()
+        assert first.running() is None  # nothing sent yet
+        calls = [asyncio.ensure_future(first.compute("echo", [], expected_s=0.5))]
+        since, expected = first.running() or (0.0, 0.0)
+        assert expected == 0.5 and since <= vt.now()
+        second = await router.acquire()
+        calls.append(asyncio.ensure_future(second.compute("echo", [], expected_s=0.25)))
+        assert second.running() == (since, 0.5)  # still the first
+        await elapse(0.01)
+        first.end(1)
+        since2, expected2 = second.running() or (0.0, 0.0)
         assert expected2 == 0.25 and since2 > since  # the second runs from now
-        await router.acquire()
-        router.note_batch(replica, None)  # a batch without an estimate, queued
-        await router.release(replica)  # a slot released without a batch changes nothing
-        assert router.running_batch(replica) == (since2, 0.25)
-        await router.release(replica, second)
-        assert router.running_batch(replica) is None  # running, but with no estimate
+        (await router.acquire()).end()  # a slot released without a batch changes nothing
+        assert second.running() == (since2, 0.25)
+        third = await router.acquire()
+        calls.append(asyncio.ensure_future(third.compute("echo", [], expected_s=None)))  # no estimate
+        second.end(1)
+        assert third.running() is None  # running, but with no estimate
+        third.end(1)
+        replica.gate.set()
+        await asyncio.gather(*calls)
 
     _run(main())
 
@@ -573,9 +586,7 @@ def test_router_tracks_which_sent_batch_a_replica_is_running() -> None:
 def test_an_input_whose_deadline_passes_while_its_queued_batch_fills_never_reaches_the_replica() -> None:
     async def main() -> None:
         replica = TimedReplica("r0", compute_us=400_000)
-        batcher = Batcher(
-            "t", EchoKernel(), Router(Pool(replica)), _limits(max_wait_s=0.01, fill_queued=True)
-        )
+        batcher = _batcher("t", EchoCodec(), _router(replica), _limits(max_wait_s=0.01, fill_queued=True))
         batcher.start()
         learn = _item(4, tag=9)
         batcher.submit([learn])
@@ -585,7 +596,7 @@ def test_an_input_whose_deadline_passes_while_its_queued_batch_fills_never_reach
         running = _item(4, tag=0)
         batcher.submit([running])
         await replica.started.wait()  # running alone, the replica now busy
-        late = _item(4, tag=1, deadline=time.monotonic() + 0.1)
+        late = _item(4, tag=1, deadline=vt.now() + 0.1)
         kept = _item(4, tag=2)
         batcher.submit([late, kept])  # held until about 0.32 s into the running batch
         with pytest.raises(DeadlineExceeded):
@@ -605,9 +616,9 @@ def test_a_queued_batch_leaves_as_soon_as_another_tasks_running_batch_ends() -> 
 
     async def main() -> None:
         replica = TimedReplica("r0", compute_us=400_000)
-        router = Router(Pool(replica), depth=2)
-        x = Batcher("x", EchoKernel(), router, _limits(max_wait_s=0.01, fill_queued=True))
-        y = Batcher("y", EchoKernel(), router, _limits(max_wait_s=0.01, fill_queued=True))
+        router = _router(replica, depth=2)
+        x = _batcher("x", EchoCodec(), router, _limits(max_wait_s=0.01, fill_queued=True))
+        y = _batcher("y", EchoCodec(), router, _limits(max_wait_s=0.01, fill_queued=True))
         x.start()
         y.start()
         learn = _item(4, tag=9)
@@ -621,13 +632,13 @@ def test_a_queued_batch_leaves_as_soon_as_another_tasks_running_batch_ends() -> 
         y.batch_time.add(4, 0.4)  # y expects the same of its batches
         queued = _item(4, tag=1)
         y.submit([queued])
-        await asyncio.sleep(0.1)
+        await elapse(0.1)
         assert len(replica.calls) == 2  # y's batch is still filling (due at about 0.32 s)
-        sent_at = time.monotonic()
+        sent_at = vt.now()
         replica.gate.set()  # x's batch ends early
         await running.future
         await asyncio.wait_for(queued.future, 0.15)  # y's went at once, not at 0.32 s
-        assert time.monotonic() - sent_at < 0.15
+        assert vt.now() - sent_at < 0.15
         await x.stop()
         await y.stop()
 
@@ -637,7 +648,7 @@ def test_a_queued_batch_leaves_as_soon_as_another_tasks_running_batch_ends() -> 
 def test_a_request_of_several_inputs_to_an_idle_server_is_shared_between_its_replicas() -> None:
     async def main(share: bool) -> list[int]:
         a, b = FakeReplica("a"), FakeReplica("b")
-        batcher = Batcher("t", EchoKernel(), Router(Pool(a, b)), _limits(share=share))
+        batcher = _batcher("t", EchoCodec(), _router(a, b), _limits(share=share))
         batcher.start()
         items = [_item(4, tag=i) for i in range(6)]
         batcher.submit(items)
@@ -657,9 +668,9 @@ def test_waiting_inputs_are_shared_with_a_replica_whose_batch_ends_before_half_o
 
     async def main(share: bool) -> tuple[list[list[int]], list[list[int]]]:
         a, b = TimedReplica("a", compute_us=100_000), TimedReplica("b", compute_us=100_000)
-        router = Router(Pool(a, b), depth=2)
+        router = _router(a, b, depth=2)
         limits = _limits(max_wait_s=0.01, fill_queued=True, share=share)
-        batcher = Batcher("t", EchoKernel(), router, limits)
+        batcher = _batcher("t", EchoCodec(), router, limits)
         batcher.start()
         learn = _item(4, tag=9)  # 4 tokens take 0.1 s
         batcher.submit([learn])
@@ -672,7 +683,7 @@ def test_waiting_inputs_are_shared_with_a_replica_whose_batch_ends_before_half_o
         await x.started.wait()
         arriving = [_item(4, tag=i) for i in range(1, 9)]
         batcher.submit(arriving)
-        await asyncio.sleep(0.3)  # X's queued batch leaves ahead of its running batch's end
+        await elapse(0.3)  # X's queued batch leaves ahead of its running batch's end
         x.gate.set()
         y.gate.set()
         await asyncio.gather(running.future, *(it.future for it in arriving))

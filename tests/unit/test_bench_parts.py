@@ -1,4 +1,6 @@
-"""The benchmark's load generator, workloads and report, without servers."""
+"""The benchmark's load generator, workloads and report, without servers. The load generator runs
+on virtual time (tests/support/virtual_time.py): its senders take the time a test says, on the
+loop's clock, whatever the machine is doing."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 from bench import loadgen, report
 from bench.loadgen import RunResult, closed_loop, interleaved_single_client, open_loop
 from bench.workloads import LENGTHS, fill_mask_items, padding_efficiency
+from tests.support import virtual_time as vt
+from tests.support.virtual_time import elapse
 
 
 def test_fill_mask_texts_have_the_token_lengths_they_claim(tmp_path: Path) -> None:
@@ -50,10 +53,11 @@ def test_closed_loop_keeps_each_client_to_one_request_and_counts_the_window() ->
         nonlocal inflight, most
         inflight += 1
         most = max(most, inflight)
-        await asyncio.sleep(0.01)
+        await elapse(0.01)
         inflight -= 1
 
-    result = asyncio.run(closed_loop(send, list(range(10)), concurrency=4, duration_s=0.5, warmup_s=0.1))
+    run = closed_loop(send, list(range(10)), concurrency=4, duration_s=0.5, warmup_s=0.1, clock=vt.now)
+    result = vt.run(run)
     assert most == 4
     assert 100 <= result.requests <= 220 and result.errors == 0
     assert 9 <= result.percentile_ms(50) <= 40 and result.requests_per_s == result.requests / 0.5
@@ -82,10 +86,19 @@ def test_a_window_that_too_few_requests_finish_in_is_extended_a_window_length_at
 def test_a_closed_loop_whose_batches_outlast_the_window_measures_longer() -> None:
     # A server answering 8 requests at once every 0.3 s: a 0.2 s window sees at most one batch.
     async def send(item: int) -> None:
-        await asyncio.sleep(0.3 - time.perf_counter() % 0.3)
+        await elapse(0.3 - vt.now() % 0.3)
 
-    result = asyncio.run(
-        closed_loop(send, list(range(10)), 8, duration_s=0.2, warmup_s=0.05, min_requests=16, max_extra_s=0.6)
+    result = vt.run(
+        closed_loop(
+            send,
+            list(range(10)),
+            8,
+            duration_s=0.2,
+            warmup_s=0.05,
+            min_requests=16,
+            max_extra_s=0.6,
+            clock=vt.now,
+        )
     )
     assert result.duration_s in (pytest.approx(0.4), pytest.approx(0.6), pytest.approx(0.8))
     assert result.requests >= 16
@@ -100,17 +113,20 @@ def test_the_window_opens_once_every_client_has_had_its_first_answer() -> None:
         client = item % 4
         if client not in first:
             first.add(client)
-            await asyncio.sleep(0.1 * (client + 1))
+            await elapse(0.1 * (client + 1))
         else:
-            await asyncio.sleep(0.01)
+            await elapse(0.01)
+
+    async def timed(max_settle_s: float) -> tuple[RunResult, float]:
+        began = vt.now()
+        result = await closed_loop(
+            send, list(range(4)), 4, duration_s=0.5, warmup_s=0.05, max_settle_s=max_settle_s, clock=vt.now
+        )
+        return result, vt.now() - began
 
     def run(max_settle_s: float) -> tuple[RunResult, float]:
         first.clear()
-        began = time.perf_counter()
-        result = asyncio.run(
-            closed_loop(send, list(range(4)), 4, duration_s=0.5, warmup_s=0.05, max_settle_s=max_settle_s)
-        )
-        return result, time.perf_counter() - began
+        return vt.run(timed(max_settle_s))
 
     settled, took = run(max_settle_s=1.0)
     # The window opened at the slowest first answer (0.4 s), not after the 0.05 s warm-up.
@@ -128,15 +144,20 @@ def test_a_last_point_abandons_the_requests_still_out_when_its_window_closes() -
     async def send(item: int) -> None:
         nonlocal cancelled
         try:
-            await asyncio.sleep(0.05 if item < 4 else 30.0)  # the second round never comes back
+            await elapse(0.05 if item < 4 else 30.0)  # the second round never comes back
         except asyncio.CancelledError:
             cancelled += 1
             raise
 
-    started = time.perf_counter()
-    run = closed_loop(send, list(range(8)), 4, duration_s=0.3, warmup_s=0.0, abandon_at_end=True)
-    result = asyncio.run(run)
-    assert time.perf_counter() - started < 2.0
+    async def timed() -> tuple[RunResult, float]:
+        started = vt.now()
+        result = await closed_loop(
+            send, list(range(8)), 4, duration_s=0.3, warmup_s=0.0, abandon_at_end=True, clock=vt.now
+        )
+        return result, vt.now() - started
+
+    result, took = vt.run(timed())
+    assert took < 2.0
     assert (result.requests, result.duration_s, cancelled) == (4, 0.3, 4)
 
 
@@ -171,17 +192,17 @@ def test_a_senders_compute_time_pairs_with_each_requests_latency() -> None:
     compute = iter([40.0, 10.0, 25.0])
 
     async def timed_send(item: int) -> float:
-        await asyncio.sleep(0.001 * item)  # latency grows with the item; compute does not follow
+        await elapse(0.001 * item)  # latency grows with the item; compute does not follow
         return next(compute)
 
     result = RunResult("closed", 1, 0.0)
     for item in (50, 20, 35):
-        asyncio.run(loadgen._timed(timed_send, item, result, 1, lambda: True))
+        vt.run(loadgen._timed(timed_send, item, result, 1, lambda: True, vt.now))
     assert result.compute_ms == [40.0, 10.0, 25.0] and result.compute_p50_ms() == 25.0
     own = [s * 1000 - c for s, c in zip(result.latencies_s, result.compute_ms, strict=True)]
     assert result.own_overhead_ms() == statistics.median(own)
-    # Each request took 10 ms (plus scheduling) more than its own compute; paired with another
-    # request's compute it would be off by 15 ms or more.
+    # Each request took 10 ms more than its own compute; paired with another request's compute it
+    # would be off by 15 ms or more.
     assert all(9.9 < x < 25.0 for x in own)
 
     async def plain_send(item: int) -> None:
@@ -215,11 +236,11 @@ def test_open_loop_sends_at_the_rate_whatever_the_server_does_and_counts_errors(
     async def send(item: int) -> None:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.2)  # slower than the arrival interval: requests overlap
+        await elapse(0.2)  # slower than the arrival interval: requests overlap
         if item % 5 == 0:
             raise RuntimeError("boom")
 
-    result = asyncio.run(open_loop(send, list(range(50)), rate=100, duration_s=0.5, warmup_s=0.1))
+    result = vt.run(open_loop(send, list(range(50)), rate=100, duration_s=0.5, warmup_s=0.1, clock=vt.now))
     assert 55 <= calls <= 65  # 0.6 s at 100/s, not held back by the slow answers
     assert result.errors >= 8 and result.first_error == "RuntimeError: boom"
     assert result.requests + result.errors == pytest.approx(50, abs=4)

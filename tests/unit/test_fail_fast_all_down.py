@@ -23,6 +23,7 @@ from bertserve.workers.errors import ReplicaFailed
 from bertserve.workers.pool import Placement, ReplicaHandle, ReplicaPool, ReplicaState
 from bertserve.workers.protocol import ReplicaReport
 from bertserve.workers.spec import ReplicaSpec
+from tests.support.echo_codec import EchoCodec
 
 S = ReplicaState
 
@@ -183,24 +184,11 @@ def test_before_any_measurement_the_default_is_expected() -> None:
 # ---- the batcher: fail fast, or wait -----------------------------------------------------------
 
 
-class EchoKernel:
-    method = "echo"
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]:
-        return ([it.ids for it in items],)
-
-    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
-        return list(output)
-
-
 class FakeReplica:
     """READY or RESTARTING; a call fails (the process died) when `fail` is set."""
 
     def __init__(self, replica_id: str) -> None:
         self.replica_id = replica_id
-        self.inflight = 0
-        self.batches = 0
-        self.sequences = 0
         self.transport = "test"
         self.state = S.READY
         self.fail = False
@@ -243,9 +231,9 @@ class Replicas:
 
 def _rig(clock: Clock, *replicas: FakeReplica, eta: bool = True) -> tuple[Replicas, Router, Batcher]:
     source = Replicas(*replicas)
-    router = Router(source, depth=1, ready_eta=source.expected_ready_at if eta else None)
+    router = Router(source, depth=1, ready_eta=source.expected_ready_at if eta else None, clock=clock)
     limits = BatchLimits(max_batch_size=8, max_batch_tokens=1024, max_wait_s=0.0, max_queued=100)
-    batcher = Batcher("m:echo", EchoKernel(), router, limits, clock=clock)
+    batcher = Batcher("m:echo", EchoCodec(), router, limits, clock=clock)
     return source, router, batcher
 
 
@@ -307,7 +295,7 @@ def test_a_call_with_time_enough_or_no_deadline_waits_and_is_answered_when_a_rep
         clock.now += 1.5
         replica.state = S.READY  # back
         batcher.replicas_changed()
-        await router.notify()
+        router.replicas_changed()
         results: list[ItemResult] = [await patient.future, await unbounded.future]
         assert [r.output for r in results] == [(1, 1, 1), (2, 2, 2)]
         await batcher.stop()
@@ -362,7 +350,7 @@ def test_when_the_last_ready_replica_goes_the_queued_calls_that_cannot_wait_fail
         replica.state = S.READY
         replica.gate.set()
         batcher.replicas_changed()
-        await router.notify()
+        router.replicas_changed()
         assert (await long.future).output == (2, 2, 2)
         await batcher.stop()
 
@@ -390,7 +378,7 @@ def test_a_batch_whose_replica_died_while_the_other_restarts_fails_the_calls_tha
         assert not long.future.done()  # waits for a replica, within its deadline
         dying.fail = False
         other.state = S.READY
-        await router.notify()
+        router.replicas_changed()
         assert (await long.future).output == (2, 2, 2)
         assert other.calls == [[(1, 1, 1), (2, 2, 2)]]  # the batch, retried once on r1
         await batcher.stop()
@@ -425,7 +413,7 @@ def test_a_batch_waiting_for_its_retry_fails_the_calls_that_cannot_wait_when_the
         assert info.value.retry_after_ms == 2000 and not long.future.done()
         busy.state = S.READY
         busy.gate.set()
-        await router.notify()
+        router.replicas_changed()
         assert (await other.future).output == (3, 3, 3)
         assert (await long.future).output == (2, 2, 2)
         await batcher.stop()

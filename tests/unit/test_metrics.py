@@ -26,6 +26,7 @@ from bertserve.server.servicer import BertServicer
 from bertserve.server.settings import Settings, from_sources
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2
 from bertserve.workers.errors import ReplicaFailed
+from tests.support.echo_codec import EchoCodec
 
 # docs/metrics.md: name → (type, labels)
 DOCUMENTED = {
@@ -57,23 +58,10 @@ class Output(list[Any]):
         self.compute_us = compute_us
 
 
-class EchoKernel:
-    method = "echo"
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]:
-        return ([it.ids for it in items],)
-
-    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
-        return list(output)
-
-
 class FakeReplica:
     def __init__(self, replica_id: str, *, compute_us: int = 2500, fail: bool = False) -> None:
         self.replica_id = replica_id
-        self.inflight = 0
         self.transport = "test"
-        self.batches = 0
-        self.sequences = 0
         self.compute_us = compute_us
         self.fail = fail
         self.dead = False
@@ -134,7 +122,7 @@ def test_batcher_records_batch_size_tokens_and_replica_busy_time() -> None:
         replica = FakeReplica("bert-0", compute_us=2500)
         batcher = Batcher(
             "bert:fill_mask",
-            EchoKernel(),
+            EchoCodec(),
             Router(Pool(replica)),
             _limits(),
             metrics.batcher("bert", "fill_mask"),
@@ -164,7 +152,7 @@ def test_batcher_counts_a_retry_after_a_replica_fails() -> None:
         metrics = Metrics()
         bad, good = FakeReplica("m-0", fail=True), FakeReplica("m-1")
         batcher = Batcher(
-            "m:embed", EchoKernel(), Router(Pool(bad, good)), _limits(), metrics.batcher("m", "embed")
+            "m:embed", EchoCodec(), Router(Pool(bad, good)), _limits(), metrics.batcher("m", "embed")
         )
         batcher.start()
         item = _item(4)
@@ -188,7 +176,7 @@ def test_batcher_counts_a_retry_after_a_replica_fails() -> None:
 def test_queue_depth_and_replica_states_are_read_at_scrape_time() -> None:
     async def main() -> None:
         metrics = Metrics()
-        batcher = Batcher("bert:embed", EchoKernel(), Router(Pool(FakeReplica("r"))), _limits())
+        batcher = Batcher("bert:embed", EchoCodec(), Router(Pool(FakeReplica("r"))), _limits())
         metrics.watch_queue("bert", "embed", lambda: batcher.queued)
         states = ["ready", "ready", "restarting"]
         metrics.watch_replicas("bert", lambda: states)

@@ -1,10 +1,12 @@
 """ReplicaPool.scale_to with fake actors (no Ray): warm-up before traffic, draining before
-removal, which replicas go first, PENDING placement, and the autoscaling policy."""
+removal, which replicas go first, PENDING placement, and the autoscaling policy. The pool tests
+run on virtual time (tests/support/virtual_time.py) and wait for the pool's changes, not for
+time to pass."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -14,12 +16,14 @@ from bertserve.server.scheduling.router import Router
 from bertserve.workers.pool import Placement, ReplicaHandle, ReplicaPool, ReplicaState
 from bertserve.workers.protocol import ReplicaReport
 from bertserve.workers.spec import ReplicaSpec
+from tests.support import virtual_time as vt
+from tests.support.virtual_time import elapse
 
 S = ReplicaState
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+    return vt.run(coro, 20)
 
 
 class _Method:
@@ -49,18 +53,19 @@ class FakePool(ReplicaPool):
             ReplicaSpec(model_name="m", checkpoint="x"),
             n,
             Placement(num_cpus=1),
-            on_change=self._changed,
             pending_after_s=pending_after_s,
+            clock=vt.now,
         )
         self.actors: dict[str, FakeActor] = {}
         self.killed: list[str] = []
         self.open_gates = open_gates
         self.unplaced = False
-        self.router: Router | None = None
-
-    def _changed(self) -> None:
-        if self.router is not None:
-            asyncio.get_running_loop().create_task(self.router.notify())
+        # Wired as a served model wires its router (server/models.py).
+        self.router = Router(self, depth=2, clock=vt.now)
+        self.subscribe(self.router.replicas_changed)
+        self.set_load_view(self.router)
+        self.changed = asyncio.Event()  # set on every change of the pool
+        self.subscribe(self.changed.set)
 
     def _actor_class(self) -> Any:
         return None
@@ -87,35 +92,32 @@ async def started(n: int, **kwargs: Any) -> FakePool:
     pool.open_gates = True
     await pool.start(5)
     pool.open_gates = kwargs.get("open_gates", True)
-    pool.router = Router(pool, depth=2)
     return pool
 
 
-async def until(check: Any, timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
+async def until(pool: FakePool, check: Callable[[], bool]) -> None:
+    """Wait for the pool's changes until `check()` holds."""
+    while not check():
+        pool.changed.clear()
+        await pool.changed.wait()
 
 
 def test_new_replicas_take_traffic_only_once_warm() -> None:
     async def scenario() -> None:
         pool = await started(1, open_gates=False)
-        assert pool.router is not None
         await pool.scale_to(3)
         assert pool.states() == {"m-0": S.READY, "m-1": S.STARTING, "m-2": S.STARTING}
         assert pool.target == 3 and pool.ready_count == 1
         # Four slots wanted, two exist (depth 2 on the one warm replica): the rest must wait.
         a = await pool.router.acquire()
         b = await pool.router.acquire()
-        assert a.replica_id == b.replica_id == "m-0"
+        assert a.replica.replica_id == b.replica.replica_id == "m-0"
         third = asyncio.ensure_future(pool.router.acquire())
-        await asyncio.sleep(0.05)
+        await elapse(0.05)
         assert not third.done()
         pool.actors["m-2"].gate.set()
         chosen = await asyncio.wait_for(third, 2)
-        assert chosen.replica_id == "m-2"
+        assert chosen.replica.replica_id == "m-2"
         assert pool.states()["m-2"] is S.READY and pool.states()["m-1"] is S.STARTING
         await pool.stop()
 
@@ -125,21 +127,20 @@ def test_new_replicas_take_traffic_only_once_warm() -> None:
 def test_scale_down_drains_in_flight_batches_before_killing() -> None:
     async def scenario() -> None:
         pool = await started(2)
-        assert pool.router is not None
         busy = [await pool.router.acquire(), await pool.router.acquire()]
-        assert {r.replica_id for r in busy} == {"m-0", "m-1"}
+        assert {lease.replica.replica_id for lease in busy} == {"m-0", "m-1"}
         waiter = asyncio.ensure_future(pool.scale_to(1, wait=True))
-        await until(lambda: pool.states().get("m-1") is S.DRAINING)
+        await until(pool, lambda: pool.states().get("m-1") is S.DRAINING)
         assert pool.ready_count == 1 and pool.target == 1
         # The draining replica gets no new batch although it has a free slot.
         for _ in range(3):
             extra = await pool.router.acquire()
-            assert extra.replica_id == "m-0"
-            await pool.router.release(extra)
-        await asyncio.sleep(0.05)
+            assert extra.replica.replica_id == "m-0"
+            extra.end()
+        await elapse(0.05)
         assert pool.killed == [] and not waiter.done()
-        draining = next(r for r in busy if r.replica_id == "m-1")
-        await pool.router.release(draining)  # its last batch finishes
+        draining = next(lease for lease in busy if lease.replica.replica_id == "m-1")
+        draining.end()  # its last batch finishes
         await asyncio.wait_for(waiter, 2)
         assert pool.killed == ["m-1"] and pool.states() == {"m-0": S.READY}
         await pool.stop()
@@ -150,15 +151,15 @@ def test_scale_down_drains_in_flight_batches_before_killing() -> None:
 def test_scale_down_removes_starting_then_idle_then_newest() -> None:
     async def scenario() -> None:
         pool = await started(3)
-        assert pool.router is not None
         pool.open_gates = False
         await pool.scale_to(4)  # m-3 is still starting
         # m-0 busy, m-1 and m-2 idle: m-3 (starting) goes first, then the newest idle one, m-2.
-        pool.replicas()[0].inflight = 1
+        busy = pool.router.acquire_idle()
+        assert busy is not None and busy.replica.replica_id == "m-0"
         await pool.scale_to(2, wait=True)
         assert pool.killed == ["m-3", "m-2"]
         assert pool.states() == {"m-0": S.READY, "m-1": S.READY}
-        pool.replicas()[0].inflight = 0
+        busy.end()
         await pool.stop()
 
     run(scenario())
@@ -173,7 +174,7 @@ def test_unplaceable_replica_is_pending_and_turns_ready_when_placed() -> None:
         assert pool.target == 2 and pool.ready_count == 1
         pool.unplaced = False
         pool.actors["m-1"].gate.set()  # resources appeared: Ray creates the actor
-        await until(lambda: pool.states()["m-1"] is S.READY)
+        await until(pool, lambda: pool.states()["m-1"] is S.READY)
         await pool.stop()
 
     run(scenario())
@@ -186,9 +187,9 @@ def test_pending_replica_that_gets_placed_goes_back_to_starting() -> None:
         await pool.scale_to(2, wait=True)
         assert pool.states()["m-1"] is S.PENDING
         pool.unplaced = False  # placed: a worker is loading it
-        await until(lambda: pool.states()["m-1"] is S.STARTING)
+        await until(pool, lambda: pool.states()["m-1"] is S.STARTING)
         pool.actors["m-1"].gate.set()
-        await until(lambda: pool.states()["m-1"] is S.READY)
+        await until(pool, lambda: pool.states()["m-1"] is S.READY)
         await pool.stop()
 
     run(scenario())
@@ -198,7 +199,7 @@ def test_slow_but_placed_replica_stays_starting() -> None:
     async def scenario() -> None:
         pool = await started(1, open_gates=False, pending_after_s=0.02)
         await pool.scale_to(2)
-        await asyncio.sleep(0.1)
+        await elapse(0.1)  # five looks at its placement (pending_after_s)
         assert pool.states()["m-1"] is S.STARTING
         await pool.stop()
 

@@ -18,6 +18,7 @@ from bertserve.server.scheduling.batcher import Batcher, BatchLimits
 from bertserve.server.scheduling.estimate import ThroughputMeter
 from bertserve.server.scheduling.router import Router
 from bertserve.server.scheduling.work import WorkItem
+from tests.support.echo_codec import EchoCodec
 
 
 class Clock:
@@ -171,19 +172,15 @@ def test_the_hint_of_a_long_queue_is_capped_and_the_record_is_bounded() -> None:
 # ---- a batcher's queue-full rejection ---------------------------------------------------------
 
 
-class EchoKernel:
-    method = "echo"
-
-    def collate(self, items: Sequence[WorkItem]) -> tuple[Any, ...]:
-        return ([it.ids for it in items],)
-
-    def split(self, output: Any, items: Sequence[WorkItem]) -> list[Any]:
-        return list(output)
-
-
 class NoReplicas:
     def replicas(self) -> Sequence[Any]:
         return []
+
+
+def _queue_of(max_queued: int, **kw: Any) -> Batcher:
+    """A fill-mask batcher whose queue holds `max_queued` inputs, with no replica to take them."""
+    limits = BatchLimits(max_batch_size=4, max_batch_tokens=512, max_wait_s=0.0, max_queued=max_queued)
+    return Batcher("m:fill_mask", EchoCodec(), Router(NoReplicas()), limits, **kw)
 
 
 def test_a_full_queue_without_a_model_hint_uses_its_own_work_over_the_meter_rate() -> None:
@@ -195,14 +192,7 @@ def test_a_full_queue_without_a_model_hint_uses_its_own_work_over_the_meter_rate
         meter.ended(50)
         meter.sent(20)  # and one is at a replica now
         loop = asyncio.get_running_loop()
-        batcher = Batcher(
-            "m:fill_mask",
-            EchoKernel(),
-            Router(NoReplicas()),
-            BatchLimits(max_batch_size=4, max_batch_tokens=512, max_wait_s=0.0, max_queued=2),
-            throughput=meter,
-            clock=clock,
-        )
+        batcher = _queue_of(2, throughput=meter, clock=clock)
         queued = [WorkItem((1,) * 30, (0,) * 30, None, loop.create_future(), None, clock()) for _ in "ab"]
         batcher.submit(queued)
         with pytest.raises(Overloaded) as info:
@@ -222,13 +212,7 @@ def test_a_full_queue_asks_the_model_for_its_hint() -> None:
             return 777
 
         loop = asyncio.get_running_loop()
-        batcher = Batcher(
-            "m:fill_mask",
-            EchoKernel(),
-            Router(NoReplicas()),
-            BatchLimits(max_batch_size=4, max_batch_tokens=512, max_wait_s=0.0, max_queued=1),
-            retry_after_ms=hint,
-        )
+        batcher = _queue_of(1, retry_after_ms=hint)
         batcher.submit([WorkItem((1,), (0,), None, loop.create_future())])
         with pytest.raises(Overloaded) as info:
             batcher.submit([WorkItem((1,), (0,), None, loop.create_future())])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -26,9 +26,12 @@ class FakeDataPlane:
         self.seen = 0
         self.busy = asyncio.Event()  # set when `busy_at` requests are held at once
         self.busy_at = 1
+        self.overrun = asyncio.Event()  # set when more than `busy_at` requests came in
 
     async def fill_mask(self, query: FillMaskQuery, deadline: float | None = None) -> FillMaskAnswer:
         self.seen += 1
+        if self.seen > self.busy_at:
+            self.overrun.set()
         if query.texts == ("bad",):
             raise InvalidInput("texts[0] has no mask token")
         if query.texts == ("boom",):
@@ -42,6 +45,28 @@ class FakeDataPlane:
         finally:
             self.active -= 1
         return FillMaskAnswer((), "fake", Timing(1, 2, 3, 6))
+
+
+class _PermitWatch:
+    """The servicer's `asyncio`, whose Semaphore (a stream's permits, one per unanswered request)
+    sets `waiting` when a stream's reader has read a request it has no permit for."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def Semaphore(self, value: int) -> asyncio.Semaphore:  # asyncio's name
+        waiting = self.waiting
+
+        class Watched(asyncio.Semaphore):
+            async def acquire(self) -> Literal[True]:
+                if self.locked():
+                    waiting.set()
+                return await super().acquire()
+
+        return Watched(value)
 
 
 async def _serve(dp: FakeDataPlane, max_inflight: int) -> tuple[grpc.aio.Server, int]:
@@ -83,7 +108,12 @@ def test_stream_answers_each_id_once_with_errors_only_for_bad_requests() -> None
 
 
 @pytest.mark.parametrize("max_inflight", [1, 4])
-def test_stream_never_has_more_than_max_inflight_requests_unanswered(max_inflight: int) -> None:
+def test_stream_never_has_more_than_max_inflight_requests_unanswered(
+    max_inflight: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    permits = _PermitWatch()
+    monkeypatch.setattr(servicer, "asyncio", permits)
+
     async def main() -> None:
         dp = FakeDataPlane()
         dp.busy_at = max_inflight
@@ -99,8 +129,12 @@ def test_stream_never_has_more_than_max_inflight_requests_unanswered(max_infligh
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = bert_service_pb2_grpc.BertServiceStub(channel).FillMaskStream(requests())
             await dp.busy.wait()
-            # A negative check needs a window: give the server time to (wrongly) read more.
-            await asyncio.sleep(0.2)
+            # The server has read the next request and waits for a permit to answer it (else it
+            # passes the request on, too many).
+            waits = [asyncio.ensure_future(e.wait()) for e in (permits.waiting, dp.overrun)]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
             assert dp.seen == max_inflight, "the server read more requests than it may hold"
             dp.gate.set()
             responses = [r async for r in call]
