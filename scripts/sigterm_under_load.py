@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.drain_load import sigterm_round
+from tests.support.probes import server_args
 from tests.support.server import start_server
 
 
@@ -41,20 +42,9 @@ def main() -> int:
     from bertserve.workers.tiny_bert import build_tiny_bert
 
     checkpoint = build_tiny_bert(Path(tempfile.mkdtemp(prefix="sigterm-load-")) / "tiny", seed=0)
-    flags = [
-        "--model",
-        str(checkpoint),
-        "--replicas",
-        "2",
-        "--threads-per-replica",
-        "1",
-        "--ray-num-cpus",
-        "2",
-        "--grace-period-s",
-        str(args.grace_period_s),
-        "--log-format",
-        "json",
-    ]
+    flags = server_args(
+        checkpoint, "--grace-period-s", str(args.grace_period_s), "--log-format", "json", replicas=2
+    )
     if args.backend == "fake":
         flags += ["--backend", "fake", "--fake-delay-ms", "20"]
     totals: collections.Counter[str] = collections.Counter()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.probes import server_args
 from tests.support.server import RunningServer, serving, write_config
 
 
@@ -34,22 +35,15 @@ def server(tiny_checkpoint: Path) -> Iterator[RunningServer]:
 
     Stopped with SIGTERM at the end; a non-zero exit code fails the session.
     """
-    args = [
-        "--model",
-        str(tiny_checkpoint),
-        "--replicas",
-        "2",
-        "--threads-per-replica",
-        "1",
-        "--ray-num-cpus",
-        "2",
+    args = server_args(
+        tiny_checkpoint,
         "--max-wait-ms",
         "5",
         "--dtype",
         "float32",  # parity tests compare with float32 references
         "--log-format",
         "json",
-    ]
+    )
     with serving(args) as running:
         yield running
 

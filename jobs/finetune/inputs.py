@@ -10,7 +10,7 @@ rather than inside a Ray worker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,12 @@ from bertserve.jobs.finetune.recipes import (
 
 if TYPE_CHECKING:
     import datasets
+
+    Splits = Mapping[str, datasets.Dataset | None]
+    """The loaded tables by split name (train, validation, test; test may be None), unchecked."""
+    Converted = tuple[dict[str, datasets.Dataset], tuple[str, ...] | None]
+    """The task's clean tables by split (no test when there is none), and its label names (id ->
+    name; None for question answering)."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +72,11 @@ def load(config: JobConfig) -> JobData:
     if test is not None:
         test = data.limit_rows(test, config.limit_eval)
 
-    if config.task == TEXT_CLASSIFICATION:
-        return _classification(config, train, validation, test, notes)
-    if config.task == TOKEN_CLASSIFICATION:
-        return _tokens(config, train, validation, test, notes)
-    if config.task == QUESTION_ANSWERING:
-        return _qa(config, train, validation, test, notes)
-    raise DataError(f"unknown task {config.task!r}")
+    convert = _CONVERTERS.get(config.task)
+    if convert is None:
+        raise DataError(f"unknown task {config.task!r}")
+    tables, names = convert(config, {"train": train, "validation": validation, "test": test})
+    return JobData(tables["train"], tables["validation"], tables.get("test"), names, tuple(notes))
 
 
 def _has_labels(table: datasets.Dataset, config: JobConfig) -> bool:
@@ -88,9 +92,7 @@ def _has_labels(table: datasets.Dataset, config: JobConfig) -> bool:
     return True
 
 
-def _check(
-    splits: Mapping[str, datasets.Dataset | None], wanted: Mapping[str, str | None]
-) -> dict[str, datasets.Dataset]:
+def _check(splits: Splits, wanted: Mapping[str, str | None]) -> dict[str, datasets.Dataset]:
     out = {}
     for name, table in splits.items():
         if table is not None:
@@ -102,18 +104,13 @@ def _check(
 # ---- text classification -------------------------------------------------------------------
 
 
-def _classification(
-    config: JobConfig,
-    train: datasets.Dataset,
-    validation: datasets.Dataset,
-    test: datasets.Dataset | None,
-    notes: list[str],
-) -> JobData:
+def _classification(config: JobConfig, splits: Splits) -> Converted:
     c = config.columns
     wanted = {c.text: "--text-column", c.label: "--label-column"}
     if c.text_pair:
         wanted[c.text_pair] = "--text-pair-column"
-    tables = _check({"train": train, "validation": validation, "test": test}, wanted)
+    tables = _check(splits, wanted)
+    train = tables["train"]
     names = labels_mod.label_names(
         train[c.label], config.label_names, labels_mod.class_label_names(train.features[c.label]), c.label
     )
@@ -127,25 +124,16 @@ def _classification(
             rows["label"].append(_label_id(value, ids, len(names), name, c.label))
         return _table(rows)
 
-    out = {name: convert(name, table) for name, table in tables.items()}
-    return JobData(out["train"], out["validation"], out.get("test"), names, tuple(notes))
+    return {name: convert(name, table) for name, table in tables.items()}, names
 
 
 # ---- token classification ------------------------------------------------------------------
 
 
-def _tokens(
-    config: JobConfig,
-    train: datasets.Dataset,
-    validation: datasets.Dataset,
-    test: datasets.Dataset | None,
-    notes: list[str],
-) -> JobData:
+def _tokens(config: JobConfig, splits: Splits) -> Converted:
     c = config.columns
-    tables = _check(
-        {"train": train, "validation": validation, "test": test},
-        {c.tokens: "--tokens-column", c.tags: "--tags-column"},
-    )
+    tables = _check(splits, {c.tokens: "--tokens-column", c.tags: "--tags-column"})
+    train = tables["train"]
     flat = [tag for tags in train[c.tags] if tags for tag in tags]
     names = labels_mod.label_names(
         flat, config.label_names, labels_mod.class_label_names(train.features[c.tags]), c.tags
@@ -166,23 +154,16 @@ def _tokens(
             rows["tags"].append([_label_id(t, ids, len(names), name, c.tags) for t in tags])
         return _table(rows)
 
-    out = {name: convert(name, table) for name, table in tables.items()}
-    return JobData(out["train"], out["validation"], out.get("test"), names, tuple(notes))
+    return {name: convert(name, table) for name, table in tables.items()}, names
 
 
 # ---- question answering --------------------------------------------------------------------
 
 
-def _qa(
-    config: JobConfig,
-    train: datasets.Dataset,
-    validation: datasets.Dataset,
-    test: datasets.Dataset | None,
-    notes: list[str],
-) -> JobData:
+def _qa(config: JobConfig, splits: Splits) -> Converted:
     c = config.columns
     tables = _check(
-        {"train": train, "validation": validation, "test": test},
+        splits,
         {c.question: "--question-column", c.context: "--context-column", c.answers: "--answers-column"},
     )
 
@@ -199,8 +180,7 @@ def _qa(
             rows["answer_starts"].append(starts)
         return _table(rows)
 
-    out = {name: convert(name, table) for name, table in tables.items()}
-    return JobData(out["train"], out["validation"], out.get("test"), None, tuple(notes))
+    return {name: convert(name, table) for name, table in tables.items()}, None
 
 
 def parse_answers(answers: Any, context: str, where: str) -> tuple[list[str], list[int]]:
@@ -227,6 +207,14 @@ def parse_answers(answers: Any, context: str, where: str) -> tuple[list[str], li
         if context[start : start + len(text)] != text:
             raise DataError(f"{where}: an answer is not found in the context at its answer_start")
     return list(texts), list(starts)
+
+
+_CONVERTERS: dict[str, Callable[[JobConfig, Splits], Converted]] = {
+    TEXT_CLASSIFICATION: _classification,
+    TOKEN_CLASSIFICATION: _tokens,
+    QUESTION_ANSWERING: _qa,
+}
+"""Per task: check the splits' columns, read the label names from train, and convert each split."""
 
 
 # ---- helpers -------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -28,8 +27,8 @@ import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2
 from bertserve_client import BertClient, BertServeError
-from tests.support.probes import fake_server_args, free_port, metric, model_info, pid_alive, wait_until
-from tests.support.server import RunningServer, start_server
+from tests.support.probes import fake_server_args, metric, model_info, pid_alive, wait_until
+from tests.support.server import Connected, connected
 
 pytestmark = pytest.mark.integration
 
@@ -42,40 +41,21 @@ SHORT_S = 0.6  # a deadline shorter than any replica's warm-up or restart here
 LONG_S = 60.0
 
 
-@dataclass
-class Env:
-    server: RunningServer
-    metrics_port: int
-    channel: grpc.Channel
-
-
 @pytest.fixture(scope="module")
-def env(tiny_checkpoint: Path) -> Iterator[Env]:
+def env(tiny_checkpoint: Path) -> Iterator[Connected]:
     """Two replicas, one batch each at a time, so that further calls wait in the front end."""
-    port = free_port()
     args = fake_server_args(
-        tiny_checkpoint,
-        "--batches-per-replica",
-        "1",
-        "--max-wait-ms",
-        "5",
-        "--metrics-port",
-        str(port),
-        replicas=2,
-        delay_ms=BATCH_MS,
+        tiny_checkpoint, "--batches-per-replica", "1", "--max-wait-ms", "5", replicas=2, delay_ms=BATCH_MS
     )
-    running = start_server(args)
-    channel = running.channel()
-    yield Env(running, port, channel)
-    channel.close()
-    assert running.stop() == 0, running.log()[-3000:]
+    with connected(args, metrics=True) as env:
+        yield env
 
 
 def _request() -> fill_mask_pb2.FillMaskRequest:
     return fill_mask_pb2.FillMaskRequest(texts=[TEXT], top_k=2)
 
 
-def _states(env: Env) -> list[int]:
+def _states(env: Connected) -> list[int]:
     return [r.state for r in model_info(env.channel).replicas]
 
 
@@ -85,7 +65,7 @@ def _pushback_ms(error: grpc.Call) -> int:
     return int(values[0])
 
 
-def _kill_all(env: Env) -> list[int]:
+def _kill_all(env: Connected) -> list[int]:
     pids = [r.pid for r in model_info(env.channel).replicas]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -93,12 +73,12 @@ def _kill_all(env: Env) -> list[int]:
     return pids
 
 
-def _all_back(env: Env, pids: list[int]) -> bool:
+def _all_back(env: Connected, pids: list[int]) -> bool:
     replicas = model_info(env.channel).replicas
     return all(r.state == READY and r.pid not in pids for r in replicas)
 
 
-def test_queued_calls_that_cannot_wait_fail_fast_when_every_replica_goes(env: Env) -> None:
+def test_queued_calls_that_cannot_wait_fail_fast_when_every_replica_goes(env: Connected) -> None:
     stub = bert_service_pb2_grpc.BertServiceStub(env.channel)
     with ThreadPoolExecutor(8) as pool:
         # One long-deadline call computing on each replica (1 s batches, one batch per replica).
@@ -143,7 +123,7 @@ def _code(call: Future[fill_mask_pb2.FillMaskResponse]) -> str:
     return "OK" if error is None else error.code().name  # type: ignore[attr-defined]
 
 
-def _take_every_replica_down(env: Env) -> list[int]:
+def _take_every_replica_down(env: Connected) -> list[int]:
     """Kill both replicas and send calls until the pool has seen both fail (RESTARTING): a call
     to a killed replica fails at once over its direct channel. Returns the killed pids.
 
@@ -163,10 +143,14 @@ def _take_every_replica_down(env: Env) -> list[int]:
             return pids
         with contextlib.suppress(grpc.RpcError):
             stub.FillMask(_request(), timeout=SHORT_S)
-    raise AssertionError(f"the replicas did not both turn RESTARTING: {_states(env)}")
+    raise AssertionError(
+        f"the replicas did not both turn RESTARTING: {_states(env)}\n{env.server.log()[-6000:]}"
+    )
 
 
-def test_with_every_replica_restarting_a_short_deadline_fails_fast_and_a_long_one_waits(env: Env) -> None:
+def test_with_every_replica_restarting_a_short_deadline_fails_fast_and_a_long_one_waits(
+    env: Connected,
+) -> None:
     stub = bert_service_pb2_grpc.BertServiceStub(env.channel)
     wait_until(lambda: all(s == READY for s in _states(env)), timeout=60)
     pids = _take_every_replica_down(env)

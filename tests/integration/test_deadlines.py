@@ -16,16 +16,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2
 from tests.support.probes import fake_server_args, metric, model_info, wait_until
-from tests.support.server import RunningServer, serving
+from tests.support.server import Connected, serving
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +31,10 @@ DELAY_S = 1.0
 TEXT = "Paris is the [MASK] of France."
 
 
-@dataclass
-class Env:
-    server: RunningServer
-    metrics_port: int
-    channel: grpc.Channel
-    stub: Any
+class Env(Connected):
+    @property
+    def stub(self) -> bert_service_pb2_grpc.BertServiceStub:
+        return bert_service_pb2_grpc.BertServiceStub(self.channel)
 
     def inflight(self) -> float:
         return metric(self.metrics_port, "bertserve_inflight_requests")
@@ -74,7 +70,7 @@ def env(tiny_checkpoint: Path) -> Iterator[Env]:
         delay_ms=DELAY_S * 1000,
     )
     with serving(args, metrics=True) as running, running.channel() as channel:
-        yield Env(running, running.metrics_port, channel, bert_service_pb2_grpc.BertServiceStub(channel))
+        yield Env(running, channel)
 
 
 def _request() -> fill_mask_pb2.FillMaskRequest:

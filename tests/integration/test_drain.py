@@ -11,7 +11,7 @@ import json
 import re
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import grpc
@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2
 from tests.support.drain_load import sigterm_round
-from tests.support.probes import HealthWatch, fake_server_args, free_port, metric, wait_until
-from tests.support.server import start_server
+from tests.support.probes import fake_server_args, free_port, metric, wait_until
+from tests.support.server import calling, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -109,11 +109,9 @@ def test_sigterm_while_a_replica_is_still_warming_drains_and_exits_0(tiny_checkp
             delay_ms=300,
         )
     )
-    channel = server.channel()
-    stub = bert_service_pb2_grpc.BertServiceStub(channel)
-    watch = HealthWatch(channel)
-    pool = ThreadPoolExecutor(max_workers=6)
-    try:
+    with calling(server, 6) as callers:
+        stub = bert_service_pb2_grpc.BertServiceStub(callers.channel)
+        watch, pool = callers.watch, callers.pool
         watch.wait_for(SERVING)
         assert '"event": "serving"' not in server.log()  # start-up still waits for replica 2
         calls: list[Future[str]] = [pool.submit(_unary, stub) for _ in range(6)]
@@ -125,12 +123,6 @@ def test_sigterm_while_a_replica_is_still_warming_drains_and_exits_0(tiny_checkp
         codes = [f.result(timeout=60) for f in calls]
         code = server.process.wait(60)
         exited = time.monotonic() - sigterm
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        watch.close()
-        channel.close()
-        if server.process.poll() is None:
-            server.process.kill()
     log = server.log()
     assert code == 0, log[-3000:]
     assert codes == ["OK"] * 6, codes

@@ -19,7 +19,6 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -35,7 +34,7 @@ from tests.support.probes import (
     pid_alive,
     wait_until,
 )
-from tests.support.server import RunningServer, serving
+from tests.support.server import Connected, connected, serving
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +50,8 @@ UNARY_WORKERS, PER_WORKER = 8, 60
 TOTAL = STREAMS * PER_STREAM + UNARY_WORKERS * PER_WORKER
 
 
-@dataclass
-class Env:
-    server: RunningServer
-    metrics_port: int
-    channel: grpc.Channel
-
-
 @pytest.fixture(scope="module")
-def env(tiny_checkpoint: Path) -> Iterator[Env]:
+def env(tiny_checkpoint: Path) -> Iterator[Connected]:
     """Two replicas, fake batches of 20 ms, up to 8 requests a batch, 3 restarts each."""
     args = fake_server_args(
         tiny_checkpoint,
@@ -72,8 +64,8 @@ def env(tiny_checkpoint: Path) -> Iterator[Env]:
         replicas=2,
         delay_ms=20,
     )
-    with serving(args, metrics=True) as running, running.channel() as channel:
-        yield Env(running, running.metrics_port, channel)
+    with connected(args, metrics=True) as env:
+        yield env
 
 
 def _request(i: int) -> fill_mask_pb2.FillMaskRequest:
@@ -86,7 +78,7 @@ def _all_ready(channel: grpc.Channel, pids_before: list[int]) -> list[models_pb2
     return replicas if fresh else None
 
 
-def test_replicas_killed_while_idle_restart_serve_again_and_health_recovers(env: Env) -> None:
+def test_replicas_killed_while_idle_restart_serve_again_and_health_recovers(env: Connected) -> None:
     stub = bert_service_pb2_grpc.BertServiceStub(env.channel)
     before = list(model_info(env.channel).replicas)
     pids = [r.pid for r in before]
@@ -175,7 +167,7 @@ async def _load(address: str, on_progress: asyncio.Queue[int]) -> tuple[Counter[
         return answers, codes, time.monotonic() - start
 
 
-def test_replica_killed_mid_batch_under_load_loses_no_request(env: Env) -> None:
+def test_replica_killed_mid_batch_under_load_loses_no_request(env: Connected) -> None:
     retries_before = metric(env.metrics_port, "bertserve_batch_retries_total")
     victim = model_info(env.channel).replicas[0]
     killed_at: list[int] = []

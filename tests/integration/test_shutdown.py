@@ -12,7 +12,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from grpc_health.v1 import health_pb2
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2
 from tests.support.probes import (
-    HealthWatch,
     fake_server_args,
     metric,
     pid_alive,
@@ -30,7 +29,7 @@ from tests.support.probes import (
     replica_pids,
     wait_until,
 )
-from tests.support.server import RunningServer, start_server
+from tests.support.server import RunningServer, calling, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -111,13 +110,11 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_releases_the_replic
     # 100 to be in flight at once, and on a loaded 2-core CI machine 0.1 s was sometimes too short.
     server = _start(tiny_checkpoint, grace_s=20, batch_s=0.5)
     metrics_port = server.metrics_port
-    channel = server.channel()
-    stub = bert_service_pb2_grpc.BertServiceStub(channel)
-    pids = replica_pids(channel)
-    assert all("Replica" in process_name(pid) for pid in pids), [process_name(p) for p in pids]
-    watch = HealthWatch(channel)
-    pool = ThreadPoolExecutor(max_workers=44)
-    try:
+    with calling(server, 44) as callers:
+        channel, pool, watch = callers.channel, callers.pool, callers.watch
+        stub = bert_service_pb2_grpc.BertServiceStub(channel)
+        pids = replica_pids(channel)
+        assert all("Replica" in process_name(pid) for pid in pids), [process_name(p) for p in pids]
         watch.wait_for(SERVING)
         # 100 requests in flight: 4 streams of 15 and 40 unary calls, about 6 s of work.
         streams: list[Future[tuple[str, list[str], float]]] = [
@@ -138,12 +135,6 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_releases_the_replic
         refused, refused_at = late.result(timeout=60)
         code = _wait_exit(server, timeout=60)
         exited = time.monotonic()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        watch.close()
-        channel.close()
-        if server.process.poll() is None:
-            server.process.kill()
 
     assert code == 0, server.log()[-3000:]
     assert refused == "UNAVAILABLE"
@@ -180,11 +171,10 @@ def test_calls_still_in_flight_when_the_grace_period_ends_are_cancelled_and_the_
     grace_s = 1.0
     server = _start(tiny_checkpoint, grace_s=grace_s)
     metrics_port = server.metrics_port
-    channel = server.channel()
-    stub = bert_service_pb2_grpc.BertServiceStub(channel)
-    pids = replica_pids(channel)
-    pool = ThreadPoolExecutor(max_workers=4)
-    try:
+    with calling(server, 4) as callers:
+        stub = bert_service_pb2_grpc.BertServiceStub(callers.channel)
+        pids = replica_pids(callers.channel)
+        pool = callers.pool
         # 240 requests: about 3 s of work, more than the grace period.
         streams = [pool.submit(_stream, stub, f"s{s}", 80) for s in range(3)]
         wait_until(lambda: metric(metrics_port, "bertserve_inflight_requests") >= 200, timeout=30)
@@ -193,11 +183,6 @@ def test_calls_still_in_flight_when_the_grace_period_ends_are_cancelled_and_the_
         code = _wait_exit(server, timeout=30)
         exited = time.monotonic()
         results = [f.result(timeout=30) for f in streams]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        channel.close()
-        if server.process.poll() is None:
-            server.process.kill()
 
     assert code == 0, server.log()[-3000:]
     answered = sum(len(ids) for _, ids, _ in results)

@@ -25,26 +25,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fake_server_args(
-    checkpoint: Path,
-    *extra: str,
-    replicas: int = 2,
-    delay_ms: float = 20,
-    model_name: str = "",
-    ray_num_cpus: int | None = None,
+def server_args(
+    checkpoint: Path, *extra: str, replicas: int = 2, model_name: str = "", ray_num_cpus: int | None = None
 ) -> list[str]:
-    """`bertserve serve` flags for the fake backend on a tiny checkpoint: `replicas` of one thread,
-    each batch taking `delay_ms`, and a local Ray instance of `ray_num_cpus` CPUs (default: one
-    per replica; 0: every CPU, as without the flag). `model_name`: the model's name (default:
-    the checkpoint folder's)."""
+    """`bertserve serve` flags for a tiny checkpoint: `replicas` of one CPU thread each, on a local
+    Ray instance of `ray_num_cpus` CPUs (default: one per replica; 0: every CPU, as without the
+    flag). `model_name`: the model's name (default: the checkpoint folder's)."""
     return [
         "--model",
         str(checkpoint),
         *(["--model-name", model_name] if model_name else []),
-        "--backend",
-        "fake",
-        "--fake-delay-ms",
-        str(delay_ms),
         "--replicas",
         str(replicas),
         "--threads-per-replica",
@@ -53,6 +43,21 @@ def fake_server_args(
         str(replicas if ray_num_cpus is None else ray_num_cpus),
         *extra,
     ]
+
+
+def fake_server_args(
+    checkpoint: Path,
+    *extra: str,
+    replicas: int = 2,
+    delay_ms: float = 20,
+    model_name: str = "",
+    ray_num_cpus: int | None = None,
+) -> list[str]:
+    """`server_args` with the fake backend: each batch takes `delay_ms`."""
+    fake = ("--backend", "fake", "--fake-delay-ms", str(delay_ms))
+    return server_args(
+        checkpoint, *fake, *extra, replicas=replicas, model_name=model_name, ray_num_cpus=ray_num_cpus
+    )
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

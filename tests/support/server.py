@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.probes import free_port
+from tests.support.probes import HealthWatch, free_port
 
 BERTSERVE = [sys.executable, "-m", "bertserve.server.cli"]
 
@@ -130,6 +131,25 @@ def serving(args: Sequence[str], **start: Any) -> Iterator[RunningServer]:
     server.stop_cleanly()
 
 
+@dataclass
+class Connected:
+    """A running server and one channel to it: what a module's tests share (`connected`)."""
+
+    server: RunningServer
+    channel: grpc.Channel
+
+    @property
+    def metrics_port(self) -> int:
+        return self.server.metrics_port
+
+
+@contextlib.contextmanager
+def connected(args: Sequence[str], **start: Any) -> Iterator[Connected]:
+    """`serving(args, **start)` with a channel open to the server for the block."""
+    with serving(args, **start) as running, running.channel() as channel:
+        yield Connected(running, channel)
+
+
 def run_serve(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
@@ -157,3 +177,31 @@ def write_config(path: Path, server: Mapping[str, Any], models: Sequence[Mapping
 
     path.write_text(yaml.safe_dump({"server": dict(server), "models": [dict(m) for m in models]}))
     return path
+
+
+@dataclass
+class Callers:
+    """What a test that signals a server itself calls it with (`calling`)."""
+
+    channel: grpc.Channel
+    pool: ThreadPoolExecutor
+    # The server's health, read on a thread from the start of the block.
+    watch: HealthWatch
+
+
+@contextlib.contextmanager
+def calling(server: RunningServer, workers: int) -> Iterator[Callers]:
+    """A channel to `server`, a pool of `workers` caller threads and a health Watch on the
+    channel. At the end of the block they are closed, and the server is killed if it is
+    still running (the block failed before the server exited)."""
+    channel = server.channel()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    watch = HealthWatch(channel)
+    try:
+        yield Callers(channel, pool, watch)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        watch.close()
+        channel.close()
+        if server.process.poll() is None:
+            server.process.kill()
