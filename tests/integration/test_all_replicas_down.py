@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +25,7 @@ import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2
 from bertserve_client import BertClient, BertServeError
-from tests.support.probes import fake_server_args, metric, model_info, pid_alive, wait_until
+from tests.support.probes import fake_server_args, kill_replica, metric, model_info, pid_alive, wait_until
 from tests.support.server import Connected, connected
 
 pytestmark = pytest.mark.integration
@@ -68,7 +66,7 @@ def _pushback_ms(error: grpc.Call) -> int:
 def _kill_all(env: Connected) -> list[int]:
     pids = [r.pid for r in model_info(env.channel).replicas]
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+        kill_replica(pid)
     wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
     return pids
 

@@ -7,8 +7,6 @@ restarted it, it takes batches over a new channel to its new process."""
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2
-from tests.support.probes import fake_server_args, metric, model_info, wait_until
+from tests.support.probes import fake_server_args, kill_replica, metric, model_info, wait_until
 from tests.support.server import RunningServer, start_server
 
 pytestmark = pytest.mark.integration
@@ -97,7 +95,7 @@ def test_a_replica_killed_mid_batch_loses_nothing_and_comes_back_on_a_new_channe
                 pending = [pool.submit(one, t) for t in TEXTS[:4]]
                 # All four are admitted: both replicas compute one (300 ms) and hold the next.
                 wait_until(lambda: metric(port, "bertserve_inflight_requests") >= 4)
-                os.kill(victim.pid, signal.SIGKILL)
+                kill_replica(victim.pid)
                 assert [f.result() for f in pending] == [1, 1, 1, 1]
 
             def restarted() -> bool:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +27,7 @@ from bertserve.v1 import bert_service_pb2_grpc, fill_mask_pb2, models_pb2, token
 from tests.support.probes import (
     HealthWatch,
     fake_server_args,
+    kill_replica,
     metric,
     model_info,
     pid_alive,
@@ -87,7 +86,7 @@ def test_replicas_killed_while_idle_restart_serve_again_and_health_recovers(env:
         watch.wait_for(SERVING)
         start = time.monotonic()
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            kill_replica(pid)
         # The pool notices on its next probe (every second): the probe fails while Ray restarts the
         # actor, or, when Ray restarted it first, answers from a new process. Either way the
         # restart is counted and the replica serves again.
@@ -178,7 +177,7 @@ def test_replica_killed_mid_batch_under_load_loses_no_request(env: Connected) ->
         async def killer() -> None:
             while await progress.get() < TOTAL // 4:
                 pass
-            os.kill(victim.pid, signal.SIGKILL)  # the server is busy: both replicas run batches
+            kill_replica(victim.pid)  # the server is busy: both replicas run batches
             killed_at.append(TOTAL // 4)
 
         kill = asyncio.create_task(killer())
@@ -246,7 +245,7 @@ def test_all_replicas_dead_past_their_budget_turn_health_not_serving_and_fail_fa
                 wait_until(lambda: metric(port, "bertserve_inflight_requests") == 1)
                 killed = time.monotonic()
                 for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
+                    kill_replica(pid)
                 with pytest.raises(grpc.RpcError) as info:
                     inflight.result()
                 inflight_failed_s = time.monotonic() - killed

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve.v1 import models_pb2
 from bertserve_client import BertClient, BertServeError
+from tests.support.probes import kill_replica
 from tests.support.server import RunningServer, serving
 
 pytestmark = pytest.mark.integration
@@ -47,7 +46,7 @@ def test_killed_replica_restarts_then_spent_budget_turns_health_not_serving(
         first_pid = client.model_info().replicas[0].pid
         assert first_pid > 0
 
-        os.kill(first_pid, signal.SIGKILL)
+        kill_replica(first_pid)
         _wait_for(watch, NOT_SERVING)
         _wait_for(watch, SERVING)
         replica = client.model_info().replicas[0]
@@ -55,7 +54,7 @@ def test_killed_replica_restarts_then_spent_budget_turns_health_not_serving(
         assert replica.restarts == 1 and replica.pid not in (0, first_pid)
         assert len(client.fill_mask("Paris is the [MASK] of France.").results[0].masks) == 1
 
-        os.kill(replica.pid, signal.SIGKILL)
+        kill_replica(replica.pid)
         _wait_for(watch, NOT_SERVING)
         watch.cancel()
         assert client.model_info().replicas[0].state == models_pb2.REPLICA_STATE_DEAD

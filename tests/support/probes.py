@@ -4,6 +4,8 @@ on fixed sleeps."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -101,6 +103,14 @@ def model_info(channel: grpc.Channel, model: str = "") -> models_pb2.ModelInfo:
 
 def replica_pids(channel: grpc.Channel, model: str = "") -> list[int]:
     return [r.pid for r in model_info(channel, model).replicas]
+
+
+def kill_replica(pid: int) -> None:
+    """SIGKILL a replica's process, by the pid ReplicaInfo reports. A pid of 0 (a replica that has
+    not reported yet) would signal the caller's whole process group, the test run included:
+    refused."""
+    assert pid > 0, f"not a replica's process id: {pid}"
+    os.kill(pid, signal.SIGKILL)
 
 
 def pid_alive(pid: int) -> bool:

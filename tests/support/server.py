@@ -29,6 +29,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.probes import HealthWatch, free_port
 
 BERTSERVE = [sys.executable, "-m", "bertserve.server.cli"]
+# The server's last start-up line, in either log format (server/app.py `_say_ready`).
+STARTED = "bertserve is serving "
 
 
 @dataclass
@@ -86,8 +88,13 @@ def start_server(
     env: dict[str, str] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     metrics: bool = False,
+    every_replica: bool = True,
 ) -> RunningServer:
-    """Run `bertserve serve ARGS --port 0` and wait until it reports its port and is SERVING.
+    """Run `bertserve serve ARGS --port 0` and wait until it reports its port, is SERVING and,
+    with `every_replica` (the default), has finished its start-up: every replica warm (its last
+    start-up line, "bertserve is serving ..."). Health turns SERVING with a model's first warm
+    replica, so without that wait a test could find a replica still loading (state STARTING, no
+    pid yet). `every_replica=False` returns at SERVING.
 
     Pass `credentials` (e.g. `grpc.ssl_channel_credentials(ca)`) for a server started with TLS: the
     readiness check, `health()` and `channel()` then use them. `metrics`: Prometheus metrics on a
@@ -110,7 +117,9 @@ def start_server(
             server = RunningServer(
                 process, int(port_file.read_text()), log_path, list(args), credentials, metrics_port
             )
-            if server.health() == health_pb2.HealthCheckResponse.SERVING:
+            if server.health() == health_pb2.HealthCheckResponse.SERVING and (
+                not every_replica or STARTED in server.log()
+            ):
                 return server
         time.sleep(0.2)
     process.kill()
