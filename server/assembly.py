@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bertserve.server import config_file, demo
 from bertserve.server.checkpoint import Checkpoint, resolve_checkpoint
@@ -193,7 +192,7 @@ def _check_cpu_budget(settings: Settings, placements: list[tuple[ModelEntry, Rep
 
 async def build_models(
     settings: Settings,
-    on_change: Any,
+    on_change: Callable[[], None],
     metrics: Metrics | None = None,
     after_ray_init: Callable[[], None] | None = None,
 ) -> tuple[list[ServedModel], dict[Task, str]]:
@@ -230,7 +229,7 @@ def _served_model(
     entry: ModelEntry,
     config: ModelConfig,
     placed: ReplicaPlan,
-    on_change: Any,
+    on_change: Callable[[], None],
     metrics: Metrics | None,
     cpu_slot_base: int = 0,
 ) -> ServedModel:
