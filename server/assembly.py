@@ -10,7 +10,7 @@ from bertserve.server import config_file, demo
 from bertserve.server.checkpoint import Checkpoint, resolve_checkpoint
 from bertserve.server.config_file import ModelEntry
 from bertserve.server.domain import RequestLimits
-from bertserve.server.logs import adopt_library_logger, get_logger
+from bertserve.server.logs import adopt_library_logger
 from bertserve.server.metrics import Metrics
 from bertserve.server.models import ModelConfig, ServedModel
 from bertserve.server.scheduling.admission import AdmissionLimits
@@ -24,8 +24,6 @@ from bertserve.workers.protocol import Task
 from bertserve.workers.ray_init import RayStartError, init_ray
 from bertserve.workers.spec import ReplicaSpec
 from bertserve.workers.tiny_bert import is_tiny_checkpoint
-
-_log = get_logger(component="assembly")
 
 
 class StartupError(RuntimeError):

@@ -111,7 +111,8 @@ class ReplicaHandle:
         self.state = ReplicaState.STARTING
         self.report: ReplicaReport | None = None
         self.restarts = 0
-        # Since when it has been on its way to READY (created, or failed): None while ready.
+        # Since when it has been on its way to READY (created, or failed); None while it is not on
+        # its way (ready, pending, draining or dead).
         self.down_since: float | None = None
         self._transport = ReplicaTransport(
             replica_id,

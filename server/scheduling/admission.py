@@ -82,10 +82,11 @@ def retry_hint_ms(work_tokens: float, rate: float | None) -> int:
     got through recently (estimate.ThroughputMeter); DEFAULT_RETRY_MS without a rate. Kept within
     MIN_RETRY_MS..MAX_RETRY_MS."""
     ms = DEFAULT_RETRY_MS if rate is None or rate <= 0.0 else max(0.0, work_tokens) / rate * 1000.0
-    return _bounded(ms)
+    return bounded_hint_ms(ms)
 
 
-def _bounded(ms: float) -> int:
+def bounded_hint_ms(ms: float) -> int:
+    """`ms` rounded, within MIN_RETRY_MS..MAX_RETRY_MS: what every retry hint is kept to."""
     return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, round(ms))))
 
 
@@ -151,7 +152,7 @@ class Pushback:
         ahead = work + self._deferred_tokens
         rate = self._rate()
         if rate is None and work > 0:
-            ms = _bounded(DEFAULT_RETRY_MS * ahead / work)
+            ms = bounded_hint_ms(DEFAULT_RETRY_MS * ahead / work)
         else:
             ms = retry_hint_ms(ahead, rate)
         if len(self._deferred) < self._max_deferred:

@@ -37,7 +37,7 @@ from typing import Any
 from bertserve.server.errors import DeadlineExceeded, Internal, Overloaded, ServingError, Unavailable
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import BatcherMetrics
-from bertserve.server.scheduling.admission import MAX_RETRY_MS, MIN_RETRY_MS, retry_hint_ms
+from bertserve.server.scheduling.admission import bounded_hint_ms, retry_hint_ms
 from bertserve.server.scheduling.estimate import BatchTimeModel, ThroughputMeter
 from bertserve.server.scheduling.router import Lease, Router
 from bertserve.server.scheduling.work import BatchCodec, ItemResult, WorkItem
@@ -286,7 +286,7 @@ class Batcher:
     def _hint_until(self, eta: float | None) -> int | None:
         if eta is None or not math.isfinite(eta):
             return None
-        return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, round((eta - self._clock()) * 1000.0))))
+        return bounded_hint_ms((eta - self._clock()) * 1000.0)
 
     def _too_late(self, item: WorkItem, eta: float | None) -> bool:
         """With no replica ready: `item` has a deadline and it ends before one is expected back
@@ -359,7 +359,7 @@ class Batcher:
     def _full(self) -> bool:
         if len(self._queue) >= self._limits.max_batch_size:
             return True
-        return sum(it.length for it in self._queue) >= self._limits.max_batch_tokens
+        return self._queued_tokens >= self._limits.max_batch_tokens
 
     def _share(self, lease: Lease) -> int:
         """Between how many replicas the queue's next batch shares the waiting inputs: the leased
@@ -408,10 +408,11 @@ class Batcher:
         dispatched = self._clock()
         args = self._codec.collate(batch)
         tokens = sum(it.length for it in batch)
+        padded = max(it.length for it in batch) * len(batch)
         computed = False
         self.throughput.sent(tokens)
         try:
-            output, lease = await self._compute(lease, batch, args)
+            output, lease = await self._compute(lease, batch, args, padded)
             computed = True
         except ServingError as exc:
             _fail(batch, exc)
@@ -441,16 +442,18 @@ class Batcher:
         lease.end(len(batch))  # wakes this batcher (on_release)
         # The callers answer their clients before this batch's bookkeeping: they resume first.
         await asyncio.sleep(0)
-        self._account(lease, batch, compute_us)
+        self._account(lease, batch, compute_us, padded, tokens)
 
-    async def _compute(self, lease: Lease, batch: list[WorkItem], args: tuple[Any, ...]) -> tuple[Any, Lease]:
+    async def _compute(
+        self, lease: Lease, batch: list[WorkItem], args: tuple[Any, ...], padded: int
+    ) -> tuple[Any, Lease]:
         """Run the batch on the leased replica; when the replica fails, once more (elsewhere when
         another replica is alive: inference is idempotent). Returns the output and the lease of
         the replica that computed it, not yet ended; whatever it raises, it has ended the leases
         it took."""
         tried: set[str] = set()
         attempts = 1
-        expected_s = self.batch_time.estimate(max(it.length for it in batch) * len(batch))
+        expected_s = self.batch_time.estimate(padded)
         while True:
             tried.add(lease.replica.replica_id)
             try:
@@ -487,11 +490,10 @@ class Batcher:
                 lease.end()
                 raise self._not_back_in_time(self._router.ready_eta())
 
-    def _account(self, lease: Lease, batch: list[WorkItem], compute_us: int) -> None:
+    def _account(self, lease: Lease, batch: list[WorkItem], compute_us: int, padded: int, real: int) -> None:
         """The batch time model, this batcher's counters, metrics and the log line of a computed
-        batch (the replica's counts are the router's: `Lease.end`)."""
-        padded = max(it.length for it in batch) * len(batch)
-        real = sum(it.length for it in batch)
+        batch of `padded` tokens with padding, `real` without (the replica's counts are the
+        router's: `Lease.end`)."""
         if compute_us > 0:  # the replica's own time: without the trip there and back
             self.batch_time.add(padded, compute_us / 1e6)
         self.stats.batches += 1

@@ -159,10 +159,6 @@ class Router:
 
     # ---- what others read --------------------------------------------------------------------
 
-    @property
-    def depth(self) -> int:
-        return self._depth
-
     def load(self, replica_id: str) -> ReplicaLoad | None:
         """The record of a replica of the source; None for one the router has not seen."""
         return self._loads.get(replica_id)
