@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bertserve.server.domain import InputStats, Timing, Truncation
 from bertserve.server.errors import InvalidInput, ServingError
 from bertserve.v1 import common_pb2, models_pb2
-from bertserve.workers.pool import ReplicaHandle, ReplicaState
+from bertserve.workers.pool import ReplicaState
 from bertserve.workers.protocol import Task
 
 if TYPE_CHECKING:
     from bertserve.server.models import ServedModel
+    from bertserve.workers.pool import ReplicaHandle
 
 T = TypeVar("T")
 

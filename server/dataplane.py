@@ -39,7 +39,7 @@ from bertserve.server.scheduling.admission import Permit
 from bertserve.server.scheduling.batcher import Batcher
 from bertserve.server.scheduling.work import ItemResult, WorkItem
 from bertserve.server.tasks import tokenize
-from bertserve.server.tasks.definition import ModelView, TaskDefinition, Window
+from bertserve.server.tasks.definition import TaskDefinition, Window
 from bertserve.server.tasks.registry import DEFINITIONS
 from bertserve.workers.protocol import Task
 
@@ -59,12 +59,6 @@ def _us(seconds: float) -> int:
     return int(seconds * 1e6)
 
 
-def model_view(model: ServedModel) -> ModelView:
-    """What the task steps read of a served model."""
-    cfg = model.config
-    return ModelView(model.tokenizer, cfg.limits, cfg.labels, cfg.problem_type)
-
-
 class DataPlane:
     """One method per task RPC, named after the task (the servicer calls them by that name); all
     but tokenize run `answer` with the task's definition."""
@@ -79,7 +73,7 @@ class DataPlane:
         start = time.perf_counter()
         model = self.registry.get(query.model, definition.task)
         batcher = model.batcher(definition.task)
-        view = model_view(model)
+        view = model.view
         with model.admission.try_acquire() as permit:
             prepared = definition.prepare(query, view)
             tokenized = time.perf_counter()

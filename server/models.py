@@ -19,6 +19,7 @@ from bertserve.server.scheduling.batcher import Batcher, BatchLimits
 from bertserve.server.scheduling.estimate import ThroughputMeter
 from bertserve.server.scheduling.router import Router
 from bertserve.server.scheduling.work import BatchCodec
+from bertserve.server.tasks.definition import ModelView
 from bertserve.server.tasks.registry import DEFINITIONS
 from bertserve.server.tokenization import TextTokenizer
 from bertserve.workers.heads import TASK_NAMES, names
@@ -83,6 +84,8 @@ class ServedModel:
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        # What the task steps read of this model (tokenizer, limits, labels): fixed at start-up.
+        self.view = ModelView(tokenizer, config.limits, config.labels, config.problem_type)
         self.pool = pool
         self._clock = clock
         self.router = Router(

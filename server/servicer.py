@@ -26,7 +26,10 @@ from bertserve.server.errors import Internal, InvalidInput, ServingError, status
 from bertserve.server.logs import get_logger
 from bertserve.server.metrics import Metrics, begin_request, current_model
 from bertserve.server.scheduling.admission import note_previous_attempts
-from bertserve.server.tasks import registry
+
+# How each task RPC runs: its definition converts request and answer (server/tasks); the data
+# plane's method named after the task answers the query.
+from bertserve.server.tasks.registry import RPCS
 from bertserve.v1 import (
     answer_question_pb2,
     bert_service_pb2,
@@ -148,11 +151,6 @@ def _error_proto(exc: ServingError) -> common_pb2.Error:
     return common_pb2.Error(code=code.value[0], code_name=code.name, message=exc.message)
 
 
-# How each task RPC runs: its definition converts request and answer (server/tasks); the data
-# plane's method named after the task answers the query.
-_TASKS = registry.RPCS
-
-
 def _unary_rpc(name: str) -> Any:
     async def rpc(self: BertServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return await self._unary(name, context, lambda: self._call(name, request, _deadline(context)))
@@ -206,7 +204,7 @@ class BertServicer(bert_service_pb2_grpc.BertServiceServicer):
 
     async def _call(self, name: str, request: Any, deadline: float | None) -> Any:
         _check_parsed(request)
-        task = _TASKS[name]
+        task = RPCS[name]
         answer = await getattr(self._dp, task.task.value)(task.to_query(request), deadline)
         return task.to_response(answer)
 

@@ -8,7 +8,8 @@ or their help; each field's `group` (GROUPS) places its flag in `bertserve serve
 Our code reads the environment in three other places, none of them for a server setting:
 - workers/affinity.py, in a replica process: BERTSERVE_CPU_LOCK_DIR, the folder where the
   node's CPU claims are kept. It is the replicas' node-local coordination, not configuration: a
-  harness that runs two servers side by side gives each its own folder (bench/tools/ab.py), and
+  harness that runs two servers side by side gives each its own folder (bench/targets.py
+  `BertserveProcess(own_cpu_claims=True)`, as bench/tools/ab.py does), and
   the replicas inherit it from the server's environment through Ray.
 - jobs/data.py (`bertserve finetune`): HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and HF_ENDPOINT, read
   as the Hugging Face libraries read them.

@@ -42,7 +42,8 @@ A = TypeVar("A")  # the domain answer
 
 class ModelInput(Protocol):
     """One sequence a replica runs: a text, a pair, or one window of a long input. The server's
-    `WorkItem` and the runner's `Window` are both one."""
+    `WorkItem` (a `Window` queued for a batch) and the `Window` that `prepare` makes (which the
+    offline runner batches directly) are both one."""
 
     @property
     def ids(self) -> tuple[int, ...]: ...

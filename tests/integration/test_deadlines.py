@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 
 import grpc
@@ -32,7 +33,7 @@ TEXT = "Paris is the [MASK] of France."
 
 
 class Env(Connected):
-    @property
+    @cached_property
     def stub(self) -> bert_service_pb2_grpc.BertServiceStub:
         return bert_service_pb2_grpc.BertServiceStub(self.channel)
 

@@ -101,7 +101,6 @@ class TorchBertBackend:
                 f"serves {heads.names(tasks)}" + (f"; {warnings[0]}" if warnings else "")
             )
         self.tasks = tuple(tasks)
-        self.warnings = tuple(warnings)
         self.architecture = heads.architecture(config.to_dict())
         self.model: Any = model.eval().to(self._device)
         if spec.dtype == "auto":
