@@ -34,8 +34,7 @@ from typing import Any
 
 from bench.model import DEFAULT_CACHE, build_bert_base
 from bench.workloads import fill_mask_items
-
-ROWS_PER_CALL = 256
+from bertserve.jobs.job_cli import ROWS_PER_CALL
 
 
 def _texts(rows: int) -> list[str]:

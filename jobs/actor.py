@@ -4,7 +4,8 @@ synchronous runner (jobs/runner.py) over each block of rows.
 
 What a job does with a block is its `BlockJob`: rows → task queries → runner → output columns.
 Each block's row and failure counts go to a `ProgressCounter` actor, which the driver polls for
-its progress line.
+its progress line; a block is done only once the counter has them, so that the totals the driver
+reads after the last block (`--output-dir`: the job's summary) are exact.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ class ModelActor:
         before = self.runner.stats.compute_s
         out, failed = self._job(block, self.runner)
         if self._counter is not None:
-            self._counter.add.remote(block.num_rows, failed, self.runner.stats.compute_s - before)
+            import ray
+
+            # Waited for: a call not yet delivered when the driver reads the totals would leave
+            # them short (calls from different processes to one actor have no common order).
+            added = self._counter.add.remote(block.num_rows, failed, self.runner.stats.compute_s - before)
+            ray.get(added, timeout=30)
         return out
 
 

@@ -62,9 +62,7 @@ def read_file(path: str | Path) -> datasets.Dataset:
     import pyarrow as pa
 
     file = Path(path).expanduser()
-    kind = FORMATS.get(file.suffix.lower())
-    if kind is None:
-        raise DataError(f"{file}: unknown file type {file.suffix!r}; use one of {', '.join(sorted(FORMATS))}")
+    kind = file_format(file, file.suffix)
     if not file.is_file():
         raise DataError(f"{file}: no such file")
     try:
@@ -76,6 +74,15 @@ def read_file(path: str | Path) -> datasets.Dataset:
     if table.num_rows == 0:
         raise DataError(f"{file}: no rows")
     return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+
+def file_format(file: object, suffix: str) -> str:
+    """json, csv, tsv or parquet, from a file's extension `suffix`; DataError naming `file` and
+    `suffix` for an unknown one."""
+    kind = FORMATS.get(suffix.lower())
+    if kind is None:
+        raise DataError(f"{file}: unknown file type {suffix!r}; use one of {', '.join(sorted(FORMATS))}")
+    return kind
 
 
 def _read_table(file: Path, kind: str) -> Any:

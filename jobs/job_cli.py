@@ -10,6 +10,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+ROWS_PER_CALL = 256
+"""Rows an actor takes per call (map_batches' batch_size): the runner sorts them by length."""
+
 
 def add_pool_arguments(group: Any) -> None:
     """--replicas, --threads-per-replica, --gpus-per-replica, --dtype, --ray-address, --no-progress."""
@@ -43,13 +46,9 @@ def pool_flags(ns: argparse.Namespace) -> dict[str, Any]:
 def report(run: Callable[[], dict[str, Any]]) -> int:
     """Run the job: its JSON on stdout and exit 0; or one error line and exit 1 (130 when
     interrupted)."""
-    from bertserve.jobs.data import DataError
-    from bertserve.jobs.model import ModelError
-    from bertserve.jobs.ray_jobs import JobError
-
     try:
         outcome = run()
-    except (JobError, DataError, ModelError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # JobError, DataError and ModelError are ValueErrors
         print(f"bertserve: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

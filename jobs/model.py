@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
 from bertserve.server import config_file
 from bertserve.server import settings as settings_mod
 from bertserve.server.checkpoint import Checkpoint, CheckpointError, resolve_checkpoint
 from bertserve.server.domain import RequestLimits
+from bertserve.server.model_facts import labels_of, max_sequence_length, placed_dtype, request_limits
 from bertserve.server.settings import Settings
 from bertserve.server.tasks.definition import ModelView
 from bertserve.server.tokenization import TextTokenizer
@@ -32,7 +34,8 @@ class ModelError(ValueError):
 class JobModel:
     """How actors load the model (the server's ReplicaSpec) and the limits the task steps and
     the runner apply (the server's request and batch limits, from the same settings). `gpus`:
-    per actor (0: CPU)."""
+    per actor (0: CPU). `labels`, `problem_type` and `files_dir` (the small files) are what the
+    driver read of the checkpoint when it resolved it."""
 
     name: str
     spec: ReplicaSpec
@@ -41,27 +44,27 @@ class JobModel:
     max_batch_tokens: int
     min_padding_efficiency: float = 0.0
     gpus: float = 0.0
+    labels: tuple[str, ...] = ()
+    problem_type: str = ""
+    files_dir: str = ""
 
     @property
     def threads(self) -> int:
         return self.spec.threads
 
     def view(self) -> ModelView:
-        """Tokenizer, limits, labels and problem type, read from the checkpoint's small files."""
-        checkpoint = resolve_checkpoint(self.spec.checkpoint, self.spec.revision)
-        config = checkpoint.config()
+        """Tokenizer, limits, labels and problem type: the tokenizer from the small files the driver
+        resolved, or, where this machine lacks them (an actor on another node), from the checkpoint
+        resolved again here."""
+        files = Path(self.files_dir) if self.files_dir else None
+        if files is None or not files.is_dir():
+            files = resolve_checkpoint(self.spec.checkpoint, self.spec.revision).files_dir
         return ModelView(
-            TextTokenizer(checkpoint.files_dir, self.limits.max_sequence_length),
+            TextTokenizer(files, self.limits.max_sequence_length),
             self.limits,
-            labels_of(config),
-            str(config.get("problem_type") or ""),
+            self.labels,
+            self.problem_type,
         )
-
-
-def labels_of(config: dict[str, Any]) -> tuple[str, ...]:
-    """config.json's id2label as a tuple in id order (LABEL_i where one is missing)."""
-    id2label = config.get("id2label") or {}
-    return tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label)))
 
 
 def _settings(model: str | None, config: str | None, model_name: str | None) -> Settings:
@@ -116,29 +119,30 @@ def resolve(
             f"{heads.TASK_NAMES[task]}; it serves {heads.names(served)}"
         )
     device = "cuda" if gpus > 0 else "cpu"
-    chosen_dtype = s.dtype
-    if chosen_dtype == "auto" and device == "cuda":
-        chosen_dtype = "bfloat16"  # as the server places GPU replicas (server/assembly.py)
     spec = ReplicaSpec(
         model_name=s.served_name,
         checkpoint=checkpoint.checkpoint,
         revision=checkpoint.revision,
         device=device,
-        dtype=chosen_dtype,
+        dtype=placed_dtype(s.dtype, device),  # as the server places its replicas
         threads=max(1, threads),
         backend=s.backend,
         fake_delay_ms=s.fake_delay_ms,
         tasks=(task,),
         cpu_linear=s.cpu_linear,
     )
-    limits = RequestLimits(
-        max_inputs=s.max_inputs_per_request,
-        max_text_chars=s.max_text_chars,
-        max_top_k=s.max_top_k,
-        max_sequence_length=int(config_json.get("max_position_embeddings", 512)),
-    )
+    limits = request_limits(s, max_sequence_length(config_json))
     batch = (s.max_batch_size, s.max_batch_tokens, s.min_padding_efficiency)
-    return JobModel(s.served_name, spec, limits, *batch, gpus=gpus)
+    return JobModel(
+        s.served_name,
+        spec,
+        limits,
+        *batch,
+        gpus=gpus,
+        labels=labels_of(config_json),
+        problem_type=str(config_json.get("problem_type") or ""),
+        files_dir=str(checkpoint.files_dir),
+    )
 
 
 class ModelFlags(Protocol):

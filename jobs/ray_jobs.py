@@ -2,7 +2,8 @@
 settings, the progress polling and one-line errors.
 
 - Without --ray-address a private local instance starts (`address="local"`: with several Ray
-  instances on one machine `address="auto"` fails), with one logical CPU more than the pool.
+  instances on one machine `address="auto"` fails), with at least one logical CPU more than the
+  pool.
 - An actor pool holding every CPU of the cluster starves Ray Data's read tasks and the job hangs
   (ray-project/ray#44687): the pool may take at most the cluster's CPUs less one; a cluster that
   lacks that CPU is refused before any work.
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from bertserve.jobs.actor import BlockJob, ModelActor, ProgressCounter
@@ -71,6 +72,12 @@ def start_ray(pool: Pool) -> int:
         )
     _data_settings()
     return per_actor
+
+
+def start_pool(pool: Pool, model: JobModel) -> JobModel:
+    """`start_ray`; the model with the threads of each CPU actor."""
+    threads = start_ray(pool)
+    return replace(model, spec=replace(model.spec, threads=threads))
 
 
 def _data_settings() -> None:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from bertserve.server import config_file, demo
 from bertserve.server.checkpoint import Checkpoint, resolve_checkpoint
 from bertserve.server.config_file import ModelEntry
-from bertserve.server.domain import RequestLimits
 from bertserve.server.logs import adopt_library_logger
 from bertserve.server.metrics import Metrics
+from bertserve.server.model_facts import labels_of, max_sequence_length, placed_dtype, request_limits
 from bertserve.server.models import ModelConfig, ServedModel
 from bertserve.server.scheduling.admission import AdmissionLimits
 from bertserve.server.scheduling.autoscaler import AutoscaleLimits
@@ -75,9 +75,7 @@ def _place(settings: Settings, total_replicas: int = 0) -> ReplicaPlan:
         raise StartupError(
             f"--device cuda: the Ray cluster has {gpus:g} GPUs, a replica needs {settings.gpus_per_replica:g}"
         )
-    dtype = settings.dtype
-    if dtype == "auto" and device == "cuda":
-        dtype = "bfloat16"  # on CPU the replica decides: it depends on the CPU and a probe
+    dtype = placed_dtype(settings.dtype, device)
     if device == "cuda":
         return ReplicaPlan(device, dtype, 1, Placement(num_cpus=1, num_gpus=settings.gpus_per_replica))
     threads = settings.threads_per_replica or max(1, int(cpus) // max(total_replicas, settings.replicas))
@@ -91,7 +89,7 @@ def _checkpoint_of(settings: Settings) -> Checkpoint:
 def _precheck(entry: ModelEntry, checkpoint: Checkpoint) -> None:
     """Mistakes found from config.json alone, reported before Ray starts."""
     config = checkpoint.config()
-    max_length = int(config.get("max_position_embeddings", 512))
+    max_length = max_sequence_length(config)
     if entry.settings.max_batch_tokens < max_length:
         where = f"model {entry.name!r}: max_batch_tokens" if entry.settings.config else "--max-batch-tokens"
         raise StartupError(
@@ -109,12 +107,10 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: ReplicaPlan
     config.json its architecture, labels and the tasks its head can serve."""
     s = entry.settings
     config = checkpoint.config()
-    max_length = int(config.get("max_position_embeddings", 512))
+    max_length = max_sequence_length(config)
     possible = heads.possible_tasks(config)
     # Declared tasks restrict the model to them (Tokenize is always served).
     tasks = tuple(t for t in possible if not entry.tasks or t in entry.tasks or t is Task.TOKENIZE)
-    id2label = config.get("id2label") or {}
-    labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label)))
     # Random-weight checkpoints made by workers/tiny_bert.py are flagged as demos wherever they are served.
     is_demo = s.demo or is_tiny_checkpoint(checkpoint.files_dir)
     return ModelConfig(
@@ -122,12 +118,7 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: ReplicaPlan
         checkpoint=checkpoint,
         device=placed.device,
         dtype=placed.dtype,
-        limits=RequestLimits(
-            max_inputs=s.max_inputs_per_request,
-            max_text_chars=s.max_text_chars,
-            max_top_k=s.max_top_k,
-            max_sequence_length=max_length,
-        ),
+        limits=request_limits(s, max_length),
         batch_limits=BatchLimits(
             max_batch_size=s.max_batch_size,
             max_batch_tokens=s.max_batch_tokens,
@@ -145,7 +136,7 @@ def _model_config(entry: ModelEntry, checkpoint: Checkpoint, placed: ReplicaPlan
         autoscale=_autoscale_limits(s),
         tasks=tasks,
         architecture=heads.architecture(config),
-        labels=labels,
+        labels=labels_of(config),
         problem_type=str(config.get("problem_type") or ""),
         demo=is_demo,
         description=demo.DEMO_NOTICE if is_demo else "",

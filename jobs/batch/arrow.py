@@ -8,12 +8,15 @@ outputs) or a struct of the message's fields (Parquet), whatever its values.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 from google.protobuf.descriptor import FieldDescriptor
+
+RESULT = "result"
+ERROR = "error"
+"""The columns a batch job appends to every row."""
 
 _SCALARS: dict[int, pa.DataType] = {
     FieldDescriptor.TYPE_DOUBLE: pa.float64(),
@@ -43,10 +46,10 @@ def _field_type(field: FieldDescriptor) -> pa.DataType:
     return pa.list_(inner) if field.is_repeated else inner
 
 
-def result_column(json_texts: Sequence[str | None], struct: pa.StructType | None) -> pa.Array:
-    """The `result` column of a block: JSON texts as they are (`struct` None), or parsed into
-    the task's struct type; a failed row's result is null either way."""
-    if struct is None:
-        return pa.array(json_texts, type=pa.string())
-    values: list[Any] = [None if text is None else json.loads(text) for text in json_texts]
-    return pa.array(values, type=struct)
+def result_column(
+    results: Sequence[str | None] | Sequence[Mapping[str, Any] | None], struct: pa.StructType | None
+) -> pa.Array:
+    """The `result` column of a block: JSON texts as they are (`struct` None), or the results as
+    dicts (the JSON mapping's objects) in the task's struct type; a failed row's result is null
+    either way."""
+    return pa.array(results, type=pa.string() if struct is None else struct)

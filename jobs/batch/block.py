@@ -7,12 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from bertserve.jobs.batch.arrow import message_type, result_column
-from bertserve.jobs.batch.rows import RowError, RowTask, result_json
+from bertserve.jobs.batch.arrow import ERROR, RESULT, message_type, result_column
+from bertserve.jobs.batch.rows import RowError, RowTask, result_dict, result_json
 from bertserve.jobs.runner import Runner, describe
-
-RESULT = "result"
-ERROR = "error"
 
 
 class BatchBlock:
@@ -39,13 +36,15 @@ class BatchBlock:
                 errors[i] = str(exc)
             except Exception as exc:  # the server's InvalidInput for an enum value, say
                 errors[i] = rows.explain(describe(exc))
-        results: list[str | None] = [None] * block.num_rows
+        # Parquet takes the result as a dict (a struct); JSONL and CSV take its JSON text.
+        as_result = result_json if self.struct_type is None else result_dict
+        results: list[Any] = [None] * block.num_rows
         for i, outcome in zip(where, runner.run(rows.definition, queries), strict=True):
             if outcome.error:
                 errors[i] = rows.explain(outcome.error)
             else:
                 try:
-                    results[i] = result_json(rows.definition, outcome.result)
+                    results[i] = as_result(rows.definition, outcome.result)
                 except Exception as exc:
                     errors[i] = describe(exc)
         out = block.append_column(RESULT, result_column(results, self.struct_type))

@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from bertserve.jobs.batch.options import TASKS, Columns, Options
-from bertserve.jobs.job_cli import add_pool_arguments, pool_flags, report
+from bertserve.jobs.job_cli import ROWS_PER_CALL, add_pool_arguments, pool_flags, report
 
 EXAMPLES = """examples:
   bertserve batch fill-mask reviews.jsonl --model bert-base-cased --top-k 3
@@ -87,7 +87,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument(
         "--rows-per-call",
         type=int,
-        default=256,
+        default=ROWS_PER_CALL,
         metavar="N",
         help="rows an actor takes per call, sorted by length inside it (default: %(default)s)",
     )

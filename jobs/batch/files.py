@@ -11,7 +11,7 @@ object, numbers exactly as the JSON mapping writes them).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,20 +21,15 @@ import pyarrow.fs
 import pyarrow.parquet
 from ray.data.datasource import BlockBasedFileDatasink
 
-from bertserve.jobs.data import FORMATS, DataError
+from bertserve.jobs import data
+from bertserve.jobs.batch.arrow import ERROR, RESULT
+from bertserve.jobs.data import DataError
 from bertserve.workers.errors import first_line
-
-RESULT = "result"
-ERROR = "error"
 
 
 def file_format(path: str) -> str:
     """json, csv, tsv or parquet, from the file's extension."""
-    suffix = PurePosixPath(path).suffix.lower()
-    kind = FORMATS.get(suffix)
-    if kind is None:
-        raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(sorted(FORMATS))}")
-    return kind
+    return data.file_format(path, PurePosixPath(path).suffix.lower())
 
 
 def default_output(path: str, task: str) -> str:
@@ -63,9 +58,10 @@ def _delimiter(kind: str) -> str:
     return "\t" if kind == "tsv" else ","
 
 
-def count_rows(path: str, kind: str) -> int:
+def count_rows(path: str, kind: str, columns: Sequence[str] | None = None) -> int:
     """Rows of the input, read cheaply: Parquet metadata, JSON lines that hold something, CSV
-    records (pyarrow's streaming reader: quoted newlines are fine)."""
+    records (pyarrow's streaming reader: quoted newlines are fine). `columns`: the CSV header's
+    names when `column_names` has read them."""
     fs, where = _filesystem(path)
     if kind == "parquet":
         with fs.open_input_file(where) as f:
@@ -80,7 +76,7 @@ def count_rows(path: str, kind: str) -> int:
         reader = pyarrow.csv.open_csv(
             f,
             parse_options=pyarrow.csv.ParseOptions(delimiter=_delimiter(kind)),
-            convert_options=pyarrow.csv.ConvertOptions(column_types=_text_types(path, kind)),
+            convert_options=pyarrow.csv.ConvertOptions(column_types=_text_types(path, kind, columns)),
         )
         return sum(batch.num_rows for batch in reader)
 
@@ -94,8 +90,10 @@ def _lines(f: Any) -> Iterator[bytes]:
     yield rest
 
 
-def _text_types(path: str, kind: str) -> dict[str, pa.DataType]:
-    """Every column of a CSV file as text (its header)."""
+def _text_types(path: str, kind: str, columns: Sequence[str] | None = None) -> dict[str, pa.DataType]:
+    """Every column of a CSV file as text: `columns`, or the names of its header, read here."""
+    if columns is not None:
+        return {name: pa.string() for name in columns}
     fs, where = _filesystem(path)
     with fs.open_input_stream(where) as f:
         reader = pyarrow.csv.open_csv(f, parse_options=pyarrow.csv.ParseOptions(delimiter=_delimiter(kind)))
@@ -129,8 +127,9 @@ def column_names(path: str, kind: str) -> list[str]:
     return list(names)
 
 
-def read(path: str, kind: str) -> Any:
-    """The input as a Ray dataset."""
+def read(path: str, kind: str, columns: Sequence[str] | None = None) -> Any:
+    """The input as a Ray dataset. `columns`: the CSV header's names when `column_names` has read
+    them."""
     import ray.data
 
     if kind == "parquet":
@@ -141,7 +140,7 @@ def read(path: str, kind: str) -> Any:
         path,
         parse_options=pyarrow.csv.ParseOptions(delimiter=_delimiter(kind)),
         convert_options=pyarrow.csv.ConvertOptions(
-            column_types=_text_types(path, kind), strings_can_be_null=True
+            column_types=_text_types(path, kind, columns), strings_can_be_null=True
         ),
     )
 
@@ -181,7 +180,7 @@ class SingleFile:
             if self.kind == "parquet":
                 self._writer = pyarrow.parquet.ParquetWriter(self._stream, block.schema)
             else:
-                options = pyarrow.csv.WriteOptions(delimiter=_delimiter(self.kind))
+                options = _csv_write(self.kind)
                 self._writer = pyarrow.csv.CSVWriter(self._stream, block.schema, write_options=options)
         elif block.schema != self._schema:
             block = block.cast(self._schema)

@@ -23,14 +23,13 @@ from typing import Any
 from bertserve.jobs import model as job_model
 from bertserve.jobs import ray_jobs
 from bertserve.jobs.batch import files
-from bertserve.jobs.batch.block import ERROR, RESULT, BatchBlock
+from bertserve.jobs.batch.arrow import ERROR, RESULT
+from bertserve.jobs.batch.block import BatchBlock
 from bertserve.jobs.batch.options import TASKS, Columns, Options
 from bertserve.jobs.batch.rows import RowTask, options_for
+from bertserve.jobs.job_cli import ROWS_PER_CALL
 from bertserve.jobs.progress import RowProgress
 from bertserve.jobs.ray_jobs import JobError, Pool
-
-ROWS_PER_CALL = 256
-"""Rows an actor takes per call (map_batches' batch_size): the runner sorts them by length."""
 
 
 @dataclass(frozen=True)
@@ -94,15 +93,14 @@ def run(config: BatchConfig, stream: Any = None) -> dict[str, Any]:
     if taken:
         raise JobError(f"{config.input} has a column {taken[0]!r} already, which the output adds; rename it")
     model = job_model.resolve_flags(config, task, config.pool.gpus)
-    total = files.count_rows(config.input, kind)
+    total = files.count_rows(config.input, kind, available)
     if config.limit is not None:
         total = min(total, config.limit)
-    threads = ray_jobs.start_ray(config.pool)
-    model = dataclasses.replace(model, spec=dataclasses.replace(model.spec, threads=threads))
+    model = ray_jobs.start_pool(config.pool, model)
     out_path = config.output_dir or config.output or files.default_output(config.input, config.task)
     block = BatchBlock(rows, struct=(out_kind or kind) == "parquet")
     counter = ray_jobs.counter()
-    dataset = files.read(config.input, kind)
+    dataset = files.read(config.input, kind, available)
     if config.limit is not None:
         dataset = dataset.limit(config.limit)
     dataset = ray_jobs.map_with_model(dataset, model, block, config.pool, counter, config.rows_per_call)
@@ -122,7 +120,7 @@ def run(config: BatchConfig, stream: Any = None) -> dict[str, Any]:
         **timeline.figures(done),
         "compute_s": round(compute_s, 3),
         "replicas": config.pool.replicas,
-        "threads_per_replica": threads,
+        "threads_per_replica": model.threads,
         "device": model.spec.device,
         "output": out_path,
     }

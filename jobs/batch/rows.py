@@ -136,7 +136,6 @@ class RowTask:
     """One task's rows: which columns are its inputs, the request of a row, the error text."""
 
     def __init__(self, task: Task, columns: Columns, options: Options, available: Sequence[str]) -> None:
-        self.task = task
         self.definition: TaskDefinition[Any, Any, Any, Any] = DEFINITIONS[task]
         self.options = options
         self._shape = _SHAPES[task]
@@ -148,13 +147,13 @@ class RowTask:
         names = {role: f"column {column!r}" for role, column in self.roles.items()}
         pair = ", ".join(repr(c) for c in self.roles.values())
         self._names = names
-        self._paths = [
+        paths = [
             (path, names[role] if role else f"the row (columns {pair})")
             for path, role in self._shape.paths
             if not role or role in names
         ]
-        self._pattern = re.compile("|".join(re.escape(p) for p, _ in self._paths)) if self._paths else None
-        self._replacement = dict(self._paths)
+        self._pattern = re.compile("|".join(re.escape(p) for p, _ in paths)) if paths else None
+        self._replacement = dict(paths)
         self.request({role: "x" for role in self.roles})  # options checked once, before any row
 
     @property
@@ -181,12 +180,16 @@ class RowTask:
         return self._pattern.sub(lambda m: self._replacement[m.group(0)], message)
 
 
-def result_json(definition: TaskDefinition[Any, Any, Any, Any], result: Any) -> str:
-    """One input's result as the JSON text of its result message (protobuf's JSON mapping, the
+def result_dict(definition: TaskDefinition[Any, Any, Any, Any], result: Any) -> dict[str, Any]:
+    """One input's result as the JSON object of its result message (protobuf's JSON mapping, the
     .proto field names, every field present)."""
-    as_dict = json_format.MessageToDict(
+    return json_format.MessageToDict(
         definition.result_message(result),
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    return json.dumps(as_dict, ensure_ascii=False, separators=(",", ":"))
+
+
+def result_json(definition: TaskDefinition[Any, Any, Any, Any], result: Any) -> str:
+    """`result_dict` as JSON text."""
+    return json.dumps(result_dict(definition, result), ensure_ascii=False, separators=(",", ":"))

@@ -14,7 +14,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from bertserve.jobs import model as job_model
 from bertserve.jobs import ray_jobs
 from bertserve.jobs.evaluate import masking, metrics, scoring
 from bertserve.jobs.evaluate.texts import Texts, load
+from bertserve.jobs.job_cli import ROWS_PER_CALL
 from bertserve.jobs.progress import RowProgress
 from bertserve.jobs.ray_jobs import JobError, Pool
 from bertserve.server.domain import Timing, TokenizeAnswer, TokenizeQuery
@@ -67,7 +68,7 @@ class EvalConfig:
     pool: Pool = field(default_factory=Pool)
     dtype: str | None = None
     backend: str | None = None
-    rows_per_call: int = 256
+    rows_per_call: int = ROWS_PER_CALL
     progress: bool = True
 
 
@@ -146,8 +147,7 @@ class InProcess(Side):
         import pyarrow as pa
         import ray.data
 
-        threads = ray_jobs.start_ray(self.config.pool)
-        model = replace(self.model, spec=replace(self.model.spec, threads=threads))
+        model = ray_jobs.start_pool(self.config.pool, self.model)
         items = pa.table(
             {
                 scoring.ROW: pa.array(range(len(masked)), type=pa.int64()),

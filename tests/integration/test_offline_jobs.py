@@ -138,6 +138,33 @@ def test_output_dir_and_limit_write_the_first_rows_with_rays_writers(
     assert all(isinstance(r["result"], dict) for r in written if not r["error"])
 
 
+def test_output_dir_totals_count_every_block_even_when_the_counter_is_slow(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary is read from the progress counter once Ray's writers are done: a block's counts
+    must have reached the counter by then, however slowly the counter applies them."""
+    import time
+
+    import ray
+
+    from bertserve.jobs import ray_jobs
+    from bertserve.jobs.actor import ProgressCounter
+
+    class SlowCounter(ProgressCounter):  # local: pickled by value into the Ray actor
+        def add(self, rows: int, failed: int, compute_s: float = 0.0) -> None:
+            time.sleep(0.5)
+            super().add(rows, failed, compute_s)
+
+    # Several calls at once: a read of the totals does not wait behind a pending add.
+    slow = ray.remote(num_cpus=0, max_concurrency=8)(SlowCounter)
+    monkeypatch.setattr(ray_jobs, "counter", lambda: slow.remote())
+    rows, bad = batch_rows("fill-mask", ROWS)
+    source = tmp_path / "in.jsonl"
+    _write(source, rows)
+    summary = _batch("fill-mask", source, tiny_checkpoint, output_dir=str(tmp_path / "out"))
+    assert (summary["rows"], summary["failed"]) == (ROWS, sum(bad))
+
+
 def test_a_pool_on_every_cpu_is_refused_with_the_reason(tmp_path: Path, tiny_checkpoint: Path) -> None:
     source = tmp_path / "in.jsonl"
     _write(source, [{"text": "A [MASK]."}])
