@@ -43,6 +43,13 @@ class Pool:
     gpus: float = 0.0
     ray_address: str | None = None
 
+    def check(self) -> None:
+        """Raise JobError on a pool no job can run, before anything starts."""
+        if self.replicas < 1:
+            raise JobError("--replicas must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise JobError("--threads-per-replica must be at least 1")
+
 
 def start_ray(pool: Pool) -> int:
     """Start or join Ray; the threads of each CPU actor. Raises JobError when the pool would

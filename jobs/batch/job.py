@@ -61,12 +61,9 @@ def _check(config: BatchConfig) -> tuple[str, str | None]:
         raise JobError(f"{flags} does not apply to {config.task}")
     if config.output and config.output_dir:
         raise JobError("give --output or --output-dir, not both")
-    if config.pool.replicas < 1:
-        raise JobError("--replicas must be at least 1")
+    config.pool.check()
     if config.limit is not None and config.limit < 1:
         raise JobError("--limit must be at least 1")
-    if config.pool.threads is not None and config.pool.threads < 1:
-        raise JobError("--threads-per-replica must be at least 1")
     if config.rows_per_call < 1:
         raise JobError("--rows-per-call must be at least 1")
     kind = files.file_format(config.input)

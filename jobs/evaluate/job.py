@@ -258,6 +258,7 @@ def _check(config: EvalConfig) -> None:
         raise JobError("--mask-rate must be in (0, 1]")
     if config.max_length < 3:
         raise JobError("--max-length must be at least 3 (two special tokens and a word)")
+    config.pool.check()
     if bool(config.server) == bool(config.model or config.config):
         raise JobError(
             "give the model: --model CKPT (or --config FILE --model-name NAME), or --server HOST:PORT"

@@ -146,3 +146,23 @@ def test_a_hub_dataset_without_network_fails_fast_in_one_line(
     err = capsys.readouterr().err.strip()
     assert code == 1 and time.perf_counter() - start < 20
     assert err.startswith("bertserve: error: cannot load the Hub dataset 'imdb' offline") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--replicas", "--replicas must be at least 1"),
+        ("--threads-per-replica", "--threads-per-replica must be at least 1"),
+    ],
+)
+def test_both_jobs_refuse_an_empty_actor_pool_in_one_line_before_ray_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, message: str
+) -> None:
+    from bertserve.server.cli import main
+
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"text": "A [MASK]."}\n')
+    model = str(tmp_path / "not-loaded")  # the pool is checked before the model is looked at
+    for job in (["batch", "fill-mask", str(data)], ["evaluate", "fill-mask", "--data", str(data)]):
+        code = main([*job, "--model", model, flag, "0"])
+        assert (code, capsys.readouterr().err.strip()) == (1, f"bertserve: error: {message}"), job
